@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * ciwatch kernel/user ABI. Every record in the ring buffer starts with
+ * struct cw_header; userspace mirrors these structs in src/bpf/abi.rs and a
+ * plain `cargo test` compares both layouts through this object's BTF.
+ *
+ * Rules: fixed-width integers only, explicit padding, no bool/enum/pointer
+ * members. Kind values only grow and are never reused.
+ */
+#ifndef CIWATCH_ABI_H
+#define CIWATCH_ABI_H
+
+#define CW_ABI_VERSION 1
+
+#define CW_COMM_LEN 16
+#define CW_PATH_MAX 256
+#define CW_ARGS_MAX 1024
+#define CW_HOST_MAX 256
+#define CW_NAME_KEY 32
+#define CW_DNS_ADDRS 8
+#define CW_KIND_SLOTS 16
+
+/* Record kinds. */
+#define CW_KIND_EXEC 1
+#define CW_KIND_FORK 2
+#define CW_KIND_EXIT 3
+#define CW_KIND_CONNECT 4
+#define CW_KIND_FILE 5
+#define CW_KIND_DNS 6
+
+/* cw_header.flags */
+#define CW_F_TRUNC_FILENAME (1 << 0)
+#define CW_F_TRUNC_ARGS (1 << 1)
+#define CW_F_TRUNC_PATH (1 << 2)
+#define CW_F_TRUNC_CWD (1 << 3)
+#define CW_F_PATH_REVERSED (1 << 4) /* path holds components leaf-first, '/'-joined */
+#define CW_F_CWD_REVERSED (1 << 5)
+#define CW_F_TRUNC_HOST (1 << 6)
+#define CW_F_TRUNC_ADDRS (1 << 7)
+
+/* cw_connect.source */
+#define CW_SRC_SYSCALL 1
+#define CW_SRC_CGROUP_CONNECT 2
+#define CW_SRC_CGROUP_SENDMSG 3
+
+/* cw_file.hook */
+#define CW_FILE_KPROBE 1
+#define CW_FILE_FENTRY 2
+#define CW_FILE_TP_OPENAT 3
+#define CW_FILE_TP_OPENAT2 4
+#define CW_FILE_TP_OPEN 5
+
+/* Lineage tag carried by every process of a watched job. */
+struct cw_tag {
+	__u32 job;
+	__u32 step;
+	__u32 flags;
+	__u32 _pad;
+};
+
+struct cw_header {
+	__u16 kind;
+	__u16 flags;
+	__u32 size;
+	__u64 ktime_ns; /* CLOCK_BOOTTIME */
+	__u32 pid;
+	__u32 tgid;
+	__u64 proc_start_ns; /* group leader start_boottime; 0 if the hook cannot see it */
+	__u64 cgroup_id;
+	__u32 uid;
+	__u32 job;
+	__u32 step;
+	__u32 tag_flags;
+	char comm[CW_COMM_LEN];
+};
+
+struct cw_exec {
+	struct cw_header h;
+	__u32 ppid;
+	__u32 filename_len;
+	__u64 parent_start_ns;
+	__u32 args_len; /* bytes of NUL-separated argv captured */
+	__u32 args_total; /* bytes of argv in the process */
+	char filename[CW_PATH_MAX];
+	char args[CW_ARGS_MAX];
+};
+
+struct cw_fork {
+	struct cw_header h; /* the parent */
+	__u32 child_tgid;
+	__u32 _pad;
+	__u64 child_start_ns;
+};
+
+struct cw_exit {
+	struct cw_header h;
+	__s32 exit_code;
+	__u32 _pad;
+};
+
+struct cw_connect {
+	struct cw_header h;
+	__u16 family;
+	__u16 port; /* host byte order */
+	__u16 sock_type;
+	__u8 source;
+	__u8 _pad0;
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, network order */
+	__s32 fd;
+	__u32 _pad1;
+};
+
+struct cw_file {
+	struct cw_header h;
+	__s32 dirfd;
+	__u32 open_flags;
+	__u16 hook;
+	__u16 path_len;
+	__u16 cwd_len;
+	__u16 _pad;
+	char path[CW_PATH_MAX];
+	char cwd[CW_PATH_MAX];
+};
+
+struct cw_dns_addr {
+	__u16 family;
+	__u16 _pad0;
+	__u32 _pad1;
+	__u8 addr[16];
+};
+
+struct cw_dns {
+	struct cw_header h;
+	__s32 ret;
+	__u16 naddrs;
+	__u16 host_len;
+	__u64 latency_ns;
+	struct cw_dns_addr addrs[CW_DNS_ADDRS];
+	char host[CW_HOST_MAX];
+};
+
+/* Key of the sensitive_base / sensitive_dir maps: a NUL-padded path component. */
+struct cw_name_key {
+	char name[CW_NAME_KEY];
+};
+
+#endif

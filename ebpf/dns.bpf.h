@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * dns: a uprobe on libc getaddrinfo() stashes the host name; the uretprobe
+ * adds the answers and emits one record per lookup. The sleepable entry
+ * probe can fault in the page holding the name (often not yet resident in a
+ * new process); the plain one is the fallback for kernels without sleepable
+ * uprobes and may then report an empty name, flagged as truncated.
+ */
+
+struct gai_call {
+	__u64 res_pp;
+	__u64 start_ns;
+	__u32 host_len;
+	__u32 flags;
+	char host[CW_HOST_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct gai_call);
+} gai_calls SEC(".maps");
+
+static const struct gai_call gai_call_zero;
+
+static __always_inline struct gai_call *gai_begin(const void *res_pp)
+{
+	if (!current_tag())
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (bpf_map_update_elem(&gai_calls, &id, &gai_call_zero, BPF_ANY) != 0)
+		return 0;
+	struct gai_call *c = bpf_map_lookup_elem(&gai_calls, &id);
+	if (!c)
+		return 0;
+	c->res_pp = (__u64)res_pp;
+	c->start_ns = bpf_ktime_get_boot_ns();
+	return c;
+}
+
+static __always_inline void gai_name(struct gai_call *c, long n)
+{
+	c->host_len = n > 0 ? n - 1 : 0;
+	if (n <= 0 || n == CW_HOST_MAX)
+		c->flags |= CW_F_TRUNC_HOST;
+}
+
+SEC("uprobe.s")
+int BPF_KPROBE(gai_enter_sleepable, const char *node, const char *service, const void *hints,
+	       void **res)
+{
+	if (!node)
+		return 0;
+	struct gai_call *c = gai_begin(res);
+	if (!c)
+		return 0;
+	long n = bpf_probe_read_user_str(c->host, sizeof(c->host), node);
+	if (n <= 0) {
+		/* Fault the page in, without crossing into the next one, then retry. */
+		__u64 room = 4096 - ((__u64)node & 4095);
+		if (room > CW_HOST_MAX)
+			room = CW_HOST_MAX;
+		if (room > 0 && bpf_copy_from_user(c->host, room, node) == 0)
+			n = bpf_probe_read_user_str(c->host, sizeof(c->host), node);
+	}
+	gai_name(c, n);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(gai_enter, const char *node, const char *service, const void *hints, void **res)
+{
+	if (!node)
+		return 0;
+	struct gai_call *c = gai_begin(res);
+	if (!c)
+		return 0;
+	gai_name(c, bpf_probe_read_user_str(c->host, sizeof(c->host), node));
+	return 0;
+}
+
+/* struct addrinfo on LP64 glibc and musl. */
+struct addrinfo_user {
+	int ai_flags;
+	int ai_family;
+	int ai_socktype;
+	int ai_protocol;
+	__u32 ai_addrlen;
+	__u32 _pad;
+	__u64 ai_addr;
+	__u64 ai_canonname;
+	__u64 ai_next;
+};
+
+#define CW_DNS_WALK 16
+
+SEC("uretprobe")
+int BPF_KRETPROBE(gai_exit, int ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct gai_call *c = bpf_map_lookup_elem(&gai_calls, &id);
+	struct cw_tag *tag = current_tag();
+	if (!c)
+		return 0;
+	if (!tag)
+		goto out;
+	struct cw_dns *e = reserve(sizeof(*e), CW_KIND_DNS);
+	if (!e)
+		goto out;
+	fill_header(&e->h, CW_KIND_DNS, sizeof(*e), tag);
+	e->h.flags |= c->flags;
+	e->ret = ret;
+	e->host_len = c->host_len;
+	e->latency_ns = bpf_ktime_get_boot_ns() - c->start_ns;
+	bpf_probe_read_kernel(e->host, sizeof(e->host), c->host);
+	__builtin_memset(e->addrs, 0, sizeof(e->addrs));
+
+	__u16 count = 0;
+	__u64 ai = 0;
+	if (ret == 0)
+		bpf_probe_read_user(&ai, sizeof(ai), (const void *)c->res_pp);
+	for (int i = 0; i < CW_DNS_WALK && ai; i++) {
+		struct addrinfo_user info = {};
+		if (bpf_probe_read_user(&info, sizeof(info), (const void *)ai) < 0)
+			break;
+		ai = info.ai_next;
+		__u8 addr[16] = {};
+		if (info.ai_family == AF_INET)
+			bpf_probe_read_user(addr, 4, (const void *)(info.ai_addr + 4));
+		else if (info.ai_family == AF_INET6)
+			bpf_probe_read_user(addr, 16, (const void *)(info.ai_addr + 8));
+		else
+			continue;
+		/* getaddrinfo repeats each address once per socket type. */
+		if (count > 0) {
+			struct cw_dns_addr *last = &e->addrs[(count - 1) & (CW_DNS_ADDRS - 1)];
+			const __u64 *a = (const __u64 *)addr, *b = (const __u64 *)last->addr;
+			if (last->family == info.ai_family && a[0] == b[0] && a[1] == b[1])
+				continue;
+		}
+		if (count >= CW_DNS_ADDRS) {
+			e->h.flags |= CW_F_TRUNC_ADDRS;
+			break;
+		}
+		struct cw_dns_addr *slot = &e->addrs[count & (CW_DNS_ADDRS - 1)];
+		slot->family = info.ai_family;
+		__builtin_memcpy(slot->addr, addr, 16);
+		count++;
+	}
+	e->naddrs = count;
+	submit(e);
+out:
+	bpf_map_delete_elem(&gai_calls, &id);
+	return 0;
+}

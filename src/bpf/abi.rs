@@ -1,0 +1,216 @@
+//! Rust mirror of `ebpf/ciwatch.h`. `tests::layout_matches_c` compares every
+//! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`.
+
+pub const ABI_VERSION: u32 = 1;
+
+pub const COMM_LEN: usize = 16;
+pub const PATH_MAX: usize = 256;
+pub const ARGS_MAX: usize = 1024;
+pub const HOST_MAX: usize = 256;
+pub const NAME_KEY: usize = 32;
+pub const DNS_ADDRS: usize = 8;
+pub const KIND_SLOTS: u32 = 16;
+
+pub const KIND_EXEC: u16 = 1;
+pub const KIND_FORK: u16 = 2;
+pub const KIND_EXIT: u16 = 3;
+pub const KIND_CONNECT: u16 = 4;
+pub const KIND_FILE: u16 = 5;
+pub const KIND_DNS: u16 = 6;
+
+pub const F_TRUNC_FILENAME: u16 = 1 << 0;
+pub const F_TRUNC_ARGS: u16 = 1 << 1;
+pub const F_TRUNC_PATH: u16 = 1 << 2;
+pub const F_TRUNC_CWD: u16 = 1 << 3;
+pub const F_PATH_REVERSED: u16 = 1 << 4;
+pub const F_CWD_REVERSED: u16 = 1 << 5;
+pub const F_TRUNC_HOST: u16 = 1 << 6;
+pub const F_TRUNC_ADDRS: u16 = 1 << 7;
+
+pub const SRC_SYSCALL: u8 = 1;
+pub const SRC_CGROUP_CONNECT: u8 = 2;
+pub const SRC_CGROUP_SENDMSG: u8 = 3;
+
+pub const FILE_KPROBE: u16 = 1;
+pub const FILE_FENTRY: u16 = 2;
+pub const FILE_TP_OPENAT: u16 = 3;
+pub const FILE_TP_OPENAT2: u16 = 4;
+pub const FILE_TP_OPEN: u16 = 5;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tag {
+    pub job: u32,
+    pub step: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+// SAFETY: plain old data with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for Tag {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    pub kind: u16,
+    pub flags: u16,
+    pub size: u32,
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub proc_start_ns: u64,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub job: u32,
+    pub step: u32,
+    pub tag_flags: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Exec {
+    pub h: Header,
+    pub ppid: u32,
+    pub filename_len: u32,
+    pub parent_start_ns: u64,
+    pub args_len: u32,
+    pub args_total: u32,
+    pub filename: [u8; PATH_MAX],
+    pub args: [u8; ARGS_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Fork {
+    pub h: Header,
+    pub child_tgid: u32,
+    pub _pad: u32,
+    pub child_start_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub h: Header,
+    pub exit_code: i32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Connect {
+    pub h: Header,
+    pub family: u16,
+    pub port: u16,
+    pub sock_type: u16,
+    pub source: u8,
+    pub _pad0: u8,
+    pub addr: [u8; 16],
+    pub fd: i32,
+    pub _pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct File {
+    pub h: Header,
+    pub dirfd: i32,
+    pub open_flags: u32,
+    pub hook: u16,
+    pub path_len: u16,
+    pub cwd_len: u16,
+    pub _pad: u16,
+    pub path: [u8; PATH_MAX],
+    pub cwd: [u8; PATH_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DnsAddr {
+    pub family: u16,
+    pub _pad0: u16,
+    pub _pad1: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Dns {
+    pub h: Header,
+    pub ret: i32,
+    pub naddrs: u16,
+    pub host_len: u16,
+    pub latency_ns: u64,
+    pub addrs: [DnsAddr; DNS_ADDRS],
+    pub host: [u8; HOST_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameKey {
+    pub name: [u8; NAME_KEY],
+}
+
+// SAFETY: a byte array; any bit pattern is valid.
+unsafe impl aya::Pod for NameKey {}
+
+impl NameKey {
+    /// A map key for one path component; None when it cannot fit with its NUL.
+    pub fn new(component: &[u8]) -> Option<Self> {
+        if component.is_empty() || component.len() >= NAME_KEY || component.contains(&0) {
+            return None;
+        }
+        let mut name = [0u8; NAME_KEY];
+        name[..component.len()].copy_from_slice(component);
+        Some(Self { name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::btf_layout::{struct_layout, Layout};
+    use std::mem::{offset_of, size_of};
+
+    macro_rules! layout {
+        ($ty:ty, $($field:ident),+) => {
+            Layout {
+                size: size_of::<$ty>(),
+                fields: vec![$((stringify!($field).trim_start_matches("r#").to_string(), offset_of!($ty, $field))),+],
+            }
+        };
+    }
+
+    #[test]
+    fn layout_matches_c() {
+        let object = crate::bpf::ABI_CHECK_OBJECT;
+        let cases = [
+            ("cw_tag", layout!(Tag, job, step, flags, _pad)),
+            (
+                "cw_header",
+                layout!(Header, kind, flags, size, ktime_ns, pid, tgid, proc_start_ns, cgroup_id, uid, job, step, tag_flags, comm),
+            ),
+            ("cw_exec", layout!(Exec, h, ppid, filename_len, parent_start_ns, args_len, args_total, filename, args)),
+            ("cw_fork", layout!(Fork, h, child_tgid, _pad, child_start_ns)),
+            ("cw_exit", layout!(Exit, h, exit_code, _pad)),
+            ("cw_connect", layout!(Connect, h, family, port, sock_type, source, _pad0, addr, fd, _pad1)),
+            ("cw_file", layout!(File, h, dirfd, open_flags, hook, path_len, cwd_len, _pad, path, cwd)),
+            ("cw_dns_addr", layout!(DnsAddr, family, _pad0, _pad1, addr)),
+            ("cw_dns", layout!(Dns, h, ret, naddrs, host_len, latency_ns, addrs, host)),
+            ("cw_name_key", layout!(NameKey, name)),
+        ];
+        for (c_name, rust) in cases {
+            let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));
+            assert_eq!(c, rust, "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs");
+        }
+    }
+
+    #[test]
+    fn name_key_rejects_what_the_kernel_cannot_match() {
+        assert!(NameKey::new(b"id_rsa").is_some());
+        assert!(NameKey::new(b"").is_none());
+        assert!(NameKey::new(&[b'a'; NAME_KEY]).is_none());
+        assert!(NameKey::new(b"a\0b").is_none());
+    }
+}

@@ -1,0 +1,351 @@
+//! Loads the embedded object and attaches each hook with the best
+//! implementation this kernel accepts, recording what was chosen and why the
+//! better ones were skipped.
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError};
+use aya::programs::uprobe::UProbeScope;
+use aya::{Btf, Ebpf, EbpfLoader, Endianness};
+
+use crate::bpf::abi::{NameKey, Tag};
+use crate::bpf::libc_paths::{self, Libc};
+use crate::event::{HookStatus, SkippedImpl};
+use crate::filter::sensitive::{KernelKey, SensitivePaths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read kernel BTF from {path}: {reason}")]
+    Btf { path: PathBuf, reason: String },
+    #[error("the kernel refused ciwatch's BPF object: {0}")]
+    Object(String),
+    #[error("map `{0}` is missing from the BPF object (a build mismatch)")]
+    MissingMap(&'static str),
+    #[error("cannot use map `{map}`: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error(
+        "hook `{hook}` could not be attached on this kernel: {reasons}. \
+         Run `ciwatch check` for details, or pass --allow-partial to record without it"
+    )]
+    Required { hook: &'static str, reasons: String },
+}
+
+pub struct LoadOptions<'a> {
+    pub ring_bytes: u32,
+    pub wakeup_bytes: u64,
+    pub args_max: u32,
+    pub btf: &'a Path,
+    pub sensitive: &'a SensitivePaths,
+    pub cgroup2: Option<&'a Path>,
+    /// Fail when a hook has no working implementation (the default).
+    pub require_all: bool,
+}
+
+/// Loaded programs and the maps userspace talks through. Dropping it detaches everything.
+pub struct Probes {
+    pub hooks: Vec<HookStatus>,
+    ring: Option<RingBuf<MapData>>,
+    pub tasks: HashMap<MapData, u32, Tag>,
+    pub lost: PerCpuArray<MapData, u64>,
+    _ebpf: Ebpf,
+}
+
+pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
+    let btf = read_btf(opts.btf)?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("cw_wakeup_bytes", &opts.wakeup_bytes, true)
+        .override_global("cw_args_max", &opts.args_max, true)
+        .map_max_entries("events", opts.ring_bytes)
+        .load(crate::bpf::OBJECT)
+        .map_err(|e| LoadError::Object(chain(&e)))?;
+
+    fill_sensitive_maps(&mut ebpf, opts.sensitive)?;
+    let hooks = vec![
+        attach_lineage(&mut ebpf, &btf),
+        attach_exec(&mut ebpf),
+        attach_connect(&mut ebpf, opts.cgroup2),
+        attach_file(&mut ebpf, &btf),
+        attach_dns(&mut ebpf, &libc_paths::discover()),
+    ];
+    if opts.require_all {
+        if let Some(missing) = hooks.iter().find(|h| !h.attached) {
+            let reasons = missing.skipped.iter().map(|s| format!("{}: {}", s.implementation, s.reason)).collect();
+            return Err(LoadError::Required { hook: missing.hook, reasons: join(reasons) });
+        }
+    }
+    let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
+    let tasks = HashMap::try_from(take(&mut ebpf, "tasks")?).map_err(map_err("tasks"))?;
+    let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
+    Ok(Probes { hooks, ring: Some(ring), tasks, lost, _ebpf: ebpf })
+}
+
+impl Probes {
+    /// The ring buffer, for the one reader that drains it.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+}
+
+fn read_btf(path: &Path) -> Result<Btf, LoadError> {
+    let parsed = if path == Path::new(crate::bpf::preflight::SYS_BTF) {
+        Btf::from_sys_fs()
+    } else {
+        Btf::parse_file(path, Endianness::default())
+    };
+    parsed.map_err(|e| LoadError::Btf { path: path.to_path_buf(), reason: chain(&e) })
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
+    move |e| LoadError::Map { map, reason: chain(&e) }
+}
+
+fn fill_sensitive_maps(ebpf: &mut Ebpf, sensitive: &SensitivePaths) -> Result<(), LoadError> {
+    for (map_name, want_dir) in [("sensitive_base", false), ("sensitive_dir", true)] {
+        let map = ebpf.map_mut(map_name).ok_or(LoadError::MissingMap(map_name))?;
+        let mut map: HashMap<_, NameKey, u32> = HashMap::try_from(map).map_err(map_err(map_name))?;
+        for key in sensitive.kernel_keys() {
+            let name = match (key, want_dir) {
+                (KernelKey::Basename(name), false) | (KernelKey::ParentDir(name), true) => name,
+                _ => continue,
+            };
+            map.insert(name, 1, 0).map_err(map_err(map_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// One way to implement (part of) a hook: a program and where it attaches.
+struct Candidate<'a> {
+    label: String,
+    program: &'static str,
+    attach: Attach<'a>,
+}
+
+enum Attach<'a> {
+    TracePoint(&'static str, &'static str),
+    BtfTracePoint(&'static str, &'a Btf),
+    RawTracePoint(&'static str),
+    KProbe(&'static str),
+    FEntry(&'static str, &'a Btf),
+    Cgroup(Option<&'a Path>),
+    UProbe(&'a Path),
+}
+
+impl Candidate<'_> {
+    fn new<'a>(label: impl Into<String>, program: &'static str, attach: Attach<'a>) -> Candidate<'a> {
+        Candidate { label: label.into(), program, attach }
+    }
+}
+
+/// Loads (once) and attaches one candidate; the error is a one-line reason.
+fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
+    let program = ebpf.program_mut(c.program).ok_or_else(|| format!("program {} missing", c.program))?;
+    let loaded = program.fd().is_ok();
+    let result = match (&c.attach, program) {
+        (Attach::TracePoint(category, name), Program::TracePoint(p)) => {
+            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(category, name)))
+        }
+        (Attach::BtfTracePoint(name, btf), Program::BtfTracePoint(p)) => {
+            load_once(loaded, || p.load(name, btf)).and_then(|()| attach_result(p.attach()))
+        }
+        (Attach::RawTracePoint(name), Program::RawTracePoint(p)) => {
+            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(name)))
+        }
+        (Attach::KProbe(function), Program::KProbe(p)) => {
+            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(*function, 0)))
+        }
+        (Attach::FEntry(function, btf), Program::FEntry(p)) => {
+            load_once(loaded, || p.load(function, btf)).and_then(|()| attach_result(p.attach()))
+        }
+        (Attach::Cgroup(root), Program::CgroupSockAddr(p)) => attach_cgroup(p, *root, loaded),
+        (Attach::UProbe(target), Program::UProbe(p)) => load_once(loaded, || p.load())
+            .and_then(|()| attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))),
+        _ => return Err(format!("program {} has an unexpected type", c.program)),
+    };
+    result.map_err(|e| reason(&e))
+}
+
+fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    if loaded {
+        Ok(())
+    } else {
+        load()
+    }
+}
+
+fn attach_result<T>(r: Result<T, ProgramError>) -> Result<(), ProgramError> {
+    r.map(drop)
+}
+
+fn attach_cgroup(p: &mut CgroupSockAddr, root: Option<&Path>, loaded: bool) -> Result<(), ProgramError> {
+    let root = root.ok_or_else(|| {
+        ProgramError::IOError(std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted"))
+    })?;
+    let dir = std::fs::File::open(root).map_err(ProgramError::IOError)?;
+    load_once(loaded, || p.load())?;
+    // A cgroup bpf_link is always multi-attach, so other agents keep their programs.
+    p.attach(dir, CgroupAttachMode::Single).map(drop)
+}
+
+/// A short reason: the error chain, with any verifier log reduced to its last line.
+fn reason(e: &ProgramError) -> String {
+    if let ProgramError::LoadError { io_error, verifier_log } = e {
+        tracing::debug!("verifier log:\n{verifier_log}");
+        let last = verifier_log.to_string().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+        return format!("load refused ({io_error}){}", if last.is_empty() { String::new() } else { format!(": {last}") });
+    }
+    chain(e)
+}
+
+/// Tries candidates in order and stops at the first that attaches.
+fn first_of(ebpf: &mut Ebpf, candidates: &[Candidate<'_>], skipped: &mut Vec<SkippedImpl>) -> Option<String> {
+    for c in candidates {
+        match try_attach(ebpf, c) {
+            Ok(()) => return Some(c.label.clone()),
+            Err(reason) => skipped.push(SkippedImpl { implementation: c.label.clone(), reason }),
+        }
+    }
+    None
+}
+
+fn status(hook: &'static str, attached: Vec<String>, skipped: Vec<SkippedImpl>, all_needed: bool, n: usize) -> HookStatus {
+    let ok = if all_needed { attached.len() == n } else { !attached.is_empty() };
+    HookStatus { hook, implementation: attached.join(" + "), skipped, targets: Vec::new(), attached: ok }
+}
+
+fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
+    let mut skipped = Vec::new();
+    let mut attached = Vec::new();
+    for (tp, btf_prog, raw_prog) in
+        [("sched_process_fork", "fork_btf", "fork_raw"), ("sched_process_exit", "exit_btf", "exit_raw")]
+    {
+        let candidates = [
+            Candidate::new(format!("tp_btf/{tp}"), btf_prog, Attach::BtfTracePoint(tp, btf)),
+            Candidate::new(format!("raw_tp/{tp}"), raw_prog, Attach::RawTracePoint(tp)),
+        ];
+        attached.extend(first_of(ebpf, &candidates, &mut skipped));
+    }
+    status("lineage", attached, skipped, true, 2)
+}
+
+fn attach_exec(ebpf: &mut Ebpf) -> HookStatus {
+    let mut skipped = Vec::new();
+    let candidates = [Candidate::new(
+        "tracepoint/sched/sched_process_exec",
+        "exec_tp",
+        Attach::TracePoint("sched", "sched_process_exec"),
+    )];
+    let attached = first_of(ebpf, &candidates, &mut skipped).into_iter().collect();
+    status("exec", attached, skipped, true, 1)
+}
+
+/// The syscall tracepoint plus every cgroup sock_addr hook that attaches.
+fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+    let mut skipped = Vec::new();
+    let mut attached = Vec::new();
+    let mut parts =
+        vec![Candidate::new("tracepoint/syscalls/sys_enter_connect", "connect_tp", Attach::TracePoint("syscalls", "sys_enter_connect"))];
+    for (section, program) in [
+        ("cgroup/connect4", "connect4_cg"),
+        ("cgroup/connect6", "connect6_cg"),
+        ("cgroup/sendmsg4", "sendmsg4_cg"),
+        ("cgroup/sendmsg6", "sendmsg6_cg"),
+    ] {
+        parts.push(Candidate::new(section, program, Attach::Cgroup(cgroup2)));
+    }
+    for part in &parts {
+        attached.extend(first_of(ebpf, std::slice::from_ref(part), &mut skipped));
+    }
+    let mut hook = status("connect", attached, skipped, false, parts.len());
+    if let Some(root) = cgroup2 {
+        hook.targets.push(format!("cgroup v2 root {}", root.display()));
+    }
+    hook
+}
+
+fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
+    let mut skipped = Vec::new();
+    let kernel_hooks = [
+        Candidate::new("kprobe/security_file_open", "file_open_kprobe", Attach::KProbe("security_file_open")),
+        Candidate::new("fentry/security_file_open", "file_open_fentry", Attach::FEntry("security_file_open", btf)),
+    ];
+    if let Some(chosen) = first_of(ebpf, &kernel_hooks, &mut skipped) {
+        return status("file", vec![chosen], skipped, false, 1);
+    }
+    let mut attached = Vec::new();
+    let openat = Candidate::new(
+        "tracepoint/syscalls/sys_enter_openat",
+        "openat_tp",
+        Attach::TracePoint("syscalls", "sys_enter_openat"),
+    );
+    let Some(chosen) = first_of(ebpf, std::slice::from_ref(&openat), &mut skipped) else {
+        return status("file", attached, skipped, false, 1);
+    };
+    attached.push(chosen);
+    // openat2 (5.6+) and open (x86_64 only) complete the syscall fallback where they exist.
+    for extra in [
+        Candidate::new("tracepoint/syscalls/sys_enter_openat2", "openat2_tp", Attach::TracePoint("syscalls", "sys_enter_openat2")),
+        Candidate::new("tracepoint/syscalls/sys_enter_open", "open_tp", Attach::TracePoint("syscalls", "sys_enter_open")),
+    ] {
+        attached.extend(first_of(ebpf, std::slice::from_ref(&extra), &mut skipped));
+    }
+    status("file", attached, skipped, false, 1)
+}
+
+fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc]) -> HookStatus {
+    let mut skipped = Vec::new();
+    let mut attached = Vec::new();
+    let mut targets = Vec::new();
+    if libcs.is_empty() {
+        skipped.push(SkippedImpl {
+            implementation: "uprobe:libc:getaddrinfo".into(),
+            reason: "no glibc in /etc/ld.so.cache and no musl found".into(),
+        });
+    }
+    for libc in libcs {
+        let path = libc.path.as_path();
+        let entry = [
+            Candidate::new(format!("uprobe.s:{}:getaddrinfo", path.display()), "gai_enter_sleepable", Attach::UProbe(path)),
+            Candidate::new(format!("uprobe:{}:getaddrinfo", path.display()), "gai_enter", Attach::UProbe(path)),
+        ];
+        let exit = Candidate::new(format!("uretprobe:{}:getaddrinfo", path.display()), "gai_exit", Attach::UProbe(path));
+        let Some(entry) = first_of(ebpf, &entry, &mut skipped) else { continue };
+        if let Some(exit) = first_of(ebpf, std::slice::from_ref(&exit), &mut skipped) {
+            attached.push(format!("{entry} + {exit}"));
+            targets.push(format!("{} {}", libc.flavor, path.display()));
+        }
+    }
+    let mut hook = status("dns", attached, skipped, false, 1);
+    hook.targets = targets;
+    hook
+}
+
+fn join(parts: Vec<String>) -> String {
+    if parts.is_empty() {
+        "no implementation is available".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// An error and its sources on one line.
+pub fn chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

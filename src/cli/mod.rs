@@ -1,0 +1,38 @@
+//! The command line: one module per subcommand.
+
+pub mod check;
+pub mod run;
+pub mod spawn;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ciwatch", version, about = "See, and control, what a CI job really does at runtime")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command as the watched job and write its event log and summary.
+    Run(run::RunArgs),
+    /// Load and attach every hook, then report what this kernel supports.
+    Check(check::CheckArgs),
+}
+
+impl Command {
+    /// Runs the subcommand; the result is the process exit code.
+    pub async fn execute(self) -> u8 {
+        match self {
+            Command::Run(args) => run::execute(args).await,
+            Command::Check(args) => check::execute(args).await,
+        }
+    }
+}
+
+/// Prints an error the way every subcommand reports failure.
+pub fn fail(code: u8, error: &dyn std::error::Error) -> u8 {
+    eprintln!("ciwatch: error: {}", crate::bpf::loader::chain(error));
+    code
+}

@@ -1,0 +1,232 @@
+//! The event log's records: one JSON object per line, documented in
+//! docs/events.md. The first line is a `trace_start`, the last a `trace_end`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::text::Text;
+
+/// Bumped on any incompatible change to the records below.
+pub const SCHEMA: &str = "ciwatch.events/v1";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub tgid: u32,
+    /// Process start, ns since boot: with tgid, the process identity.
+    pub start_ns: u64,
+    pub comm: Text,
+    pub uid: u32,
+    pub cgroup_id: u64,
+}
+
+/// Where an event belongs. Filled by attribution; see docs/events.md.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobRef {
+    pub platform: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StepRef {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    pub ktime_ns: u64,
+    pub job: JobRef,
+    pub step: StepRef,
+    pub proc: Proc,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body {
+    Exec(ExecBody),
+    Fork(ForkBody),
+    Exit(ExitBody),
+    Connect(ConnectBody),
+    File(FileBody),
+    Dns(DnsBody),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecBody {
+    pub filename: Text,
+    pub argv: Vec<Text>,
+    pub argv_truncated: bool,
+    pub argv_policy: crate::redact::CaptureArgs,
+    pub ppid: u32,
+    pub parent_start_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkBody {
+    pub child_tgid: u32,
+    pub child_start_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Raw,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectBody {
+    pub family: &'static str,
+    pub protocol: Protocol,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Which hook saw it: syscall, cgroup_connect or cgroup_sendmsg.
+    pub source: &'static str,
+    /// Names this job resolved to the address, most recent first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileBody {
+    /// Absolute path, after joining a relative path to its directory.
+    pub path: Text,
+    /// The path exactly as the program passed it, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_path: Option<Text>,
+    pub access: &'static str,
+    pub open_flags: u32,
+    pub hook: &'static str,
+    /// The sensitive-path pattern that matched.
+    pub rule: String,
+    pub path_truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsBody {
+    pub host: Text,
+    pub addrs: Vec<IpAddr>,
+    pub ret: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    pub latency_us: u64,
+    pub host_truncated: bool,
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Exec(_) => "exec",
+            Body::Fork(_) => "fork",
+            Body::Exit(_) => "exit",
+            Body::Connect(_) => "connect",
+            Body::File(_) => "file",
+            Body::Dns(_) => "dns",
+        }
+    }
+}
+
+/// How one hook was implemented on this kernel.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HookStatus {
+    pub hook: &'static str,
+    /// The program(s) attached, e.g. "tracepoint/syscalls/sys_enter_openat".
+    pub implementation: String,
+    /// Implementations tried first that this kernel refused, with the reason.
+    pub skipped: Vec<SkippedImpl>,
+    /// Extra facts (for dns: which libcs were probed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    pub attached: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SkippedImpl {
+    pub implementation: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceStart {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub schema: &'static str,
+    pub time: String,
+    pub agent: Agent,
+    pub host: String,
+    pub kernel: String,
+    pub mode: String,
+    pub job: JobRef,
+    pub command: Vec<Text>,
+    pub hooks: Vec<HookStatus>,
+    pub capture_args: crate::redact::CaptureArgs,
+    pub sensitive_paths: Vec<String>,
+    pub ignore_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Agent {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+impl Agent {
+    pub fn this() -> Self {
+        Self { name: "ciwatch", version: env!("CARGO_PKG_VERSION") }
+    }
+}
+
+/// Totals for the whole trace; nothing lost or skipped goes unmentioned.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Totals {
+    pub events: BTreeMap<&'static str, u64>,
+    /// Records the kernel could not queue because the ring buffer was full.
+    pub lost: BTreeMap<&'static str, u64>,
+    pub lost_total: u64,
+    /// Records that arrived but could not be decoded.
+    pub undecodable: u64,
+    /// File candidates dropped by the full patterns or the ignore list.
+    pub file_filtered: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceEnd {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+    /// The watched command's exit code, or the signal that ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Processes of the job still alive when the trace was sealed.
+    pub still_running: u64,
+    pub complete: bool,
+}
+
+/// Nanoseconds-precise UTC timestamp, RFC 3339.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_nanos(time).to_string()
+}

@@ -1,0 +1,24 @@
+//! ciwatch's own exit codes (docs/exit-codes.md). `run` otherwise exits with
+//! the watched command's code, or 128 + the signal that ended it, as a shell does.
+
+pub const USAGE: u8 = 2;
+pub const INTERNAL: u8 = 70;
+pub const NO_BTF: u8 = 71;
+pub const MOUNT: u8 = 72;
+pub const OUTPUT_DIR: u8 = 73;
+pub const WRITE: u8 = 74;
+pub const PRIVILEGES: u8 = 77;
+pub const CONFIG: u8 = 78;
+pub const HOOKS: u8 = 79;
+pub const NOT_EXECUTABLE: u8 = 126;
+pub const NOT_FOUND: u8 = 127;
+
+use crate::bpf::preflight::PreflightError;
+
+pub fn preflight(e: &PreflightError) -> u8 {
+    match e {
+        PreflightError::MissingCapabilities(_) => PRIVILEGES,
+        PreflightError::NoBtf(_) => NO_BTF,
+        PreflightError::Mount { .. } => MOUNT,
+    }
+}

@@ -1,0 +1,4 @@
+//! Userspace filters applied after the kernel's coarse ones.
+
+pub mod glob;
+pub mod sensitive;

@@ -1,0 +1,18 @@
+//! ciwatch: see, and control, what a CI job does at runtime.
+//!
+//! The modules follow the pipeline: `bpf` (kernel programs: load, attach,
+//! ABI) → `decode` → `attribute` → `sink` (NDJSON, summary), driven by
+//! `pipeline` and one `cli` module per subcommand.
+
+pub mod attribute;
+pub mod bpf;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod exit;
+pub mod filter;
+pub mod pipeline;
+pub mod redact;
+pub mod sink;
+pub mod text;

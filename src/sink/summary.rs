@@ -1,0 +1,205 @@
+//! The job summary: what the job executed, reached, resolved and read,
+//! rendered as Markdown for summary.md and the terminal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::event::{Body, Event, HookStatus, Protocol, Totals};
+
+/// Rows shown per table; the log holds everything.
+const MAX_ROWS: usize = 50;
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub totals: Totals,
+    egress: BTreeMap<(IpAddr, u16, Protocol), Destination>,
+    dns: BTreeMap<String, Lookup>,
+    files: BTreeMap<String, FileOpen>,
+    execs: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default)]
+struct Destination {
+    count: u64,
+    hosts: BTreeSet<String>,
+    comms: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Lookup {
+    count: u64,
+    addrs: BTreeSet<IpAddr>,
+    errors: BTreeSet<&'static str>,
+}
+
+#[derive(Debug, Default)]
+struct FileOpen {
+    count: u64,
+    access: BTreeSet<&'static str>,
+    comms: BTreeSet<String>,
+    rule: String,
+}
+
+/// Facts about the run that are not events.
+pub struct Context<'a> {
+    pub title: &'a str,
+    pub hooks: &'a [HookStatus],
+    pub exit: Option<String>,
+    pub log_sha256: Option<&'a str>,
+    pub still_running: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, event: &Event) {
+        crate::pipeline::count(&mut self.totals, event);
+        let comm = event.proc.comm.lossy().into_owned();
+        match &event.body {
+            Body::Connect(c) => {
+                let d = self.egress.entry((c.addr, c.port, c.protocol)).or_default();
+                d.count += 1;
+                d.hosts.extend(c.hosts.iter().cloned());
+                d.comms.insert(comm);
+            }
+            Body::Dns(d) => {
+                let l = self.dns.entry(d.host.lossy().into_owned()).or_default();
+                l.count += 1;
+                l.addrs.extend(d.addrs.iter().copied());
+                l.errors.extend(d.error);
+            }
+            Body::File(f) => {
+                let o = self.files.entry(f.path.lossy().into_owned()).or_default();
+                o.count += 1;
+                o.access.insert(f.access);
+                o.comms.insert(comm);
+                o.rule.clone_from(&f.rule);
+            }
+            Body::Exec(e) => *self.execs.entry(e.filename.lossy().into_owned()).or_default() += 1,
+            Body::Fork(_) | Body::Exit(_) => {}
+        }
+    }
+
+    pub fn render(&self, ctx: &Context<'_>) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# {}\n", ctx.title);
+        self.render_overview(&mut md, ctx);
+        self.render_egress(&mut md);
+        self.render_dns(&mut md);
+        self.render_files(&mut md);
+        self.render_execs(&mut md);
+        render_hooks(&mut md, ctx.hooks);
+        md
+    }
+
+    fn render_overview(&self, md: &mut String, ctx: &Context<'_>) {
+        let t = &self.totals;
+        let n = |k: &str| t.events.get(k).copied().unwrap_or(0);
+        md.push_str("| execs | connects | DNS lookups | sensitive opens | lost events |\n|---:|---:|---:|---:|---:|\n");
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} |\n", n("exec"), n("connect"), n("dns"), n("file"), t.lost_total);
+        if t.lost_total > 0 {
+            let per_kind: Vec<String> = t.lost.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(
+                md,
+                "> **Warning: {} events were lost** because the ring buffer was full ({}). \
+                 Raise `ring.size_bytes` in the config.\n",
+                t.lost_total,
+                per_kind.join(", ")
+            );
+        }
+        if t.undecodable > 0 {
+            let _ = writeln!(md, "> **Warning:** {} records could not be decoded.\n", t.undecodable);
+        }
+        if ctx.still_running > 0 {
+            let _ = writeln!(md, "> {} processes of the job were still running when the trace was sealed.\n", ctx.still_running);
+        }
+        if let Some(exit) = &ctx.exit {
+            let _ = writeln!(md, "Command: {exit}.  ");
+        }
+        if let Some(sha) = ctx.log_sha256 {
+            let _ = writeln!(md, "Event log SHA-256: `{sha}`\n");
+        }
+    }
+
+    fn render_egress(&self, md: &mut String) {
+        md.push_str("## Egress destinations\n\n");
+        if self.egress.is_empty() {
+            md.push_str("None.\n\n");
+            return;
+        }
+        md.push_str("| destination | protocol | host names | processes | count |\n|---|---|---|---|---:|\n");
+        for ((addr, port, proto), d) in self.egress.iter().take(MAX_ROWS) {
+            let dest = if addr.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} |", list(&d.hosts), list(&d.comms), d.count);
+        }
+        more(md, self.egress.len());
+    }
+
+    fn render_dns(&self, md: &mut String) {
+        md.push_str("## DNS lookups\n\n");
+        if self.dns.is_empty() {
+            md.push_str("None.\n\n");
+            return;
+        }
+        md.push_str("| host name | addresses | count |\n|---|---|---:|\n");
+        for (host, l) in self.dns.iter().take(MAX_ROWS) {
+            let addrs: BTreeSet<String> = l.addrs.iter().map(IpAddr::to_string).chain(l.errors.iter().map(|e| e.to_string())).collect();
+            let _ = writeln!(md, "| {} | {} | {} |", cell(host), list(&addrs), l.count);
+        }
+        more(md, self.dns.len());
+    }
+
+    fn render_files(&self, md: &mut String) {
+        md.push_str("## Sensitive file opens\n\n");
+        if self.files.is_empty() {
+            md.push_str("None.\n\n");
+            return;
+        }
+        md.push_str("| path | access | processes | rule | count |\n|---|---|---|---|---:|\n");
+        for (path, o) in self.files.iter().take(MAX_ROWS) {
+            let access: BTreeSet<String> = o.access.iter().map(|a| a.to_string()).collect();
+            let _ = writeln!(md, "| {} | {} | {} | `{}` | {} |", cell(path), list(&access), list(&o.comms), o.rule, o.count);
+        }
+        more(md, self.files.len());
+    }
+
+    fn render_execs(&self, md: &mut String) {
+        md.push_str("## Executables\n\n");
+        if self.execs.is_empty() {
+            md.push_str("None.\n\n");
+            return;
+        }
+        let mut rows: Vec<(&String, &u64)> = self.execs.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        md.push_str("| executable | count |\n|---|---:|\n");
+        for (name, count) in rows.iter().take(MAX_ROWS) {
+            let _ = writeln!(md, "| {} | {count} |", cell(name));
+        }
+        more(md, rows.len());
+    }
+}
+
+fn render_hooks(md: &mut String, hooks: &[HookStatus]) {
+    md.push_str("## Hooks\n\n| hook | implementation | fallbacks skipped |\n|---|---|---|\n");
+    for h in hooks {
+        let implementation = if h.attached { h.implementation.clone() } else { "**NOT ATTACHED**".to_string() };
+        let skipped: Vec<String> = h.skipped.iter().map(|s| format!("{} ({})", s.implementation, s.reason)).collect();
+        let _ = writeln!(md, "| {} | {} | {} |", h.hook, cell(&implementation), cell(&skipped.join("; ")));
+    }
+    md.push('\n');
+}
+
+fn list(items: &BTreeSet<String>) -> String {
+    cell(&items.iter().cloned().collect::<Vec<_>>().join(", "))
+}
+
+/// Keeps table cells on one line and their pipes literal.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn more(md: &mut String, total: usize) {
+    if total > MAX_ROWS {
+        let _ = writeln!(md, "\n… and {} more in events.ndjson.", total - MAX_ROWS);
+    }
+    md.push('\n');
+}
