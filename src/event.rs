@@ -125,6 +125,8 @@ pub struct FileBody {
 #[derive(Debug, Clone, Serialize)]
 pub struct DnsBody {
     pub host: Text,
+    /// The "name" was an address literal: no resolution happened.
+    pub numeric: bool,
     pub addrs: Vec<IpAddr>,
     pub ret: i32,
     #[serde(skip_serializing_if = "Option::is_none")]

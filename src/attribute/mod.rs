@@ -137,11 +137,15 @@ impl Attributor {
 
     fn dns(&mut self, r: decode::Dns) -> DnsBody {
         let host = String::from_utf8_lossy(&r.host).into_owned();
-        for addr in &r.addrs {
-            self.names.learn(*addr, &host);
+        let numeric = host.parse::<IpAddr>().is_ok();
+        if !numeric {
+            for addr in &r.addrs {
+                self.names.learn(*addr, &host);
+            }
         }
         DnsBody {
             host: Text::new(r.host),
+            numeric,
             addrs: r.addrs,
             ret: r.ret,
             error: gai_error(r.ret),

@@ -61,6 +61,7 @@ impl Summary {
                 d.hosts.extend(c.hosts.iter().cloned());
                 d.comms.insert(comm);
             }
+            Body::Dns(d) if d.numeric => {}
             Body::Dns(d) => {
                 let l = self.dns.entry(d.host.lossy().into_owned()).or_default();
                 l.count += 1;
