@@ -128,22 +128,21 @@ static __always_inline bool component_listed(void *map, const char *buf, int fro
 }
 
 struct sep_scan {
+	struct path_scratch *s;
 	int n;
 	int last;
 	int prev;
 	int _pad;
 };
 
-/* One bpf_loop step of the backward scan over path_scratch for '/'. */
+/* One bpf_loop step of the backward scan over the path for '/'. */
 static long scan_step(__u32 i, void *ctx)
 {
 	struct sep_scan *scan = ctx;
-	__u32 zero = 0;
-	struct path_scratch *s = bpf_map_lookup_elem(&path_scratch, &zero);
 	int j = scan->n - 2 - (int)i;
-	if (!s || j < 0)
+	if (j < 0)
 		return 1;
-	if (s->path[j & (CW_PATH_MAX - 1)] != '/')
+	if (scan->s->path[j & (CW_PATH_MAX - 1)] != '/')
 		return 0;
 	if (scan->last < 0) {
 		scan->last = j;
@@ -168,7 +167,7 @@ static __always_inline int on_open_syscall(int dirfd, const char *upath, __u32 f
 		return 0;
 
 	/* Find the last two separators, scanning back from the end. */
-	struct sep_scan scan = { .n = (int)n, .last = -1, .prev = -1 };
+	struct sep_scan scan = { .s = s, .n = (int)n, .last = -1, .prev = -1 };
 	bpf_loop(CW_PATH_MAX, scan_step, &scan, 0);
 	int last = scan.last, prev = scan.prev;
 	bool hit = component_listed(&sensitive_base, s->path, last + 1, (int)n - 1);

@@ -28,6 +28,7 @@ pub struct Config {
     /// What of each argv the event log keeps.
     pub capture_args: CaptureArgs,
     pub files: Files,
+    pub hooks: Hooks,
     pub ring: Ring,
     pub run: Run,
 }
@@ -41,6 +42,23 @@ pub struct Files {
     pub extra_sensitive: Vec<String>,
     /// Sensitive matches that are not reported.
     pub ignore: Vec<String>,
+}
+
+/// Hooks that may be switched off; exec and lineage always run. A disabled
+/// hook is recorded as such in the trace, never silently missing.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    pub connect: bool,
+    pub file: bool,
+    /// The libc uprobe costs every new process that maps libc some microseconds.
+    pub dns: bool,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self { connect: true, file: true, dns: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,13 +82,19 @@ pub struct Run {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { capture_args: CaptureArgs::default(), files: Files::default(), ring: Ring::default(), run: Run::default() }
+        Self {
+            capture_args: CaptureArgs::default(),
+            files: Files::default(),
+            hooks: Hooks::default(),
+            ring: Ring::default(),
+            run: Run::default(),
+        }
     }
 }
 
 impl Default for Ring {
     fn default() -> Self {
-        Self { size_bytes: 16 << 20, wakeup_bytes: 1 << 20, drain_interval_ms: 20 }
+        Self { size_bytes: 8 << 20, wakeup_bytes: 512 << 10, drain_interval_ms: 20 }
     }
 }
 
@@ -127,8 +151,14 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         let c = Config::parse("", "t.toml").unwrap();
-        assert_eq!(c.ring.size_bytes, 16 << 20);
+        assert_eq!(c.ring.size_bytes, 8 << 20);
         assert_eq!(c.capture_args, CaptureArgs::Redacted);
+    }
+
+    #[test]
+    fn hooks_can_be_switched_off() {
+        let c = Config::parse("[hooks]\ndns = false\n", "t.toml").unwrap();
+        assert!(!c.hooks.dns && c.hooks.file && c.hooks.connect);
     }
 
     #[test]

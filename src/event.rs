@@ -160,6 +160,9 @@ pub struct HookStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
     pub attached: bool,
+    /// Switched off in the configuration.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -39,6 +39,7 @@ pub struct LoadOptions<'a> {
     pub btf: &'a Path,
     pub sensitive: &'a SensitivePaths,
     pub cgroup2: Option<&'a Path>,
+    pub enabled: crate::config::Hooks,
     /// Fail when a hook has no working implementation (the default).
     pub require_all: bool,
 }
@@ -63,19 +64,21 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         .map_err(|e| LoadError::Object(chain(&e)))?;
 
     fill_sensitive_maps(&mut ebpf, opts.sensitive)?;
+    let on = opts.enabled;
     let hooks = vec![
         attach_lineage(&mut ebpf, &btf),
         attach_exec(&mut ebpf),
-        attach_connect(&mut ebpf, opts.cgroup2),
-        attach_file(&mut ebpf, &btf),
-        attach_dns(&mut ebpf, &libc_paths::discover()),
+        if on.connect { attach_connect(&mut ebpf, opts.cgroup2) } else { disabled("connect") },
+        if on.file { attach_file(&mut ebpf, &btf) } else { disabled("file") },
+        if on.dns { attach_dns(&mut ebpf, &libc_paths::discover()) } else { disabled("dns") },
     ];
     if opts.require_all {
-        if let Some(missing) = hooks.iter().find(|h| !h.attached) {
+        if let Some(missing) = hooks.iter().find(|h| !h.attached && !h.disabled) {
             let reasons = missing.skipped.iter().map(|s| format!("{}: {}", s.implementation, s.reason)).collect();
             return Err(LoadError::Required { hook: missing.hook, reasons: join(reasons) });
         }
     }
+    release_load_memory();
     let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
     let tasks = HashMap::try_from(take(&mut ebpf, "tasks")?).map_err(map_err("tasks"))?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
@@ -86,6 +89,15 @@ impl Probes {
     /// The ring buffer, for the one reader that drains it.
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+}
+
+/// Parsing kernel BTF for CO-RE peaks the heap; give those pages back once loaded.
+fn release_load_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -217,7 +229,18 @@ fn first_of(ebpf: &mut Ebpf, candidates: &[Candidate<'_>], skipped: &mut Vec<Ski
 
 fn status(hook: &'static str, attached: Vec<String>, skipped: Vec<SkippedImpl>, all_needed: bool, n: usize) -> HookStatus {
     let ok = if all_needed { attached.len() == n } else { !attached.is_empty() };
-    HookStatus { hook, implementation: attached.join(" + "), skipped, targets: Vec::new(), attached: ok }
+    HookStatus { hook, implementation: attached.join(" + "), skipped, targets: Vec::new(), attached: ok, disabled: false }
+}
+
+fn disabled(hook: &'static str) -> HookStatus {
+    HookStatus {
+        hook,
+        implementation: String::new(),
+        skipped: vec![SkippedImpl { implementation: "all".into(), reason: format!("disabled in the configuration (hooks.{hook} = false)") }],
+        targets: Vec::new(),
+        attached: false,
+        disabled: true,
+    }
 }
 
 fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {

@@ -42,6 +42,7 @@ pub async fn execute(args: CheckArgs) -> u8 {
         btf: &env.btf,
         sensitive: &sensitive,
         cgroup2: env.cgroup2.as_deref(),
+        enabled: config.hooks,
         require_all: false,
     }) {
         Ok(p) => p,
@@ -61,7 +62,7 @@ pub async fn execute(args: CheckArgs) -> u8 {
     } else {
         print_report(&env, &features, &probes.hooks);
     }
-    match probes.hooks.iter().find(|h| !h.attached) {
+    match probes.hooks.iter().find(|h| !h.attached && !h.disabled) {
         None => 0,
         Some(h) => {
             let reasons: Vec<String> = h.skipped.iter().map(|s| format!("{}: {}", s.implementation, s.reason)).collect();
@@ -98,7 +99,11 @@ fn print_report(env: &preflight::Environment, features: &[(&str, serde_json::Val
     }
     println!();
     for h in hooks {
-        let state = if h.attached { "ok  " } else { "FAIL" };
+        let state = match (h.attached, h.disabled) {
+            (true, _) => "ok  ",
+            (false, true) => "off ",
+            (false, false) => "FAIL",
+        };
         println!("[{state}] {:<8} {}", h.hook, if h.attached { h.implementation.as_str() } else { "no implementation attached" });
         for t in &h.targets {
             println!("              target: {t}");

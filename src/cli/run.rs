@@ -115,6 +115,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
         btf: &env.btf,
         sensitive: &sensitive,
         cgroup2: env.cgroup2.as_deref(),
+        enabled: config.hooks,
         require_all: !args.allow_partial,
     })?;
     let job = JobRef { platform: "none".into(), id: local_job_id() };
@@ -138,17 +139,36 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     totals.events = drained.sinks.summary.totals.events.clone();
     totals.undecodable = drained.undecodable;
     read_lost(&probes, &mut totals);
-    let complete = totals.lost_total == 0 && totals.undecodable == 0 && probes.hooks.iter().all(|h| h.attached);
+    let complete = totals.lost_total == 0 && totals.undecodable == 0 && probes.hooks.iter().all(|h| h.attached || h.disabled);
     let Sinks { mut log, mut summary } = drained.sinks;
     log.write(&trace_end(&totals, ended, still_running, complete))?;
     let sealed = log.seal()?;
     summary.totals = totals;
     let markdown = write_summary(&args.out, &summary, &probes.hooks, ended, still_running, &sealed)?;
+    log_own_usage();
     if !args.quiet {
         eprintln!("\n{markdown}");
         eprintln!("ciwatch: event log {} ({} lines)", sealed.path.display(), sealed.lines);
     }
     Ok(ended.shell_code())
+}
+
+/// The agent's own footprint, for scripts/bench (CIWATCH_LOG=info).
+fn log_own_usage() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map_or("?".into(), |v| v.trim().to_string());
+    // SAFETY: getrusage fills a valid rusage struct for this process.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tracing::info!(
+        "agent usage: peak_rss={peak_kib} cpu_user_s={:.3} cpu_sys_s={:.3}",
+        cpu(usage.ru_utime),
+        cpu(usage.ru_stime)
+    );
 }
 
 fn create_log(dir: &Path) -> Result<NdjsonLog, RunError> {

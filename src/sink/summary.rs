@@ -182,7 +182,11 @@ impl Summary {
 fn render_hooks(md: &mut String, hooks: &[HookStatus]) {
     md.push_str("## Hooks\n\n| hook | implementation | fallbacks skipped |\n|---|---|---|\n");
     for h in hooks {
-        let implementation = if h.attached { h.implementation.clone() } else { "**NOT ATTACHED**".to_string() };
+        let implementation = match (h.attached, h.disabled) {
+            (true, _) => h.implementation.clone(),
+            (false, true) => "disabled in the configuration".to_string(),
+            (false, false) => "**NOT ATTACHED**".to_string(),
+        };
         let skipped: Vec<String> = h.skipped.iter().map(|s| format!("{} ({})", s.implementation, s.reason)).collect();
         let _ = writeln!(md, "| {} | {} | {} |", h.hook, cell(&implementation), cell(&skipped.join("; ")));
     }
