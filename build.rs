@@ -27,7 +27,7 @@ fn main() {
     for program in PROGRAMS {
         let object = out.join(program.replace(".c", ".o"));
         let status = Command::new(&clang)
-            .args(["-g", "-O2", "-target", "bpfel", "-Wall", "-Werror"])
+            .args(["-g", "-O2", "-target", "bpfel", "-mcpu=v3", "-Wall", "-Werror"])
             .arg(format!("-D{define}"))
             .arg("-I")
             .arg(&ebpf)

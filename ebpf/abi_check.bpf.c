@@ -16,3 +16,6 @@ struct cw_file abi_cw_file;
 struct cw_dns_addr abi_cw_dns_addr;
 struct cw_dns abi_cw_dns;
 struct cw_name_key abi_cw_name_key;
+struct cw_launcher abi_cw_launcher;
+struct cw_comm_key abi_cw_comm_key;
+struct cw_env abi_cw_env;

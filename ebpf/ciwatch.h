@@ -19,6 +19,7 @@
 #define CW_NAME_KEY 32
 #define CW_DNS_ADDRS 8
 #define CW_KIND_SLOTS 16
+#define CW_ENV_MAX 16384
 
 /* Record kinds. */
 #define CW_KIND_EXEC 1
@@ -27,6 +28,7 @@
 #define CW_KIND_CONNECT 4
 #define CW_KIND_FILE 5
 #define CW_KIND_DNS 6
+#define CW_KIND_ENV 7 /* a step root's environment; consumed by attribution, never logged */
 
 /* cw_header.flags */
 #define CW_F_TRUNC_FILENAME (1 << 0)
@@ -37,6 +39,16 @@
 #define CW_F_CWD_REVERSED (1 << 5)
 #define CW_F_TRUNC_HOST (1 << 6)
 #define CW_F_TRUNC_ADDRS (1 << 7)
+
+/* cw_tag.flags */
+#define CW_TAG_STEP_ROOT (1 << 0) /* this process started its step */
+#define CW_TAG_LAUNCHER (1 << 1) /* a platform's step launcher (Runner.Worker, …) */
+#define CW_TAG_CONTAINER (1 << 2) /* started by a container runtime; userspace resolves its job */
+
+/* cw_env.reason */
+#define CW_ENV_STEP_ROOT 1
+#define CW_ENV_LAUNCHER 2
+#define CW_ENV_CONTAINER 3
 
 /* cw_connect.source */
 #define CW_SRC_SYSCALL 1
@@ -137,6 +149,28 @@ struct cw_dns {
 	__u64 latency_ns;
 	struct cw_dns_addr addrs[CW_DNS_ADDRS];
 	char host[CW_HOST_MAX];
+};
+
+/* A process whose exec'd children start steps (key: its tgid). */
+struct cw_launcher {
+	__u32 job;
+	__u32 platform;
+	__u32 flags;
+	__u32 _pad;
+};
+
+/* Key of the launcher_names / container_parents maps: a NUL-padded comm. */
+struct cw_comm_key {
+	char comm[CW_COMM_LEN];
+};
+
+struct cw_env {
+	struct cw_header h;
+	__u32 reason;
+	__u32 env_len;
+	__u32 env_total;
+	__u32 ppid;
+	char env[CW_ENV_MAX];
 };
 
 /* Key of the sensitive_base / sensitive_dir maps: a NUL-padded path component. */

@@ -35,6 +35,44 @@ struct {
 	__type(value, struct cw_tag);
 } tasks SEC(".maps");
 
+/* Launchers by tgid: their exec'd children start new steps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct cw_launcher);
+} launchers SEC(".maps");
+
+/* comm -> platform: a process exec'd under one of these names becomes a launcher of a new job. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct cw_comm_key);
+	__type(value, __u32);
+} launcher_names SEC(".maps");
+
+/* comm of container runtimes (containerd-shim, runc, conmon, …) whose exec'd children may belong to a job. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct cw_comm_key);
+	__type(value, __u32);
+} container_parents SEC(".maps");
+
+/* [0]: last job id handed out, [1]: last step id. Userspace starts them past its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} next_ids SEC(".maps");
+
+static __always_inline __u32 new_id(__u32 which)
+{
+	__u32 *counter = bpf_map_lookup_elem(&next_ids, &which);
+	return counter ? __sync_fetch_and_add(counter, 1) + 1 : 0;
+}
+
 static __always_inline struct cw_tag *current_tag(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;

@@ -16,6 +16,8 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 	if (!tag)
 		return 0;
 	struct cw_tag inherited = *tag;
+	/* A child is neither a launcher nor a step root until its own exec says so. */
+	inherited.flags &= ~(CW_TAG_LAUNCHER | CW_TAG_STEP_ROOT);
 	bpf_map_update_elem(&tasks, &ctgid, &inherited, BPF_ANY);
 
 	struct cw_fork *e = reserve(sizeof(*e), CW_KIND_FORK);
@@ -40,6 +42,7 @@ static __always_inline int on_exit(struct task_struct *task)
 		return 0;
 	struct cw_tag last = *tag;
 	bpf_map_delete_elem(&tasks, &tgid);
+	bpf_map_delete_elem(&launchers, &tgid);
 
 	struct cw_exit *e = reserve(sizeof(*e), CW_KIND_EXIT);
 	if (!e)

@@ -41,6 +41,7 @@ pub enum Record {
     Connect(Connect),
     File(File),
     Dns(Dns),
+    Env(Env),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +98,26 @@ pub struct File {
     pub base_dir: Option<Vec<u8>>,
 }
 
+/// Why the kernel sent a process's environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvReason {
+    StepRoot,
+    Launcher,
+    Container,
+    Unknown(u32),
+}
+
+/// A step root's, launcher's or container process's environment at exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Env {
+    pub common: Common,
+    pub reason: EnvReason,
+    pub ppid: u32,
+    /// The NUL-separated `KEY=VALUE` block as captured.
+    pub block: Vec<u8>,
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dns {
     pub common: Common,
@@ -115,6 +136,7 @@ impl Record {
             Record::Connect(r) => &r.common,
             Record::File(r) => &r.common,
             Record::Dns(r) => &r.common,
+            Record::Env(r) => &r.common,
         }
     }
 }
@@ -138,6 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         abi::KIND_CONNECT => Record::Connect(connect(read(bytes, "connect record")?, common)),
         abi::KIND_FILE => Record::File(file(read(bytes, "file record")?, common)),
         abi::KIND_DNS => Record::Dns(dns(read(bytes, "dns record")?, common)),
+        abi::KIND_ENV => Record::Env(env(read_boxed(bytes, "env record")?, common)),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -152,6 +175,32 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     // requirement, and T is only instantiated with the abi structs, which are
     // integer and byte-array fields valid for any bit pattern.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Like `read`, for records too large for the stack.
+fn read_boxed<T: Copy>(bytes: &[u8], what: &'static str) -> Result<Box<T>, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { what, len: bytes.len(), need });
+    }
+    let mut boxed: Box<std::mem::MaybeUninit<T>> = Box::new_uninit();
+    // SAFETY: the length is checked above; copying bytes into the allocation
+    // initialises every byte of T, whose fields are valid for any bit pattern.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), boxed.as_mut_ptr().cast::<u8>(), need);
+        Ok(boxed.assume_init())
+    }
+}
+
+fn env(r: Box<abi::Env>, common: Common) -> Env {
+    let reason = match r.reason {
+        abi::ENV_STEP_ROOT => EnvReason::StepRoot,
+        abi::ENV_LAUNCHER => EnvReason::Launcher,
+        abi::ENV_CONTAINER => EnvReason::Container,
+        other => EnvReason::Unknown(other),
+    };
+    let block = prefix(&r.env, r.env_len as usize).to_vec();
+    Env { common, reason, ppid: r.ppid, truncated: r.env_total > r.env_len, block }
 }
 
 fn common(h: &abi::Header) -> Common {

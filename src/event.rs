@@ -23,13 +23,13 @@ pub struct Proc {
 }
 
 /// Where an event belongs. Filled by attribution; see docs/events.md.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct JobRef {
     pub platform: String,
     pub id: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StepRef {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +212,8 @@ pub struct Totals {
     pub undecodable: u64,
     /// File candidates dropped by the full patterns or the ignore list.
     pub file_filtered: u64,
+    /// Events of no watched job (another job's containers, a long-lived runner's own traffic).
+    pub unattributed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +230,11 @@ pub struct TraceEnd {
     pub exit_signal: Option<i32>,
     /// Processes of the job still alive when the trace was sealed.
     pub still_running: u64,
+    /// Events that could not be written (after a write error such as a full disk).
+    pub unwritten: u64,
+    /// `ok`, or `died` when the agent was gone before it could seal (recovered by `finish`),
+    /// or `stopped` when it was stopped while the job still ran.
+    pub agent_status: String,
     pub complete: bool,
 }
 

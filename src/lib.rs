@@ -4,6 +4,7 @@
 //! ABI) → `decode` → `attribute` → `sink` (NDJSON, summary), driven by
 //! `pipeline` and one `cli` module per subcommand.
 
+pub mod agent;
 pub mod attribute;
 pub mod bpf;
 pub mod cli;

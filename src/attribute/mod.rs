@@ -3,13 +3,18 @@
 //! addresses), resolves and filters file paths, and applies the argv policy.
 
 pub mod clock;
+pub mod env;
+pub mod github_log;
+pub mod jobs;
 pub mod names;
+pub mod platform;
 pub mod procs;
 
 use std::net::IpAddr;
 
 use crate::bpf::abi;
 use crate::decode::{self, ConnectSource, Record};
+use jobs::{Placement, Registry};
 use crate::event::{
     Body, ConnectBody, DnsBody, Event, ExecBody, ExitBody, FileBody, ForkBody, JobRef, Proc, Protocol, StepRef, Totals,
 };
@@ -19,8 +24,7 @@ use crate::redact::{self, CaptureArgs};
 use crate::text::Text;
 
 pub struct Attributor {
-    pub job: JobRef,
-    pub step: StepRef,
+    pub registry: Registry,
     capture: CaptureArgs,
     sensitive: SensitivePaths,
     clock: clock::BootClock,
@@ -32,10 +36,9 @@ pub struct Attributor {
 }
 
 impl Attributor {
-    pub fn new(job: JobRef, step: StepRef, capture: CaptureArgs, sensitive: SensitivePaths) -> Self {
+    pub fn new(registry: Registry, capture: CaptureArgs, sensitive: SensitivePaths) -> Self {
         Self {
-            job,
-            step,
+            registry,
             capture,
             sensitive,
             clock: clock::BootClock::now(),
@@ -46,11 +49,26 @@ impl Attributor {
         }
     }
 
-    /// The event for a record, or None when the record is filtered out.
-    pub fn event(&mut self, record: Record) -> Option<Event> {
+    /// The event for a record and the job it belongs to, or None when the
+    /// record is filtered out or belongs to no watched job.
+    pub fn event(&mut self, record: Record) -> Option<(Placement, Event)> {
         self.procs.observe(&record);
         let common = record.common().clone();
+        match &record {
+            Record::Env(env) => {
+                self.registry.environment(&common, env.reason, env::StepEnv::parse(&env.block, env.truncated));
+                return None;
+            }
+            Record::Exec(exec) => {
+                let argv: Vec<String> = exec.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                self.registry.exec(&common, &argv);
+            }
+            Record::Exit(_) if common.tag_flags & abi::TAG_LAUNCHER != 0 => self.registry.launcher_exited(common.job),
+            _ => {}
+        }
+        let placement = self.registry.place(&common)?;
         let body = match record {
+            Record::Env(_) => return None,
             Record::Exec(r) => Body::Exec(self.exec(r)),
             Record::Fork(r) => Body::Fork(ForkBody { child_tgid: r.child_tgid, child_start_ns: r.child_start_ns }),
             Record::Exit(r) => Body::Exit(exit_body(r.status)),
@@ -58,13 +76,15 @@ impl Attributor {
             Record::File(r) => Body::File(self.file(r)?),
             Record::Dns(r) => Body::Dns(self.dns(r)),
         };
+        self.registry.count(&placement, body.kind());
         self.seq += 1;
-        Some(Event {
+        let (job, step) = self.refs(&placement);
+        let event = Event {
             seq: self.seq,
             time: self.clock.rfc3339(common.ktime_ns),
             ktime_ns: common.ktime_ns,
-            job: self.job.clone(),
-            step: self.step.clone(),
+            job,
+            step,
             proc: Proc {
                 pid: common.pid,
                 tgid: common.tgid,
@@ -74,7 +94,17 @@ impl Attributor {
                 cgroup_id: common.cgroup_id,
             },
             body,
-        })
+        };
+        Some((placement, event))
+    }
+
+    /// The job and step as the log names them, from what is known now.
+    pub fn refs(&self, p: &Placement) -> (JobRef, StepRef) {
+        refs(&self.registry, p)
+    }
+
+    pub fn clock(&self) -> clock::BootClock {
+        self.clock
     }
 
     fn exec(&self, r: decode::Exec) -> ExecBody {
@@ -160,8 +190,24 @@ impl Attributor {
     }
 
     pub fn totals_base(&self) -> Totals {
-        Totals { file_filtered: self.file_filtered, ..Totals::default() }
+        Totals { file_filtered: self.file_filtered, unattributed: self.registry.unattributed, ..Totals::default() }
     }
+}
+
+/// The job and step references events carry, as the registry knows them.
+pub fn refs(registry: &Registry, p: &Placement) -> (JobRef, StepRef) {
+    let job = registry.job(&p.job);
+    let job_ref = JobRef {
+        platform: job.map_or("none", |j| j.identity.platform.name()).to_string(),
+        id: p.job.clone(),
+    };
+    let step = job.and_then(|j| j.steps.get(&p.step));
+    let step_ref = StepRef {
+        id: p.step.clone(),
+        stage: step.and_then(|s| s.stage.clone()),
+        name: step.and_then(|s| s.name.clone()),
+    };
+    (job_ref, step_ref)
 }
 
 fn exit_body(status: i32) -> ExitBody {

@@ -10,6 +10,7 @@ pub const HOST_MAX: usize = 256;
 pub const NAME_KEY: usize = 32;
 pub const DNS_ADDRS: usize = 8;
 pub const KIND_SLOTS: u32 = 16;
+pub const ENV_MAX: usize = 16384;
 
 pub const KIND_EXEC: u16 = 1;
 pub const KIND_FORK: u16 = 2;
@@ -17,6 +18,15 @@ pub const KIND_EXIT: u16 = 3;
 pub const KIND_CONNECT: u16 = 4;
 pub const KIND_FILE: u16 = 5;
 pub const KIND_DNS: u16 = 6;
+pub const KIND_ENV: u16 = 7;
+
+pub const TAG_STEP_ROOT: u32 = 1 << 0;
+pub const TAG_LAUNCHER: u32 = 1 << 1;
+pub const TAG_CONTAINER: u32 = 1 << 2;
+
+pub const ENV_STEP_ROOT: u32 = 1;
+pub const ENV_LAUNCHER: u32 = 2;
+pub const ENV_CONTAINER: u32 = 3;
 
 pub const F_TRUNC_FILENAME: u16 = 1 << 0;
 pub const F_TRUNC_ARGS: u16 = 1 << 1;
@@ -147,6 +157,49 @@ pub struct Dns {
 }
 
 #[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Launcher {
+    pub job: u32,
+    pub platform: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+// SAFETY: plain old data with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for Launcher {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommKey {
+    pub comm: [u8; COMM_LEN],
+}
+
+// SAFETY: a byte array; any bit pattern is valid.
+unsafe impl aya::Pod for CommKey {}
+
+impl CommKey {
+    /// The kernel compares the first 15 bytes of a task name, NUL-padded.
+    pub fn new(name: &str) -> Self {
+        let mut comm = [0u8; COMM_LEN];
+        let bytes = name.as_bytes();
+        let len = bytes.len().min(COMM_LEN - 1);
+        comm[..len].copy_from_slice(&bytes[..len]);
+        Self { comm }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Env {
+    pub h: Header,
+    pub reason: u32,
+    pub env_len: u32,
+    pub env_total: u32,
+    pub ppid: u32,
+    pub env: [u8; ENV_MAX],
+}
+
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameKey {
     pub name: [u8; NAME_KEY],
@@ -199,11 +252,20 @@ mod tests {
             ("cw_dns_addr", layout!(DnsAddr, family, _pad0, _pad1, addr)),
             ("cw_dns", layout!(Dns, h, ret, naddrs, host_len, latency_ns, addrs, host)),
             ("cw_name_key", layout!(NameKey, name)),
+            ("cw_launcher", layout!(Launcher, job, platform, flags, _pad)),
+            ("cw_comm_key", layout!(CommKey, comm)),
+            ("cw_env", layout!(Env, h, reason, env_len, env_total, ppid, env)),
         ];
         for (c_name, rust) in cases {
             let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));
             assert_eq!(c, rust, "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs");
         }
+    }
+
+    #[test]
+    fn comm_keys_are_truncated_like_task_names() {
+        assert_eq!(&CommKey::new("containerd-shim-runc-v2").comm[..], b"containerd-shim\0");
+        assert_eq!(&CommKey::new("Runner.Worker").comm[..13], b"Runner.Worker");
     }
 
     #[test]

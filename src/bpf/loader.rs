@@ -10,7 +10,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError};
 use aya::programs::uprobe::UProbeScope;
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
-use crate::bpf::abi::{NameKey, Tag};
+use crate::bpf::abi::{CommKey, Launcher, NameKey, Tag};
 use crate::bpf::libc_paths::{self, Libc};
 use crate::event::{HookStatus, SkippedImpl};
 use crate::filter::sensitive::{KernelKey, SensitivePaths};
@@ -50,6 +50,10 @@ pub struct Probes {
     ring: Option<RingBuf<MapData>>,
     pub tasks: HashMap<MapData, u32, Tag>,
     pub lost: PerCpuArray<MapData, u64>,
+    pub launchers: HashMap<MapData, u32, Launcher>,
+    pub launcher_names: HashMap<MapData, CommKey, u32>,
+    pub container_parents: HashMap<MapData, CommKey, u32>,
+    pub next_ids: aya::maps::Array<MapData, u32>,
     _ebpf: Ebpf,
 }
 
@@ -82,7 +86,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
     let tasks = HashMap::try_from(take(&mut ebpf, "tasks")?).map_err(map_err("tasks"))?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
-    Ok(Probes { hooks, ring: Some(ring), tasks, lost, _ebpf: ebpf })
+    let launchers = HashMap::try_from(take(&mut ebpf, "launchers")?).map_err(map_err("launchers"))?;
+    let launcher_names = HashMap::try_from(take(&mut ebpf, "launcher_names")?).map_err(map_err("launcher_names"))?;
+    let container_parents = HashMap::try_from(take(&mut ebpf, "container_parents")?).map_err(map_err("container_parents"))?;
+    let next_ids = aya::maps::Array::try_from(take(&mut ebpf, "next_ids")?).map_err(map_err("next_ids"))?;
+    Ok(Probes { hooks, ring: Some(ring), tasks, lost, launchers, launcher_names, container_parents, next_ids, _ebpf: ebpf })
 }
 
 impl Probes {

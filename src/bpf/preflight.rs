@@ -13,7 +13,7 @@ pub enum PreflightError {
     MissingCapabilities(Vec<&'static str>),
     #[error(
         "this kernel exposes no BTF at {0}: ciwatch's CO-RE programs need a kernel built with \
-         CONFIG_DEBUG_INFO_BTF=y (Linux 5.8+; Ubuntu 20.10+, Debian 11+, RHEL 8.2+ have it), \
+         CONFIG_DEBUG_INFO_BTF=y (ciwatch needs Linux 5.17+), \
          or pass --btf FILE with BTF for this exact kernel (for example from BTFHub)"
     )]
     NoBtf(PathBuf),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod run;
+pub mod signals;
 pub mod spawn;
 
 use clap::{Parser, Subcommand};

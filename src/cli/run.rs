@@ -5,20 +5,22 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
-
+use crate::agent::engine::{Engine, Outputs};
+use crate::agent::output::JobOutput;
+use crate::agent::seal::{self, SealInput, SealedJob};
+use crate::agent::{Agent, AgentError};
+use crate::attribute::env::StepEnv;
+use crate::attribute::jobs::Registry;
+use crate::attribute::platform::{self, JobIdentity, Platform, StepIdentity};
 use crate::attribute::Attributor;
 use crate::bpf::abi::{self, Tag};
-use crate::bpf::loader::{self, LoadError, LoadOptions, Probes};
-use crate::bpf::preflight::{self, Environment, PreflightError};
+use crate::cli::signals::Signals;
 use crate::cli::spawn::{self, Ended, SpawnError};
 use crate::config::{Config, ConfigError};
-use crate::event::{rfc3339, Agent, HookStatus, JobRef, StepRef, TraceEnd, TraceStart, Totals, SCHEMA};
+use crate::event::{rfc3339, Agent as AgentInfo, JobRef, TraceEnd, TraceStart, Totals, SCHEMA};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::redact::CaptureArgs;
-use crate::sink::ndjson::{NdjsonLog, Sealed};
-use crate::sink::summary::{Context, Summary};
-use crate::sink::{SinkError, Sinks};
+use crate::sink::SinkError;
 use crate::text::Text;
 
 #[derive(Debug, clap::Args)]
@@ -53,21 +55,19 @@ pub enum RunError {
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error(transparent)]
-    Preflight(#[from] PreflightError),
+    Agent(#[from] AgentError),
     #[error("cannot write to output directory {path}: {source}")]
     OutputDir { path: String, source: std::io::Error },
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    #[error("cannot register the command with the kernel: {0}")]
-    Register(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the event pipeline: {0}")]
+    Pipeline(std::io::Error),
     #[error("waiting for the command failed: {0}")]
     Wait(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Drain(#[from] PipelineError),
 }
 
 impl RunError {
@@ -76,11 +76,10 @@ impl RunError {
         match self {
             RunError::Config(_) => exit::CONFIG,
             RunError::Spawn(e) => e.exit_code(),
-            RunError::Preflight(e) => exit::preflight(e),
+            RunError::Agent(e) => e.exit_code(),
             RunError::OutputDir { .. } => exit::OUTPUT_DIR,
-            RunError::Load(_) => exit::HOOKS,
             RunError::Sink(_) => exit::WRITE,
-            RunError::Register(_) | RunError::Signals(_) | RunError::Wait(_) | RunError::Pipeline(_) => exit::INTERNAL,
+            RunError::Signals(_) | RunError::Pipeline(_) | RunError::Wait(_) | RunError::Drain(_) => exit::INTERNAL,
         }
     }
 }
@@ -92,8 +91,9 @@ pub async fn execute(args: RunArgs) -> u8 {
     }
 }
 
-/// The watched command's tag: job 1, and (until attribution names steps) one step.
-const JOB_TAG: Tag = Tag { job: 1, step: 1, flags: 0, _pad: 0 };
+/// The watched command is job 1, step 1; the kernel numbers the rest.
+const JOB: u32 = 1;
+const STEP: u32 = 1;
 
 async fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut config = Config::load(args.config.as_deref())?;
@@ -101,56 +101,146 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
         config.capture_args = policy;
     }
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
-    let sensitive =
-        config.sensitive_paths().map_err(|source| ConfigError::Rule { path: config_name, source })?;
     let prepared = spawn::prepare(&args.command)?;
-    let env = preflight::check(args.btf.as_deref())?;
-    let log = create_log(&args.out)?;
+    let mut agent = Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial)?;
     let signals = Signals::install().map_err(RunError::Signals)?;
 
-    let mut probes = loader::load(&LoadOptions {
-        ring_bytes: config.ring.size_bytes,
-        wakeup_bytes: config.ring.wakeup_bytes,
-        args_max: abi::ARGS_MAX as u32,
-        btf: &env.btf,
-        sensitive: &sensitive,
-        cgroup2: env.cgroup2.as_deref(),
-        enabled: config.hooks,
-        require_all: !args.allow_partial,
-    })?;
-    let job = JobRef { platform: "none".into(), id: local_job_id() };
-    let step = StepRef { id: "job".into(), stage: None, name: Some(command_line(&args.command)) };
-    let mut sinks = Sinks { log, summary: Summary::default() };
-    sinks.log.write(&trace_start(&env, &config, &sensitive, &job, &args.command, &probes.hooks))?;
-
-    let attributor = Attributor::new(job, step, config.capture_args, sensitive);
-    let ring = probes.take_ring().ok_or_else(|| RunError::Register("ring buffer already taken".into()))?;
+    let (registry, job) = job_registry(&args.command);
+    let header = trace_start(&agent, &config, &job_ref(&registry, &job), &args.command);
+    let output = create_output(&args.out, &header)?;
+    let attributor = Attributor::new(registry, config.capture_args, agent.sensitive.clone());
+    let engine = Engine::new(attributor, Outputs::Single { job: job.clone(), output });
+    let ring = agent.probes.take_ring().ok_or_else(|| RunError::Pipeline(std::io::ErrorKind::Other.into()))?;
     let drain = Duration::from_millis(config.ring.drain_interval_ms);
-    let pipeline = Pipeline::start(ring, drain, attributor, sinks).map_err(|e| RunError::Register(e.to_string()))?;
+    let pipeline = Pipeline::start(ring, drain, Duration::from_millis(250), engine).map_err(RunError::Pipeline)?;
 
     let held = prepared.fork_held()?;
-    probes.tasks.insert(held.pid, JOB_TAG, 0).map_err(|e| RunError::Register(loader::chain(&e)))?;
+    agent.tag(held.pid, Tag { job: JOB, step: STEP, flags: abi::TAG_STEP_ROOT, _pad: 0 })?;
     let pid = held.release()?;
-    let ended = signals.wait_forwarding(pid).await?;
-    let still_running = linger(&probes, Duration::from_millis(config.run.linger_ms)).await;
+    let ended = signals.wait_forwarding(pid).await.map_err(|e| RunError::Wait(e.to_string()))?;
+    let still_running = linger(&agent, Duration::from_millis(config.run.linger_ms)).await;
 
-    let drained = pipeline.finish().await?;
-    let mut totals = drained.attributor.totals_base();
-    totals.events = drained.sinks.summary.totals.events.clone();
-    totals.undecodable = drained.undecodable;
-    read_lost(&probes, &mut totals);
-    let complete = totals.lost_total == 0 && totals.undecodable == 0 && probes.hooks.iter().all(|h| h.attached || h.disabled);
-    let Sinks { mut log, mut summary } = drained.sinks;
-    log.write(&trace_end(&totals, ended, still_running, complete))?;
-    let sealed = log.seal()?;
-    summary.totals = totals;
-    let markdown = write_summary(&args.out, &summary, &probes.hooks, ended, still_running, &sealed)?;
+    let engine = pipeline.finish().await?;
+    let sealed = seal_job(&agent, engine, &job, ended, still_running)?;
     log_own_usage();
     if !args.quiet {
-        eprintln!("\n{markdown}");
-        eprintln!("ciwatch: event log {} ({} lines)", sealed.path.display(), sealed.lines);
+        eprintln!("\n{}", sealed.summary);
+        eprintln!("ciwatch: event log {} ({} lines)", sealed.log.path.display(), sealed.log.lines);
     }
     Ok(ended.shell_code())
+}
+
+/// The job this command is: the CI job around it when there is one, else the command itself.
+fn job_registry(command: &[OsString]) -> (Registry, String) {
+    let mut registry = Registry::new();
+    let detection = platform::detect(&StepEnv::of_this_process(), &[], None);
+    let identity = detection.job.unwrap_or_else(|| JobIdentity {
+        platform: Platform::None,
+        id: local_job_id(),
+        name: Some(command_line(command)),
+        url: None,
+        proof: vec!["no CI platform detected: the job is the watched command's process tree".into()],
+    });
+    let job = registry.register_job(JOB, identity, detection.conflicts);
+    let step = StepIdentity { key: Some("command".into()), name: Some(command_line(command)), ..Default::default() };
+    registry.register_step(STEP, &job, step, "lineage");
+    (registry, job)
+}
+
+fn job_ref(registry: &Registry, job: &str) -> JobRef {
+    JobRef { platform: registry.job(job).map_or("none", |j| j.identity.platform.name()).to_string(), id: job.to_string() }
+}
+
+pub fn create_output(dir: &Path, header: &TraceStart) -> Result<JobOutput, RunError> {
+    JobOutput::create(dir, header).map_err(|e| match e {
+        SinkError::Create { source, .. } | SinkError::Write { source, .. } => RunError::OutputDir { path: dir.display().to_string(), source },
+        other => RunError::Sink(other),
+    })
+}
+
+/// Keeps recording while the command's descendants (daemons) live, up to `limit`.
+async fn linger(agent: &Agent, limit: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        let alive = agent.live_tags().len() as u64;
+        if alive == 0 || start.elapsed() >= limit {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn seal_job(agent: &Agent, mut engine: Engine, job: &str, ended: Ended, still_running: u64) -> Result<SealedJob, RunError> {
+    let mut totals = engine.attributor.totals_base();
+    totals.undecodable = engine.undecodable;
+    totals.unattributed += engine.other_jobs;
+    agent.lost(&mut totals);
+    let complete = totals.lost_total == 0 && totals.undecodable == 0 && agent.probes.hooks.iter().all(|h| h.attached || h.disabled);
+    engine.attributor.registry.finalize(job, engine.names_unavailable().as_deref());
+    let end = trace_end(totals, Some(ended), still_running, complete, "ok");
+    let crate::agent::engine::Outputs::Single { output, .. } = engine.outputs else {
+        unreachable!("run and start write one job")
+    };
+    let sealed = seal::seal(
+        output,
+        SealInput {
+            registry: &engine.attributor.registry,
+            job,
+            clock: engine.attributor.clock(),
+            end,
+            hooks: &agent.probes.hooks,
+            exit: Some(describe(ended)),
+        },
+    )?;
+    Ok(sealed)
+}
+
+fn describe(ended: Ended) -> String {
+    match ended {
+        Ended::Code(c) => format!("exited with code {c}"),
+        Ended::Signal(s) => format!("killed by signal {s}"),
+    }
+}
+
+pub fn trace_start(agent: &Agent, config: &Config, job: &JobRef, command: &[OsString]) -> TraceStart {
+    use std::os::unix::ffi::OsStrExt;
+    TraceStart {
+        kind: "trace_start",
+        schema: SCHEMA,
+        time: rfc3339(std::time::SystemTime::now()),
+        agent: AgentInfo::this(),
+        host: hostname(),
+        kernel: agent.env.kernel.clone(),
+        mode: "observe".into(),
+        job: job.clone(),
+        command: crate::redact::apply(config.capture_args, command.iter().map(|a| a.as_bytes().to_vec()).collect())
+            .into_iter()
+            .map(Text::new)
+            .collect(),
+        hooks: agent.probes.hooks.clone(),
+        capture_args: config.capture_args,
+        sensitive_paths: agent.sensitive.patterns(),
+        ignore_paths: agent.sensitive.ignore_patterns(),
+    }
+}
+
+pub fn trace_end(totals: Totals, ended: Option<Ended>, still_running: u64, complete: bool, status: &str) -> TraceEnd {
+    let (exit_code, exit_signal) = match ended {
+        Some(Ended::Code(c)) => (Some(c), None),
+        Some(Ended::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    TraceEnd {
+        kind: "trace_end",
+        time: rfc3339(std::time::SystemTime::now()),
+        totals,
+        exit_code,
+        exit_signal,
+        still_running,
+        unwritten: 0,
+        agent_status: status.to_string(),
+        complete,
+    }
 }
 
 /// The agent's own footprint, for scripts/bench (CIWATCH_LOG=info).
@@ -171,117 +261,6 @@ fn log_own_usage() {
     );
 }
 
-fn create_log(dir: &Path) -> Result<NdjsonLog, RunError> {
-    let output = |source| RunError::OutputDir { path: dir.display().to_string(), source };
-    std::fs::create_dir_all(dir).map_err(output)?;
-    NdjsonLog::create(dir).map_err(|e| match e {
-        SinkError::Create { source, .. } => output(source),
-        other => RunError::Sink(other),
-    })
-}
-
-/// Keeps recording while the command's descendants (daemons) live, up to `limit`.
-async fn linger(probes: &Probes, limit: Duration) -> u64 {
-    let start = Instant::now();
-    loop {
-        let alive = probes.tasks.keys().filter(Result::is_ok).count() as u64;
-        if alive == 0 || start.elapsed() >= limit {
-            return alive;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn read_lost(probes: &Probes, totals: &mut Totals) {
-    for (kind, name) in [
-        (abi::KIND_EXEC, "exec"),
-        (abi::KIND_FORK, "fork"),
-        (abi::KIND_EXIT, "exit"),
-        (abi::KIND_CONNECT, "connect"),
-        (abi::KIND_FILE, "file"),
-        (abi::KIND_DNS, "dns"),
-    ] {
-        let lost: u64 = probes.lost.get(&u32::from(kind), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
-        totals.lost.insert(name, lost);
-        totals.lost_total += lost;
-    }
-}
-
-fn trace_start(
-    env: &Environment,
-    config: &Config,
-    sensitive: &crate::filter::sensitive::SensitivePaths,
-    job: &JobRef,
-    command: &[OsString],
-    hooks: &[HookStatus],
-) -> TraceStart {
-    use std::os::unix::ffi::OsStrExt;
-    TraceStart {
-        kind: "trace_start",
-        schema: SCHEMA,
-        time: rfc3339(std::time::SystemTime::now()),
-        agent: Agent::this(),
-        host: hostname(),
-        kernel: env.kernel.clone(),
-        mode: "observe".into(),
-        job: job.clone(),
-        command: crate::redact::apply(config.capture_args, command.iter().map(|a| a.as_bytes().to_vec()).collect())
-            .into_iter()
-            .map(Text::new)
-            .collect(),
-        hooks: hooks.to_vec(),
-        capture_args: config.capture_args,
-        sensitive_paths: sensitive.patterns(),
-        ignore_paths: sensitive.ignore_patterns(),
-    }
-}
-
-fn trace_end(totals: &Totals, ended: Ended, still_running: u64, complete: bool) -> TraceEnd {
-    let (exit_code, exit_signal) = match ended {
-        Ended::Code(c) => (Some(c), None),
-        Ended::Signal(s) => (None, Some(s)),
-    };
-    TraceEnd {
-        kind: "trace_end",
-        time: rfc3339(std::time::SystemTime::now()),
-        totals: totals.clone(),
-        exit_code,
-        exit_signal,
-        still_running,
-        complete,
-    }
-}
-
-fn write_summary(
-    dir: &Path,
-    summary: &Summary,
-    hooks: &[HookStatus],
-    ended: Ended,
-    still_running: u64,
-    sealed: &Sealed,
-) -> Result<String, RunError> {
-    let exit = match ended {
-        Ended::Code(c) => format!("exited with code {c}"),
-        Ended::Signal(s) => format!("killed by signal {s}"),
-    };
-    let markdown = summary.render(&Context {
-        title: "ciwatch: job summary",
-        hooks,
-        exit: Some(exit),
-        log_sha256: Some(&sealed.sha256),
-        still_running,
-    });
-    write_atomically(&dir.join("summary.md"), markdown.as_bytes())?;
-    Ok(markdown)
-}
-
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    let partial = path.with_extension("partial");
-    let err = |source| SinkError::Write { path: path.display().to_string(), source };
-    std::fs::write(&partial, bytes).map_err(err)?;
-    std::fs::rename(&partial, path).map_err(err)
-}
-
 fn local_job_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     format!("run-{}-{}", now.replace([':', '-'], ""), std::process::id())
@@ -291,44 +270,6 @@ fn command_line(command: &[OsString]) -> String {
     command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-}
-
-/// Termination signals are forwarded to the command; ciwatch itself stays to seal the trace.
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Signal,
-    quit: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-            quit: signal(SignalKind::quit())?,
-        })
-    }
-
-    async fn wait_forwarding(mut self, pid: u32) -> Result<Ended, RunError> {
-        let mut wait = tokio::task::spawn_blocking(move || spawn::wait(pid));
-        loop {
-            let forwarded = tokio::select! {
-                done = &mut wait => {
-                    let waited = done.map_err(|e| RunError::Wait(e.to_string()))?;
-                    return waited.map_err(|e| RunError::Wait(e.to_string()));
-                }
-                _ = self.interrupt.recv() => libc::SIGINT,
-                _ = self.terminate.recv() => libc::SIGTERM,
-                _ = self.hangup.recv() => libc::SIGHUP,
-                _ = self.quit.recv() => libc::SIGQUIT,
-            };
-            // SAFETY: kill() on our own child's pid.
-            unsafe { libc::kill(pid as i32, forwarded) };
-            tracing::info!("forwarded signal {forwarded} to the command");
-        }
-    }
 }

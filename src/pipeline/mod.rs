@@ -1,103 +1,73 @@
-//! ring buffer → decode and attribute → sinks, as three tasks joined by
-//! bounded channels. A slow sink slows the reader, the ring fills, and the
-//! kernel counts what it could not queue: nothing is dropped silently.
+//! ring buffer → consumer, as two tasks joined by a bounded channel. A slow
+//! consumer slows the reader, the ring fills, and the kernel counts what it
+//! could not queue: nothing is dropped silently.
 
 pub mod reader;
+
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::attribute::Attributor;
-use crate::decode::decode;
 use crate::event::{Event, Totals};
-use crate::sink::Sinks;
 
-/// Batches of raw records in flight between reader and processor.
+/// Batches of raw records in flight between reader and consumer.
 const RAW_BATCHES: usize = 8;
-/// Events in flight between processor and sinks.
-const EVENTS: usize = 4096;
 
-pub struct Pipeline {
-    stop: watch::Sender<bool>,
-    reader: JoinHandle<Result<(), reader::ReaderError>>,
-    processor: JoinHandle<(Attributor, u64)>,
-    writer: JoinHandle<Result<Sinks, crate::sink::SinkError>>,
+/// Decodes, attributes and writes records; also does periodic work (sealing ended jobs).
+pub trait Consumer: Send + 'static {
+    fn batch(&mut self, records: Vec<Vec<u8>>);
+    fn tick(&mut self);
 }
 
-/// What the pipeline hands back once drained.
-pub struct Drained {
-    pub sinks: Sinks,
-    pub attributor: Attributor,
-    pub undecodable: u64,
+pub struct Pipeline<C> {
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<Result<(), reader::ReaderError>>,
+    consumer: JoinHandle<C>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("ring-buffer reader failed: {0}")]
     Reader(#[from] reader::ReaderError),
-    #[error("{0}")]
-    Sink(#[from] crate::sink::SinkError),
     #[error("a pipeline task panicked: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
-impl Pipeline {
+impl<C: Consumer> Pipeline<C> {
     pub fn start(
         ring: aya::maps::RingBuf<aya::maps::MapData>,
-        drain_interval: std::time::Duration,
-        attributor: Attributor,
-        sinks: Sinks,
+        drain_interval: Duration,
+        tick_interval: Duration,
+        consumer: C,
     ) -> std::io::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let (raw_tx, raw_rx) = mpsc::channel(RAW_BATCHES);
-        let (event_tx, event_rx) = mpsc::channel(EVENTS);
         let reader = reader::spawn(ring, drain_interval, raw_tx, stop_rx)?;
-        let processor = tokio::spawn(process(raw_rx, event_tx, attributor));
-        let writer = tokio::spawn(write(event_rx, sinks));
-        Ok(Self { stop, reader, processor, writer })
+        let consumer = tokio::spawn(consume(raw_rx, consumer, tick_interval));
+        Ok(Self { stop, reader, consumer })
     }
 
-    /// Drains what the kernel has queued, then stops every stage in order.
-    pub async fn finish(self) -> Result<Drained, PipelineError> {
+    /// Drains what the kernel has queued, stops both tasks and returns the consumer.
+    pub async fn finish(self) -> Result<C, PipelineError> {
         let _ = self.stop.send(true);
         self.reader.await??;
-        let (attributor, undecodable) = self.processor.await?;
-        let sinks = self.writer.await??;
-        Ok(Drained { sinks, attributor, undecodable })
+        Ok(self.consumer.await?)
     }
 }
 
-async fn process(
-    mut raw: mpsc::Receiver<Vec<Vec<u8>>>,
-    events: mpsc::Sender<Event>,
-    mut attributor: Attributor,
-) -> (Attributor, u64) {
-    let mut undecodable = 0u64;
-    while let Some(batch) = raw.recv().await {
-        for bytes in batch {
-            match decode(&bytes) {
-                Ok(record) => {
-                    if let Some(event) = attributor.event(record) {
-                        if events.send(event).await.is_err() {
-                            return (attributor, undecodable);
-                        }
-                    }
-                }
-                Err(e) => {
-                    undecodable += 1;
-                    tracing::debug!("undecodable record: {e}");
-                }
-            }
+async fn consume<C: Consumer>(mut raw: mpsc::Receiver<Vec<Vec<u8>>>, mut consumer: C, every: Duration) -> C {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = raw.recv() => match batch {
+                Some(batch) => consumer.batch(batch),
+                None => return consumer,
+            },
+            _ = tick.tick() => consumer.tick(),
         }
     }
-    (attributor, undecodable)
-}
-
-async fn write(mut events: mpsc::Receiver<Event>, mut sinks: Sinks) -> Result<Sinks, crate::sink::SinkError> {
-    while let Some(event) = events.recv().await {
-        sinks.event(&event)?;
-    }
-    Ok(sinks)
 }
 
 /// Per-kind totals of what reached the log.

@@ -3,8 +3,6 @@
 pub mod ndjson;
 pub mod summary;
 
-use crate::event::Event;
-
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot create {path}: {source}")]
@@ -15,15 +13,11 @@ pub enum SinkError {
     Serialize(#[from] serde_json::Error),
 }
 
-/// Every sink a run writes to, fed in event order.
-pub struct Sinks {
-    pub log: ndjson::NdjsonLog,
-    pub summary: summary::Summary,
-}
 
-impl Sinks {
-    pub fn event(&mut self, event: &Event) -> Result<(), SinkError> {
-        self.summary.add(event);
-        self.log.write(event)
-    }
+/// Writes a small file whole or not at all: a temporary name, then a rename.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), SinkError> {
+    let partial = path.with_extension("partial");
+    let err = |source| SinkError::Write { path: path.display().to_string(), source };
+    std::fs::write(&partial, bytes).map_err(err)?;
+    std::fs::rename(&partial, path).map_err(err)
 }

@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 use super::SinkError;
 
 pub const FILE_NAME: &str = "events.ndjson";
+/// The live log while a job runs; sealing turns it into FILE_NAME.
+pub const LIVE_NAME: &str = "events.ndjson.partial";
+const SEALING_NAME: &str = "events.ndjson.sealing";
 
 pub struct NdjsonLog {
     partial: PathBuf,
@@ -32,9 +35,17 @@ pub struct Sealed {
 }
 
 impl NdjsonLog {
+    /// The live log of a running job.
     pub fn create(dir: &Path) -> Result<Self, SinkError> {
-        let path = dir.join(FILE_NAME);
-        let partial = dir.join(format!("{FILE_NAME}.partial"));
+        Self::open(dir.join(LIVE_NAME), dir.join(LIVE_NAME))
+    }
+
+    /// The final log, written whole and then renamed to events.ndjson.
+    pub fn create_final(dir: &Path) -> Result<Self, SinkError> {
+        Self::open(dir.join(SEALING_NAME), dir.join(FILE_NAME))
+    }
+
+    fn open(partial: PathBuf, path: PathBuf) -> Result<Self, SinkError> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -48,11 +59,20 @@ impl NdjsonLog {
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        self.out.write_all(&line).map_err(|e| self.write_error(e))?;
-        self.hasher.update(&line);
+        self.write_line(&line)
+    }
+
+    /// Writes an already serialised line, which must end in a newline.
+    pub fn write_line(&mut self, line: &[u8]) -> Result<(), SinkError> {
+        self.out.write_all(line).map_err(|e| self.write_error(e))?;
+        self.hasher.update(line);
         self.bytes += line.len() as u64;
         self.lines += 1;
         Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.partial
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
@@ -63,7 +83,9 @@ impl NdjsonLog {
     pub fn seal(mut self) -> Result<Sealed, SinkError> {
         self.flush()?;
         self.out.get_ref().sync_all().map_err(|e| self.write_error(e))?;
-        std::fs::rename(&self.partial, &self.path).map_err(|e| self.write_error(e))?;
+        if self.partial != self.path {
+            std::fs::rename(&self.partial, &self.path).map_err(|e| self.write_error(e))?;
+        }
         if let Some(dir) = self.path.parent() {
             // Persist the rename too; a failure here loses nothing already written.
             let _ = File::open(dir).and_then(|d| d.sync_all());

@@ -48,6 +48,23 @@ pub struct Context<'a> {
     pub exit: Option<String>,
     pub log_sha256: Option<&'a str>,
     pub still_running: u64,
+    pub steps: &'a [StepRow],
+    /// Degradations and caveats to show prominently.
+    pub notes: &'a [String],
+}
+
+/// One row of the per-step table.
+#[derive(Debug, Clone)]
+pub struct StepRow {
+    pub id: String,
+    pub name: String,
+    pub stage: Option<String>,
+    pub internal: bool,
+    pub execs: u64,
+    pub connects: u64,
+    pub dns: u64,
+    pub files: u64,
+    pub degraded: bool,
 }
 
 impl Summary {
@@ -84,6 +101,7 @@ impl Summary {
         let mut md = String::new();
         let _ = writeln!(md, "# {}\n", ctx.title);
         self.render_overview(&mut md, ctx);
+        render_steps(&mut md, ctx.steps);
         self.render_egress(&mut md);
         self.render_dns(&mut md);
         self.render_files(&mut md);
@@ -112,6 +130,9 @@ impl Summary {
         }
         if ctx.still_running > 0 {
             let _ = writeln!(md, "> {} processes of the job were still running when the trace was sealed.\n", ctx.still_running);
+        }
+        for note in ctx.notes {
+            let _ = writeln!(md, "> **Note:** {}\n", cell(note));
         }
         if let Some(exit) = &ctx.exit {
             let _ = writeln!(md, "Command: {exit}.  ");
@@ -177,6 +198,30 @@ impl Summary {
         }
         more(md, rows.len());
     }
+}
+
+fn render_steps(md: &mut String, steps: &[StepRow]) {
+    if steps.is_empty() {
+        return;
+    }
+    md.push_str("## Steps\n\n| step | execs | connects | DNS | sensitive opens |\n|---|---:|---:|---:|---:|\n");
+    for s in steps {
+        let mut name = cell(&s.name);
+        if let Some(stage) = s.stage.as_deref().filter(|st| *st != "main") {
+            name = format!("{name} ({stage})");
+        }
+        if s.internal {
+            name = format!("_{name}_");
+        }
+        if s.degraded {
+            name.push_str(" †");
+        }
+        let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", s.execs, s.connects, s.dns, s.files);
+    }
+    if steps.iter().any(|s| s.degraded) {
+        md.push_str("\n† attribution is less detailed for this step; see the notes above.\n");
+    }
+    md.push('\n');
 }
 
 fn render_hooks(md: &mut String, hooks: &[HookStatus]) {

@@ -1,0 +1,132 @@
+//! The running agent: preflight, loaded probes, the maps userspace steers the
+//! kernel with, and the engine that routes each job's events to its output.
+
+pub mod engine;
+pub mod output;
+pub mod seal;
+
+use std::path::Path;
+
+use crate::bpf::abi::{self, CommKey, Launcher, Tag};
+use crate::bpf::loader::{self, LoadError, LoadOptions, Probes};
+use crate::bpf::preflight::{self, Environment, PreflightError};
+use crate::config::{Config, ConfigError};
+use crate::event::Totals;
+use crate::filter::sensitive::SensitivePaths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot update kernel map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+impl AgentError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Config(_) => crate::exit::CONFIG,
+            AgentError::Preflight(e) => crate::exit::preflight(e),
+            AgentError::Load(_) => crate::exit::HOOKS,
+            AgentError::Map { .. } => crate::exit::INTERNAL,
+        }
+    }
+}
+
+/// Task names of container runtimes; a process they exec may be a job's container step.
+pub const CONTAINER_RUNTIMES: &[&str] = &["containerd-shim", "containerd-shim-runc-v2", "runc", "crun", "conmon", "docker-init"];
+
+/// Ids handed out by userspace; the kernel's counters start above them.
+pub const FIRST_KERNEL_ID: u32 = 1000;
+
+pub struct Agent {
+    pub probes: Probes,
+    pub env: Environment,
+    pub sensitive: SensitivePaths,
+}
+
+impl Agent {
+    pub fn load(config: &Config, config_name: &str, btf: Option<&Path>, require_all: bool) -> Result<Self, AgentError> {
+        let sensitive = config
+            .sensitive_paths()
+            .map_err(|source| ConfigError::Rule { path: config_name.to_string(), source })?;
+        let env = preflight::check(btf)?;
+        let probes = loader::load(&LoadOptions {
+            ring_bytes: config.ring.size_bytes,
+            wakeup_bytes: config.ring.wakeup_bytes,
+            args_max: abi::ARGS_MAX as u32,
+            btf: &env.btf,
+            sensitive: &sensitive,
+            cgroup2: env.cgroup2.as_deref(),
+            enabled: config.hooks,
+            require_all,
+        })?;
+        let mut agent = Self { probes, env, sensitive };
+        agent.start_kernel_ids()?;
+        Ok(agent)
+    }
+
+    fn start_kernel_ids(&mut self) -> Result<(), AgentError> {
+        for index in 0..2 {
+            self.probes.next_ids.set(index, FIRST_KERNEL_ID, 0).map_err(map_err("next_ids"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts a process (and, through fork, its descendants) into a job.
+    pub fn tag(&mut self, tgid: u32, tag: Tag) -> Result<(), AgentError> {
+        self.probes.tasks.insert(tgid, tag, 0).map_err(map_err("tasks"))
+    }
+
+    /// Makes `tgid` a step launcher: each process it execs starts a step of `job`.
+    pub fn add_launcher(&mut self, tgid: u32, job: u32, platform: u32) -> Result<(), AgentError> {
+        self.probes.launchers.insert(tgid, Launcher { job, platform, flags: 0, _pad: 0 }, 0).map_err(map_err("launchers"))?;
+        self.tag(tgid, Tag { job, step: 0, flags: abi::TAG_LAUNCHER, _pad: 0 })
+    }
+
+    /// Lets the kernel recognise launchers by task name (daemon mode).
+    pub fn watch_launcher_names(&mut self, names: &[(&str, u32)]) -> Result<(), AgentError> {
+        for (name, platform) in names {
+            self.probes.launcher_names.insert(CommKey::new(name), *platform, 0).map_err(map_err("launcher_names"))?;
+        }
+        Ok(())
+    }
+
+    pub fn watch_container_runtimes(&mut self) -> Result<(), AgentError> {
+        for name in CONTAINER_RUNTIMES {
+            self.probes.container_parents.insert(CommKey::new(name), 1, 0).map_err(map_err("container_parents"))?;
+        }
+        Ok(())
+    }
+
+    /// Live processes by kernel (job, step) tag.
+    pub fn live_tags(&self) -> Vec<(u32, Tag)> {
+        self.probes.tasks.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn lost(&self, totals: &mut Totals) {
+        totals.lost.clear();
+        totals.lost_total = 0;
+        for (kind, name) in [
+            (abi::KIND_EXEC, "exec"),
+            (abi::KIND_FORK, "fork"),
+            (abi::KIND_EXIT, "exit"),
+            (abi::KIND_CONNECT, "connect"),
+            (abi::KIND_FILE, "file"),
+            (abi::KIND_DNS, "dns"),
+            (abi::KIND_ENV, "env"),
+        ] {
+            let lost: u64 = self.probes.lost.get(&u32::from(kind), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+            totals.lost.insert(name, lost);
+            totals.lost_total += lost;
+        }
+    }
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> AgentError {
+    move |e| AgentError::Map { map, reason: loader::chain(&e) }
+}

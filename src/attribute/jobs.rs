@@ -1,0 +1,495 @@
+//! Kernel job and step ids → the platform's names for them.
+//!
+//! The kernel hands out a job id per launcher and a step id per step root
+//! (and per container process); this registry learns, from each root's
+//! environment and argv, which logical job and step that is. Identity never
+//! comes from a descendant that disagrees with its lineage tag.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::env::StepEnv;
+use super::platform::{self, detect, JobIdentity, Platform, StepIdentity};
+use crate::bpf::abi;
+use crate::decode::{Common, EnvReason};
+
+/// Where an event belongs, once resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Placement {
+    pub job: String,
+    pub step: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepInfo {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Started by the runner for itself, not a user step.
+    pub internal: bool,
+    /// The root process of each execution of this step: (tgid, start_ns).
+    pub roots: Vec<(u32, u64)>,
+    /// How it was attributed: lineage (the launcher's child), or container environment.
+    pub source: &'static str,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// What is missing from this step's identity, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
+    pub counts: StepCounts,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepCounts {
+    pub exec: u64,
+    pub connect: u64,
+    pub dns: u64,
+    pub file: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobInfo {
+    pub key: String,
+    pub identity: JobIdentity,
+    /// Platforms whose variables were present too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Platform>,
+    /// True where the platform has no step concept and the job is its only step.
+    pub job_is_step: bool,
+    pub launcher_exited: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip)]
+    pub step_order: Vec<String>,
+    #[serde(skip)]
+    pub steps: HashMap<String, StepInfo>,
+}
+
+/// One launcher instance in the kernel.
+#[derive(Debug, Default)]
+struct KernelJob {
+    platform: Option<Platform>,
+    /// Its own events and its children's before they exec belong to this job (one job per launcher).
+    job: Option<String>,
+    /// The launcher runs many jobs over its life (gitlab-runner, a Jenkins agent).
+    long_lived: bool,
+}
+
+/// A root whose environment arrived; its exec record (argv) completes it.
+struct PendingRoot {
+    reason: EnvReason,
+    env: StepEnv,
+    job: u32,
+    step: u32,
+}
+
+pub struct Registry {
+    jobs: BTreeMap<String, JobInfo>,
+    kernel_jobs: HashMap<u32, KernelJob>,
+    kernel_steps: HashMap<u32, Placement>,
+    /// Container processes that belong to no job we watch.
+    foreign_steps: std::collections::HashSet<u32>,
+    pending: HashMap<u32, PendingRoot>,
+    /// Step display names from the runner's log, by root pid.
+    names_by_pid: HashMap<u32, String>,
+    /// Steps to number in order, per job.
+    ordinals: HashMap<String, u32>,
+    /// Events that belong to no watched job (foreign containers, long-lived launchers' own traffic).
+    pub unattributed: u64,
+}
+
+pub const RUNNER_STEP: &str = "runner";
+
+impl Registry {
+    pub fn new() -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            kernel_jobs: HashMap::new(),
+            kernel_steps: HashMap::new(),
+            foreign_steps: Default::default(),
+            pending: HashMap::new(),
+            names_by_pid: HashMap::new(),
+            ordinals: HashMap::new(),
+            unattributed: 0,
+        }
+    }
+
+    /// A job known before any of its processes ran (`ciwatch run`, `ciwatch start`).
+    pub fn register_job(&mut self, kernel_job: u32, identity: JobIdentity, conflicts: Vec<Platform>) -> String {
+        let key = identity.id.clone();
+        let job_is_step = platform::detector(identity.platform).is_some_and(|d| d.step(&StepEnv::default(), &[]).is_none());
+        self.jobs.entry(key.clone()).or_insert_with(|| JobInfo {
+            key: key.clone(),
+            identity: identity.clone(),
+            conflicts,
+            job_is_step,
+            launcher_exited: false,
+            notes: Vec::new(),
+            step_order: Vec::new(),
+            steps: HashMap::new(),
+        });
+        let kj = self.kernel_jobs.entry(kernel_job).or_default();
+        kj.platform = Some(identity.platform);
+        kj.job = Some(key.clone());
+        key
+    }
+
+    /// A step known up front: `ciwatch run`'s command.
+    pub fn register_step(&mut self, kernel_step: u32, job: &str, identity: StepIdentity, source: &'static str) -> Placement {
+        let step = self.add_step(job, identity, source);
+        let placement = Placement { job: job.to_string(), step };
+        self.kernel_steps.insert(kernel_step, placement.clone());
+        placement
+    }
+
+    /// A launcher registered by userspace (ciwatch start), for a platform.
+    pub fn register_launcher(&mut self, kernel_job: u32, platform: Platform, long_lived: bool) {
+        let kj = self.kernel_jobs.entry(kernel_job).or_default();
+        kj.platform = Some(platform);
+        kj.long_lived = long_lived;
+    }
+
+    pub fn set_job_name(&mut self, job: &str, name: &str) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            j.identity.name.get_or_insert_with(|| name.to_string());
+        }
+    }
+
+    pub fn job_note(&mut self, job: &str, note: String) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            j.notes.push(note);
+        }
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &JobInfo> {
+        self.jobs.values()
+    }
+
+    pub fn job(&self, key: &str) -> Option<&JobInfo> {
+        self.jobs.get(key)
+    }
+
+    pub fn steps_of(&self, job: &str) -> Vec<&StepInfo> {
+        self.jobs.get(job).map_or_else(Vec::new, |j| j.step_order.iter().filter_map(|s| j.steps.get(s)).collect())
+    }
+
+    /// An environment record: kept until the same process's exec record brings argv.
+    pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv) {
+        self.pending.insert(common.tgid, PendingRoot { reason, env, job: common.job, step: common.step });
+    }
+
+    /// An exec: completes a pending root, if this process is one.
+    pub fn exec(&mut self, common: &Common, argv: &[String]) {
+        let Some(root) = self.pending.remove(&common.tgid) else { return };
+        let env = root.env;
+        match root.reason {
+            EnvReason::Launcher => self.launcher_started(root.job, &env, argv),
+            EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
+            EnvReason::Container => self.container_root(root.step, common, &env, argv),
+            EnvReason::Unknown(_) => {}
+        }
+    }
+
+    fn launcher_started(&mut self, kernel_job: u32, env: &StepEnv, argv: &[String]) {
+        let platform = launcher_platform(argv);
+        let kj = self.kernel_jobs.entry(kernel_job).or_default();
+        kj.platform = platform;
+        kj.long_lived = matches!(platform, Some(Platform::GitlabCi | Platform::Drone | Platform::Jenkins))
+            || (platform == Some(Platform::Buildkite) && argv.iter().any(|a| a == "start"));
+        let _ = env;
+    }
+
+    fn step_root(&mut self, kernel_job: u32, kernel_step: u32, common: &Common, env: &StepEnv, argv: &[String]) {
+        let kj = self.kernel_jobs.entry(kernel_job).or_default();
+        let detection = detect(env, argv, kj.platform);
+        let long_lived = kj.long_lived;
+        let known_job = kj.job.clone();
+        let job = match (&detection.job, known_job) {
+            (Some(identity), Some(job)) if identity.id != job && !long_lived => {
+                // One job per launcher: a root claiming another job disagrees with its lineage.
+                self.job_note(&job, format!("a step root claimed job {:?}; kept in this job by lineage", identity.id));
+                job
+            }
+            (Some(identity), _) => {
+                let key = self.ensure_job(identity.clone(), detection.conflicts.clone());
+                if !long_lived {
+                    self.kernel_jobs.entry(kernel_job).or_default().job = Some(key.clone());
+                }
+                key
+            }
+            (None, Some(job)) => job,
+            (None, None) => {
+                self.unattributed += 1;
+                return;
+            }
+        };
+        let platform = self.jobs.get(&job).map_or(Platform::None, |j| j.identity.platform);
+        let mut identity = platform::detector(platform).and_then(|d| d.step(env, argv)).unwrap_or_default();
+        if let Some(name) = self.names_by_pid.get(&common.tgid) {
+            apply_display_name(&mut identity, name);
+        }
+        let step = self.add_step(&job, identity, "lineage");
+        self.note_root(&job, &step, common);
+        self.kernel_steps.insert(kernel_step, Placement { job, step });
+    }
+
+    /// A process a container runtime started: it belongs to a job only if its environment says so.
+    fn container_root(&mut self, kernel_step: u32, common: &Common, env: &StepEnv, argv: &[String]) {
+        if let Some(placement) = self.match_known_step(env) {
+            self.note_root(&placement.job, &placement.step, common);
+            self.kernel_steps.insert(kernel_step, placement);
+            return;
+        }
+        let detection = detect(env, argv, None);
+        let Some(identity) = detection.job else {
+            self.foreign_steps.insert(kernel_step);
+            return;
+        };
+        if identity.platform == Platform::GithubActions && !self.jobs.contains_key(&identity.id) {
+            // A GitHub step's container without a step we know: another job's, on a shared host.
+            self.foreign_steps.insert(kernel_step);
+            return;
+        }
+        let job = self.ensure_job(identity.clone(), detection.conflicts);
+        let step_identity = platform::detector(identity.platform).and_then(|d| d.step(env, argv)).unwrap_or_default();
+        let step = self.add_step(&job, step_identity, "container environment");
+        self.note_root(&job, &step, common);
+        self.kernel_steps.insert(kernel_step, Placement { job, step });
+    }
+
+    /// A container process carrying a known GitHub step's file-command GUID (or, failing that,
+    /// the GITHUB_ACTION of exactly one step) joins that step.
+    fn match_known_step(&mut self, env: &StepEnv) -> Option<Placement> {
+        let step = platform::detector(Platform::GithubActions)?.step(env, &[])?;
+        if step.internal {
+            return None;
+        }
+        let key = step.key?;
+        for job in self.jobs.values() {
+            if job.steps.contains_key(&key) {
+                return Some(Placement { job: job.key.clone(), step: key });
+            }
+        }
+        let action = step.action?;
+        let candidates: Vec<Placement> = self
+            .jobs
+            .values()
+            .flat_map(|j| j.steps.values().filter(|s| s.action.as_deref() == Some(&action)).map(|s| Placement { job: j.key.clone(), step: s.id.clone() }))
+            .collect();
+        match candidates.as_slice() {
+            [one] => {
+                let one = one.clone();
+                if let Some(s) = self.jobs.get_mut(&one.job).and_then(|j| j.steps.get_mut(&one.step)) {
+                    s.degraded.push(format!("a container process joined by GITHUB_ACTION={action} (its file-command GUID {key} is unknown)"));
+                }
+                Some(one)
+            }
+            _ => None,
+        }
+    }
+
+    fn ensure_job(&mut self, identity: JobIdentity, conflicts: Vec<Platform>) -> String {
+        let key = identity.id.clone();
+        if !self.jobs.contains_key(&key) {
+            let job_is_step = platform::detector(identity.platform).is_some_and(|d| d.step(&StepEnv::default(), &[]).is_none());
+            let notes = conflicts
+                .iter()
+                .map(|p| format!("variables of {} are present too; attributed to {}", p.name(), identity.platform.name()))
+                .collect();
+            self.jobs.insert(
+                key.clone(),
+                JobInfo {
+                    key: key.clone(),
+                    identity,
+                    conflicts,
+                    job_is_step,
+                    launcher_exited: false,
+                    notes,
+                    step_order: Vec::new(),
+                    steps: HashMap::new(),
+                },
+            );
+        }
+        key
+    }
+
+    /// Adds (or finds) a step; returns its id.
+    fn add_step(&mut self, job: &str, identity: StepIdentity, source: &'static str) -> String {
+        let Some(info) = self.jobs.get_mut(job) else { return String::new() };
+        if info.job_is_step {
+            let id = "job".to_string();
+            info.steps.entry(id.clone()).or_insert_with(|| new_step(&id, StepIdentity {
+                name: info.identity.name.clone(),
+                notes: vec![format!("{} has no step below the job: the job is the step", info.identity.platform.name())],
+                ..identity
+            }, source));
+            if !info.step_order.contains(&id) {
+                info.step_order.push(id.clone());
+            }
+            return id;
+        }
+        let id = match &identity.key {
+            Some(key) => key.clone(),
+            None => {
+                let n = self.ordinals.entry(job.to_string()).or_default();
+                *n += 1;
+                format!("step-{n}")
+            }
+        };
+        if let Some(existing) = info.steps.get_mut(&id) {
+            existing.name = existing.name.take().or(identity.name);
+            existing.stage = existing.stage.take().or(identity.stage);
+        } else {
+            info.steps.insert(id.clone(), new_step(&id, identity, source));
+            info.step_order.push(id.clone());
+        }
+        id
+    }
+
+    fn note_root(&mut self, job: &str, step: &str, common: &Common) {
+        if let Some(s) = self.jobs.get_mut(job).and_then(|j| j.steps.get_mut(step)) {
+            s.roots.push((common.tgid, common.proc_start_ns));
+            if s.first_ns == 0 || common.ktime_ns < s.first_ns {
+                s.first_ns = common.ktime_ns;
+            }
+        }
+    }
+
+    /// Where a record belongs, or None when no watched job owns it.
+    pub fn place(&mut self, common: &Common) -> Option<Placement> {
+        if let Some(p) = self.kernel_steps.get(&common.step) {
+            let p = p.clone();
+            self.touch(&p, common.ktime_ns);
+            return Some(p);
+        }
+        if common.step == 0 || common.tag_flags & abi::TAG_LAUNCHER != 0 {
+            let kj = self.kernel_jobs.get(&common.job)?;
+            if kj.long_lived {
+                self.unattributed += 1;
+                return None;
+            }
+            let job = kj.job.clone()?;
+            let step = self.add_step(&job, StepIdentity { key: Some(RUNNER_STEP.into()), name: Some("runner".into()), internal: true, ..Default::default() }, "launcher");
+            return Some(Placement { job, step });
+        }
+        self.unattributed += 1;
+        None
+    }
+
+    fn touch(&mut self, p: &Placement, ktime_ns: u64) {
+        if let Some(s) = self.jobs.get_mut(&p.job).and_then(|j| j.steps.get_mut(&p.step)) {
+            s.last_ns = s.last_ns.max(ktime_ns);
+            if s.first_ns == 0 {
+                s.first_ns = ktime_ns;
+            }
+        }
+    }
+
+    pub fn count(&mut self, p: &Placement, kind: &str) {
+        if let Some(s) = self.jobs.get_mut(&p.job).and_then(|j| j.steps.get_mut(&p.step)) {
+            match kind {
+                "exec" => s.counts.exec += 1,
+                "connect" => s.counts.connect += 1,
+                "dns" => s.counts.dns += 1,
+                "file" => s.counts.file += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// The runner's log named the step a pid started.
+    pub fn display_name(&mut self, pid: u32, name: &str) {
+        self.names_by_pid.insert(pid, name.to_string());
+        for job in self.jobs.values_mut() {
+            for step in job.steps.values_mut() {
+                if step.roots.iter().any(|(tgid, _)| *tgid == pid) && step.name.is_none() {
+                    let mut identity = StepIdentity { name: None, stage: step.stage.clone(), ..Default::default() };
+                    apply_display_name(&mut identity, name);
+                    step.name = identity.name;
+                    step.stage = identity.stage;
+                }
+            }
+        }
+    }
+
+    /// The launcher of `kernel_job` exited.
+    pub fn launcher_exited(&mut self, kernel_job: u32) {
+        if let Some(job) = self.kernel_jobs.get(&kernel_job).and_then(|k| k.job.clone()) {
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.launcher_exited = true;
+            }
+        }
+    }
+
+    /// Marks what a step's identity lacks (called when sealing).
+    pub fn finalize(&mut self, job: &str, missing_name_reason: Option<&str>) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            for s in j.steps.values_mut() {
+                if s.name.is_none() && !s.internal {
+                    if let Some(reason) = missing_name_reason {
+                        if !s.degraded.iter().any(|d| d.starts_with("no display name")) {
+                            s.degraded.push(format!("no display name: {reason}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn is_foreign(&self, kernel_step: u32) -> bool {
+        self.foreign_steps.contains(&kernel_step)
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn new_step(id: &str, identity: StepIdentity, source: &'static str) -> StepInfo {
+    StepInfo {
+        id: id.to_string(),
+        name: identity.name,
+        stage: identity.stage,
+        action: identity.action,
+        internal: identity.internal,
+        roots: Vec::new(),
+        source,
+        first_ns: 0,
+        last_ns: 0,
+        degraded: identity.notes,
+        counts: StepCounts::default(),
+    }
+}
+
+/// GitHub names pre and post stages "Pre X" and "Post X".
+fn apply_display_name(identity: &mut StepIdentity, name: &str) {
+    identity.name = Some(name.to_string());
+    if identity.stage.is_none() {
+        identity.stage = Some(
+            if name.starts_with("Pre ") {
+                "pre"
+            } else if name.starts_with("Post ") {
+                "post"
+            } else {
+                "main"
+            }
+            .to_string(),
+        );
+    }
+}
+
+/// The platform of a launcher from its own argv (comm matched one of these).
+fn launcher_platform(argv: &[String]) -> Option<Platform> {
+    let program = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    platform::detectors()
+        .iter()
+        .find(|d| d.launcher_comms().iter().any(|c| !program.is_empty() && (program == *c || program.starts_with(c))))
+        .map(|d| d.platform())
+}
