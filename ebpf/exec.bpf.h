@@ -9,10 +9,11 @@
  * read here before the process can run, so even a 1 ms step is named.
  */
 
-static __always_inline bool comm_listed(void *map, const char *comm)
+/* Is @task's name (comm) a key of @map? */
+static __always_inline bool comm_listed(void *map, struct task_struct *task)
 {
 	struct cw_comm_key key = {};
-	bpf_probe_read_kernel_str(key.comm, sizeof(key.comm), comm);
+	BPF_CORE_READ_STR_INTO(&key.comm, task, comm);
 	return bpf_map_lookup_elem(map, &key) != 0;
 }
 
@@ -59,7 +60,7 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 		tag.flags = CW_TAG_STEP_ROOT;
 		reason = CW_ENV_STEP_ROOT;
 	} else if (!bpf_map_lookup_elem(&tasks, &tgid) &&
-		   comm_listed(&container_parents, BPF_CORE_READ(task, real_parent, comm))) {
+		   comm_listed(&container_parents, BPF_CORE_READ(task, real_parent))) {
 		tag.step = new_id(1);
 		tag.flags = CW_TAG_CONTAINER | CW_TAG_STEP_ROOT;
 		reason = CW_ENV_CONTAINER;

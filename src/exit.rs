@@ -10,6 +10,12 @@ pub const WRITE: u8 = 74;
 pub const PRIVILEGES: u8 = 77;
 pub const CONFIG: u8 = 78;
 pub const HOOKS: u8 = 79;
+/// `finish`: the agent died during the job (its trace was recovered, incomplete).
+pub const AGENT_DIED: u8 = 80;
+/// `finish`: the trace is complete but the kernel lost events.
+pub const EVENTS_LOST: u8 = 81;
+/// `finish`: no agent was started for that output directory.
+pub const NO_AGENT: u8 = 82;
 pub const NOT_EXECUTABLE: u8 = 126;
 pub const NOT_FOUND: u8 = 127;
 

@@ -9,6 +9,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = ciwatch::cli::Cli::parse();
+    // `start` forks its background agent, which must happen before any thread exists.
+    if let ciwatch::cli::Command::Start(args) = cli.command {
+        return ExitCode::from(ciwatch::cli::start::launch(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -76,6 +76,11 @@ fn redact_one(arg: &str) -> Option<String> {
     if TOKEN_PREFIXES.iter().any(|p| arg.contains(p)) {
         return Some(mask_tokens(arg));
     }
+    if arg.contains('"') && arg.contains(':') {
+        if let Some(masked) = mask_json_values(arg) {
+            return Some(masked);
+        }
+    }
     if let Some((name, _)) = arg.split_once('=') {
         let name = name.trim_start_matches('-');
         if !name.is_empty() && !name.contains('/') && name_is_secret(name) {
@@ -109,6 +114,36 @@ fn mask_tokens(arg: &str) -> String {
     out
 }
 
+/// In JSON-like text, `"<secret name>": "<value>"` keeps the name and masks the value.
+fn mask_json_values(arg: &str) -> Option<String> {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    let mut changed = false;
+    while let Some(open) = rest.find('"') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else { break };
+        let key = &after[..close];
+        let tail = &after[close + 1..];
+        let value = tail.trim_start().strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"'));
+        match value {
+            Some(v) if name_is_secret(key) => {
+                let Some(end) = v.find('"') else { break };
+                let consumed = rest.len() - v.len() + end;
+                out.push_str(&rest[..rest.len() - v.len()]);
+                out.push_str(MASK);
+                rest = &rest[consumed..];
+                changed = true;
+            }
+            _ => {
+                out.push_str(&rest[..open + 1 + close + 1]);
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    changed.then_some(out)
+}
+
 /// `scheme://user:password@host` keeps the user and masks the password.
 fn mask_url_password(arg: &str) -> Option<String> {
     let scheme_end = arg.find("://")? + 3;
@@ -140,6 +175,10 @@ mod tests {
         assert_eq!(redact(&["git", "clone", "https://u:tok@github.com/a/b"]), ["git", "clone", "https://u:[REDACTED]@github.com/a/b"]);
         assert_eq!(redact(&["echo", "ghp_abcdefghijklmnop"]), ["echo", "[REDACTED]"]);
         assert_eq!(redact(&["env", "GITHUB_TOKEN=xyz"]), ["env", "GITHUB_TOKEN=[REDACTED]"]);
+        assert_eq!(
+            redact(&["client", r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "eyJabc", "n": 1}"#]),
+            ["client", r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "[REDACTED]", "n": 1}"#]
+        );
     }
 
     #[test]

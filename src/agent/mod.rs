@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod output;
+pub mod report;
 pub mod seal;
 
 use std::path::Path;

@@ -17,7 +17,7 @@ use crate::attribute::jobs::{Placement, Registry, StepInfo};
 use crate::attribute::refs;
 use crate::event::{HookStatus, JobRef, StepRef, TraceEnd};
 use crate::sink::ndjson::{NdjsonLog, Sealed};
-use crate::sink::summary::{Context, StepRow};
+use crate::sink::summary::{Context, StepRow, Summary};
 use crate::sink::SinkError;
 
 pub struct SealInput<'a> {
@@ -32,7 +32,11 @@ pub struct SealInput<'a> {
 pub struct SealedJob {
     pub dir: PathBuf,
     pub log: Sealed,
+    /// summary.md as written.
     pub summary: String,
+    /// The aggregates behind it, for reports.
+    pub data: Summary,
+    pub steps: Vec<StepRow>,
     pub end: TraceEnd,
 }
 
@@ -74,7 +78,7 @@ pub fn seal(output: JobOutput, input: SealInput<'_>) -> Result<SealedJob, SinkEr
         notes: &notes(input.registry, input.job, &end),
     });
     crate::sink::write_atomically(&dir.join("summary.md"), markdown.as_bytes())?;
-    Ok(SealedJob { dir, log: sealed, summary: markdown, end })
+    Ok(SealedJob { dir, log: sealed, summary: markdown, data: summary, steps: rows, end })
 }
 
 /// Seals a live log left behind by an agent that died: lines are kept as

@@ -1,9 +1,11 @@
 //! The command line: one module per subcommand.
 
 pub mod check;
+pub mod finish;
 pub mod run;
 pub mod signals;
 pub mod spawn;
+pub mod start;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a command as the watched job and write its event log and summary.
     Run(run::RunArgs),
+    /// Attach an agent to the current CI job in the background; returns once the hooks are attached.
+    Start(start::StartArgs),
+    /// Seal the job the background agent watched: write the log, the summary and the report.
+    Finish(finish::FinishArgs),
     /// Load and attach every hook, then report what this kernel supports.
     Check(check::CheckArgs),
 }
@@ -27,6 +33,12 @@ impl Command {
     pub async fn execute(self) -> u8 {
         match self {
             Command::Run(args) => run::execute(args).await,
+            // main() runs `start` before any runtime exists, because it forks.
+            Command::Start(_) => {
+                eprintln!("ciwatch: error: internal: `start` must be launched before the async runtime");
+                crate::exit::INTERNAL
+            }
+            Command::Finish(args) => finish::execute(args).await,
             Command::Check(args) => check::execute(args).await,
         }
     }

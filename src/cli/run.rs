@@ -121,7 +121,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     let still_running = linger(&agent, Duration::from_millis(config.run.linger_ms)).await;
 
     let engine = pipeline.finish().await?;
-    let sealed = seal_job(&agent, engine, &job, ended, still_running)?;
+    let sealed = seal_job(&agent, engine, &job, Some(ended), still_running)?;
     log_own_usage();
     if !args.quiet {
         eprintln!("\n{}", sealed.summary);
@@ -170,14 +170,14 @@ async fn linger(agent: &Agent, limit: Duration) -> u64 {
     }
 }
 
-pub fn seal_job(agent: &Agent, mut engine: Engine, job: &str, ended: Ended, still_running: u64) -> Result<SealedJob, RunError> {
+pub fn seal_job(agent: &Agent, mut engine: Engine, job: &str, ended: Option<Ended>, still_running: u64) -> Result<SealedJob, RunError> {
     let mut totals = engine.attributor.totals_base();
     totals.undecodable = engine.undecodable;
     totals.unattributed += engine.other_jobs;
     agent.lost(&mut totals);
     let complete = totals.lost_total == 0 && totals.undecodable == 0 && agent.probes.hooks.iter().all(|h| h.attached || h.disabled);
     engine.attributor.registry.finalize(job, engine.names_unavailable().as_deref());
-    let end = trace_end(totals, Some(ended), still_running, complete, "ok");
+    let end = trace_end(totals, ended, still_running, complete, "ok");
     let crate::agent::engine::Outputs::Single { output, .. } = engine.outputs else {
         unreachable!("run and start write one job")
     };
@@ -189,7 +189,7 @@ pub fn seal_job(agent: &Agent, mut engine: Engine, job: &str, ended: Ended, stil
             clock: engine.attributor.clock(),
             end,
             hooks: &agent.probes.hooks,
-            exit: Some(describe(ended)),
+            exit: ended.map(describe),
         },
     )?;
     Ok(sealed)

@@ -13,32 +13,36 @@ const MAX_ROWS: usize = 50;
 #[derive(Debug, Default)]
 pub struct Summary {
     pub totals: Totals,
-    egress: BTreeMap<(IpAddr, u16, Protocol), Destination>,
-    dns: BTreeMap<String, Lookup>,
-    files: BTreeMap<String, FileOpen>,
-    execs: BTreeMap<String, u64>,
+    pub egress: BTreeMap<(IpAddr, u16, Protocol), Destination>,
+    pub dns: BTreeMap<String, Lookup>,
+    pub files: BTreeMap<String, FileOpen>,
+    pub execs: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Default)]
-struct Destination {
-    count: u64,
-    hosts: BTreeSet<String>,
-    comms: BTreeSet<String>,
+#[derive(Debug, Default, Clone)]
+pub struct Destination {
+    pub count: u64,
+    pub hosts: BTreeSet<String>,
+    pub comms: BTreeSet<String>,
+    /// Step ids.
+    pub steps: BTreeSet<String>,
 }
 
-#[derive(Debug, Default)]
-struct Lookup {
-    count: u64,
-    addrs: BTreeSet<IpAddr>,
-    errors: BTreeSet<&'static str>,
+#[derive(Debug, Default, Clone)]
+pub struct Lookup {
+    pub count: u64,
+    pub addrs: BTreeSet<IpAddr>,
+    pub errors: BTreeSet<&'static str>,
+    pub steps: BTreeSet<String>,
 }
 
-#[derive(Debug, Default)]
-struct FileOpen {
-    count: u64,
-    access: BTreeSet<&'static str>,
-    comms: BTreeSet<String>,
-    rule: String,
+#[derive(Debug, Default, Clone)]
+pub struct FileOpen {
+    pub count: u64,
+    pub access: BTreeSet<&'static str>,
+    pub comms: BTreeSet<String>,
+    pub rule: String,
+    pub steps: BTreeSet<String>,
 }
 
 /// Facts about the run that are not events.
@@ -71,12 +75,14 @@ impl Summary {
     pub fn add(&mut self, event: &Event) {
         crate::pipeline::count(&mut self.totals, event);
         let comm = event.proc.comm.lossy().into_owned();
+        let step = event.step.id.clone();
         match &event.body {
             Body::Connect(c) => {
                 let d = self.egress.entry((c.addr, c.port, c.protocol)).or_default();
                 d.count += 1;
                 d.hosts.extend(c.hosts.iter().cloned());
                 d.comms.insert(comm);
+                d.steps.insert(step);
             }
             Body::Dns(d) if d.numeric => {}
             Body::Dns(d) => {
@@ -84,6 +90,7 @@ impl Summary {
                 l.count += 1;
                 l.addrs.extend(d.addrs.iter().copied());
                 l.errors.extend(d.error);
+                l.steps.insert(step);
             }
             Body::File(f) => {
                 let o = self.files.entry(f.path.lossy().into_owned()).or_default();
@@ -91,6 +98,7 @@ impl Summary {
                 o.access.insert(f.access);
                 o.comms.insert(comm);
                 o.rule.clone_from(&f.rule);
+                o.steps.insert(step);
             }
             Body::Exec(e) => *self.execs.entry(e.filename.lossy().into_owned()).or_default() += 1,
             Body::Fork(_) | Body::Exit(_) => {}
@@ -102,9 +110,10 @@ impl Summary {
         let _ = writeln!(md, "# {}\n", ctx.title);
         self.render_overview(&mut md, ctx);
         render_steps(&mut md, ctx.steps);
-        self.render_egress(&mut md);
-        self.render_dns(&mut md);
-        self.render_files(&mut md);
+        let names = StepNames(ctx.steps);
+        self.render_egress(&mut md, &names);
+        self.render_dns(&mut md, &names);
+        self.render_files(&mut md, &names);
         self.render_execs(&mut md);
         render_hooks(&mut md, ctx.hooks);
         md
@@ -142,44 +151,44 @@ impl Summary {
         }
     }
 
-    fn render_egress(&self, md: &mut String) {
+    fn render_egress(&self, md: &mut String, names: &StepNames<'_>) {
         md.push_str("## Egress destinations\n\n");
         if self.egress.is_empty() {
             md.push_str("None.\n\n");
             return;
         }
-        md.push_str("| destination | protocol | host names | processes | count |\n|---|---|---|---|---:|\n");
+        md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
         for ((addr, port, proto), d) in self.egress.iter().take(MAX_ROWS) {
             let dest = if addr.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} |", list(&d.hosts), list(&d.comms), d.count);
+            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} | {} |", list(&d.hosts), names.list(&d.steps), list(&d.comms), d.count);
         }
         more(md, self.egress.len());
     }
 
-    fn render_dns(&self, md: &mut String) {
+    fn render_dns(&self, md: &mut String, names: &StepNames<'_>) {
         md.push_str("## DNS lookups\n\n");
         if self.dns.is_empty() {
             md.push_str("None.\n\n");
             return;
         }
-        md.push_str("| host name | addresses | count |\n|---|---|---:|\n");
+        md.push_str("| host name | addresses | steps | count |\n|---|---|---|---:|\n");
         for (host, l) in self.dns.iter().take(MAX_ROWS) {
             let addrs: BTreeSet<String> = l.addrs.iter().map(IpAddr::to_string).chain(l.errors.iter().map(|e| e.to_string())).collect();
-            let _ = writeln!(md, "| {} | {} | {} |", cell(host), list(&addrs), l.count);
+            let _ = writeln!(md, "| {} | {} | {} | {} |", cell(host), list(&addrs), names.list(&l.steps), l.count);
         }
         more(md, self.dns.len());
     }
 
-    fn render_files(&self, md: &mut String) {
+    fn render_files(&self, md: &mut String, names: &StepNames<'_>) {
         md.push_str("## Sensitive file opens\n\n");
         if self.files.is_empty() {
             md.push_str("None.\n\n");
             return;
         }
-        md.push_str("| path | access | processes | rule | count |\n|---|---|---|---|---:|\n");
+        md.push_str("| path | access | steps | processes | rule | count |\n|---|---|---|---|---|---:|\n");
         for (path, o) in self.files.iter().take(MAX_ROWS) {
             let access: BTreeSet<String> = o.access.iter().map(|a| a.to_string()).collect();
-            let _ = writeln!(md, "| {} | {} | {} | `{}` | {} |", cell(path), list(&access), list(&o.comms), o.rule, o.count);
+            let _ = writeln!(md, "| {} | {} | {} | {} | `{}` | {} |", cell(path), list(&access), names.list(&o.steps), list(&o.comms), o.rule, o.count);
         }
         more(md, self.files.len());
     }
@@ -236,6 +245,19 @@ fn render_hooks(md: &mut String, hooks: &[HookStatus]) {
         let _ = writeln!(md, "| {} | {} | {} |", h.hook, cell(&implementation), cell(&skipped.join("; ")));
     }
     md.push('\n');
+}
+
+/// Step ids shown as their display names.
+pub struct StepNames<'a>(pub &'a [StepRow]);
+
+impl StepNames<'_> {
+    pub fn name(&self, id: &str) -> String {
+        self.0.iter().find(|s| s.id == id).map_or_else(|| id.to_string(), |s| s.name.clone())
+    }
+
+    fn list(&self, ids: &BTreeSet<String>) -> String {
+        list(&ids.iter().map(|id| self.name(id)).collect())
+    }
 }
 
 fn list(items: &BTreeSet<String>) -> String {

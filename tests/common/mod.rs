@@ -101,3 +101,94 @@ pub fn write(path: &Path, text: &str) {
     }
     std::fs::write(path, text).expect("write");
 }
+
+/// The cgroup v2 mount, from mountinfo (hybrid hosts mount it at /sys/fs/cgroup/unified).
+pub fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+/// A copy of the Python interpreter under another name, so its task name (comm) is that name.
+pub fn python_as(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::copy("/usr/bin/python3.11", path).expect("copy /usr/bin/python3.11 (Debian's python3)");
+}
+
+pub fn emulator(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulators").join(name)
+}
+
+/// Loopback listeners whose ports tag the traffic of each step.
+pub struct Ports {
+    listeners: Vec<std::net::TcpListener>,
+    pub by_name: std::collections::BTreeMap<String, u16>,
+}
+
+impl Ports {
+    pub fn new(names: &[&str]) -> Ports {
+        let mut listeners = Vec::new();
+        let mut by_name = std::collections::BTreeMap::new();
+        for name in names {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            by_name.insert(name.to_string(), l.local_addr().unwrap().port());
+            listeners.push(l);
+        }
+        Ports { listeners, by_name }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.by_name[name]
+    }
+
+    pub fn len(&self) -> usize {
+        self.listeners.len()
+    }
+}
+
+/// A fake container runtime (tests/emulators/shim.py) exec'd as containerd-shim-runc-v2, outside any runner's tree.
+pub struct Shim {
+    pub fifo: PathBuf,
+    cgroup: PathBuf,
+    child: std::process::Child,
+}
+
+impl Shim {
+    pub fn start(dir: &Path) -> Shim {
+        let bin = dir.join("shim/containerd-shim-runc-v2");
+        python_as(&bin);
+        let fifo = dir.join("shim/requests");
+        let cgroup = cgroup2_root().join(format!("ciwatch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&cgroup).unwrap();
+        let child = Command::new(&bin).arg(emulator("shim.py")).arg(&fifo).arg(&cgroup).spawn().unwrap();
+        for _ in 0..100 {
+            if fifo.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Shim { fifo, cgroup, child }
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(entries) = std::fs::read_dir(&self.cgroup) {
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// Events of a sealed log, keyed for attribution checks.
+pub fn step_of<'a>(event: &'a Value) -> (&'a str, Option<&'a str>, Option<&'a str>) {
+    (event["step"]["id"].as_str().unwrap_or(""), event["step"]["name"].as_str(), event["step"]["stage"].as_str())
+}

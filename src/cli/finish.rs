@@ -1,0 +1,140 @@
+//! `ciwatch finish`: tell the background agent to seal the job, wait for it,
+//! and report. If the agent died, the trace it left is sealed here and says so.
+//! Idempotent: a second call reports the same result.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::report::{self, Report};
+use crate::agent::seal;
+use crate::cli::run::trace_end;
+use crate::event::Totals;
+use crate::sink::ndjson::LIVE_NAME;
+
+#[derive(Debug, clap::Args)]
+pub struct FinishArgs {
+    /// The directory `ciwatch start --out` wrote to.
+    #[arg(long, value_name = "DIR", default_value = "ciwatch-out")]
+    pub out: PathBuf,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for the agent to seal.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error("{0}")]
+    NoAgent(String),
+    #[error("the agent (pid {0}) did not seal the job within {1}s; it was killed and its trace recovered")]
+    Timeout(u32, u64),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+pub async fn execute(args: FinishArgs) -> u8 {
+    let report = match finish(&args).await {
+        Ok(r) => r,
+        Err(e) => return super::fail(exit_code(&e), &e),
+    };
+    print(&report, args.json);
+    if report.agent_died {
+        eprintln!("ciwatch: error: the agent died during the job; the trace is incomplete (see summary.md)");
+        crate::exit::AGENT_DIED
+    } else if report.lost > 0 {
+        eprintln!("ciwatch: error: {} events were lost; raise ring.size_bytes", report.lost);
+        crate::exit::EVENTS_LOST
+    } else {
+        0
+    }
+}
+
+fn exit_code(e: &FinishError) -> u8 {
+    match e {
+        FinishError::NoAgent(_) => crate::exit::NO_AGENT,
+        FinishError::Timeout(..) => crate::exit::AGENT_DIED,
+        FinishError::Sink(_) => crate::exit::WRITE,
+    }
+}
+
+async fn finish(args: &FinishArgs) -> Result<Report, FinishError> {
+    let dir = args.out.as_path();
+    if let Some(done) = Report::read(dir) {
+        return Ok(done);
+    }
+    let agent = report::live_agent(dir).map_err(FinishError::NoAgent)?;
+    if let Some(pid) = agent {
+        // SAFETY: kill() on the agent's pid, checked against its start time just above.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        while Instant::now() < deadline {
+            if let Some(done) = Report::read(dir) {
+                return Ok(done);
+            }
+            if report::live_agent(dir).ok().flatten().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(done) = Report::read(dir) {
+            return Ok(done);
+        }
+        if report::live_agent(dir).ok().flatten().is_some() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            recover(dir)?;
+            return Err(FinishError::Timeout(pid, args.timeout));
+        }
+    }
+    recover(dir)
+}
+
+/// Seals what a dead agent left, marking the trace incomplete.
+fn recover(dir: &Path) -> Result<Report, FinishError> {
+    if !dir.join(LIVE_NAME).exists() {
+        return Err(FinishError::NoAgent(format!("the agent for {} died before writing any event", dir.display())));
+    }
+    let end = trace_end(Totals::default(), None, 0, false, "died");
+    let sealed = seal::recover(dir, &end)?;
+    let summary = format!(
+        "# ciwatch: job summary\n\n> **Warning: the ciwatch agent died during this job.** The event log holds what it \
+         recorded until then; events after that were not recorded and the trace is incomplete.\n\nEvent log SHA-256: `{}`\n",
+        sealed.sha256
+    );
+    crate::sink::write_atomically(&dir.join("summary.md"), summary.as_bytes())?;
+    let report = Report {
+        status: "died".into(),
+        agent_died: true,
+        events: sealed.path,
+        summary: dir.join("summary.md"),
+        log_sha256: sealed.sha256,
+        counts: Default::default(),
+        lost: 0,
+        denied: 0,
+        steps: Vec::new(),
+        egress: Vec::new(),
+        dns: Vec::new(),
+        files: Vec::new(),
+        denied_events: Vec::new(),
+        proposed_policy: None,
+        policy_diff: None,
+        envelope: None,
+        bundle: None,
+        signing: None,
+    };
+    report.write(dir)?;
+    Ok(report)
+}
+
+fn print(report: &Report, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    }
+    eprintln!("| step | execs | connects | DNS | sensitive opens |\n|---|---:|---:|---:|---:|");
+    for s in &report.steps {
+        eprintln!("| {} | {} | {} | {} | {} |", s.name, s.execs, s.connects, s.dns, s.files);
+    }
+    eprintln!("\nciwatch: event log {} (sha256 {})", report.events.display(), report.log_sha256);
+}

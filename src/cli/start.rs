@@ -1,0 +1,322 @@
+//! `ciwatch start`: attach an agent to the current CI job and return once its
+//! hooks are attached. The agent keeps running in the background until
+//! `ciwatch finish` (or the job's launcher exiting) tells it to seal.
+//!
+//! It forks before any thread exists: the foreground process waits on a pipe
+//! for one readiness line, prints it, and exits with the agent's status.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::agent::engine::{Engine, Outputs};
+use crate::agent::report::{self, Report};
+use crate::agent::Agent;
+use crate::attribute::env::StepEnv;
+use crate::attribute::jobs::Registry;
+use crate::attribute::platform::{self, JobIdentity, Platform};
+use crate::attribute::Attributor;
+use crate::cli::run::{create_output, seal_job, trace_start};
+use crate::cli::signals::Signals;
+use crate::cli::spawn::pipe;
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::redact::CaptureArgs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    /// Directory for the trace; `ciwatch finish --out` must name the same one.
+    #[arg(long, value_name = "DIR", default_value = "ciwatch-out")]
+    pub out: PathBuf,
+    /// Agent configuration (TOML). Without it the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// What of each argv the log keeps (overrides the config file).
+    #[arg(long, value_enum)]
+    pub capture_args: Option<CaptureArgs>,
+    /// Record even if a hook cannot attach on this kernel; the gap is recorded.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// The step launcher's pid, when it is not an ancestor of this process.
+    #[arg(long, value_name = "PID")]
+    pub launcher_pid: Option<u32>,
+    /// The GitHub runner's `_diag` directory (default: next to Runner.Worker's `bin/`).
+    #[arg(long, value_name = "DIR")]
+    pub runner_diag: Option<PathBuf>,
+    /// Seconds to wait for the hooks to attach.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+const JOB: u32 = 1;
+
+/// Runs in the foreground process before any runtime exists. Returns the exit code.
+pub fn launch(args: StartArgs) -> u8 {
+    if let Err(code) = preflight_in_foreground(&args) {
+        return code;
+    }
+    let (read, write) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+    };
+    // SAFETY: no other thread exists yet (no runtime has been built), so the child may do anything.
+    match unsafe { libc::fork() } {
+        -1 => super::fail(crate::exit::INTERNAL, &std::io::Error::last_os_error()),
+        0 => {
+            drop(read);
+            std::process::exit(i32::from(background(args, write)));
+        }
+        child => {
+            drop(write);
+            await_ready(read, child, Duration::from_secs(args.ready_timeout))
+        }
+    }
+}
+
+/// Errors worth reporting before forking: a bad config or an unusable output directory.
+fn preflight_in_foreground(args: &StartArgs) -> Result<(), u8> {
+    if let Err(e) = Config::load(args.config.as_deref()) {
+        return Err(super::fail(crate::exit::CONFIG, &e));
+    }
+    if let Err(e) = std::fs::create_dir_all(&args.out).and_then(|()| probe_writable(&args.out)) {
+        eprintln!("ciwatch: error: cannot write to output directory {}: {e}", args.out.display());
+        return Err(crate::exit::OUTPUT_DIR);
+    }
+    Ok(())
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(".ciwatch-write-probe");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(probe)
+}
+
+/// Prints the agent's readiness line, or its error, and returns the exit code.
+fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
+    let mut poll = libc::pollfd { fd: read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: poll reads one valid pollfd.
+    if unsafe { libc::poll(&mut poll, 1, millis) } == 0 {
+        // SAFETY: the agent is our child.
+        unsafe { libc::kill(agent, libc::SIGKILL) };
+        eprintln!("ciwatch: error: the agent did not attach its hooks within {}s; see agent.log in the output directory", timeout.as_secs());
+        return crate::exit::INTERNAL;
+    }
+    let mut line = String::new();
+    // SAFETY: the fd is ours and stays open for the reader's lifetime.
+    let file = unsafe { std::fs::File::from_raw_fd(read.as_raw_fd()) };
+    std::mem::forget(read);
+    let got = BufReader::new(file).read_line(&mut line);
+    let message: serde_json::Value = match got {
+        Ok(n) if n > 0 => serde_json::from_str(&line).unwrap_or_else(|_| json!({"error": line.trim(), "code": crate::exit::INTERNAL})),
+        _ => json!({"error": "the agent exited before it was ready; see agent.log in the output directory", "code": crate::exit::INTERNAL}),
+    };
+    if let Some(error) = message.get("error").and_then(|e| e.as_str()) {
+        eprintln!("ciwatch: error: {error}");
+        return message.get("code").and_then(serde_json::Value::as_u64).map_or(crate::exit::INTERNAL, |c| c as u8);
+    }
+    println!("{message}");
+    0
+}
+
+/// The background agent: detaches, loads, reports readiness, records until told to stop, seals.
+fn background(args: StartArgs, ready: OwnedFd) -> u8 {
+    detach(&args.out);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
+    };
+    let code = runtime.block_on(agent_main(args, ready));
+    runtime.shutdown_background();
+    code
+}
+
+/// New session, no terminal; logs go to agent.log in the output directory.
+fn detach(out: &Path) {
+    // SAFETY: setsid has no preconditions; the fds are ours.
+    unsafe {
+        libc::setsid();
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            libc::dup2(null.as_raw_fd(), 0);
+        }
+        if let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).open(out.join("agent.log")) {
+            libc::dup2(log.as_raw_fd(), 1);
+            libc::dup2(log.as_raw_fd(), 2);
+        }
+    }
+}
+
+fn report_failure(ready: OwnedFd, code: u8, message: &str) -> u8 {
+    let mut file = std::fs::File::from(ready);
+    let _ = writeln!(file, "{}", json!({"error": message, "code": code}));
+    code
+}
+
+async fn agent_main(args: StartArgs, ready: OwnedFd) -> u8 {
+    let mut config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
+    };
+    if let Some(policy) = args.capture_args {
+        config.capture_args = policy;
+    }
+    let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial) {
+        Ok(a) => a,
+        Err(e) => return report_failure(ready, e.exit_code(), &crate::bpf::loader::chain(&e)),
+    };
+    let own_env = StepEnv::of_this_process();
+    let detection = platform::detect(&own_env, &[], None);
+    let launcher = args.launcher_pid.map(|pid| (pid, comm(pid))).or_else(|| find_launcher(detection.platform));
+    let identity = detection.job.clone().unwrap_or_else(|| JobIdentity {
+        platform: Platform::None,
+        id: format!("start-{}", std::process::id()),
+        name: None,
+        url: None,
+        proof: vec!["no CI platform detected".into()],
+    });
+    let platform = identity.platform;
+    let mut registry = Registry::new();
+    let job = registry.register_job(JOB, identity, detection.conflicts);
+    let long_lived = matches!(platform, Platform::GitlabCi | Platform::Jenkins | Platform::Drone);
+    registry.register_launcher(JOB, platform, long_lived);
+    let setup = match &launcher {
+        Some((pid, _)) => agent.add_launcher(*pid, JOB, platform.id()),
+        None => {
+            registry.job_note(&job, "no step launcher found among this process's ancestors: only container steps can be attributed".into());
+            Ok(())
+        }
+    };
+    if let Err(e) = setup.and_then(|()| agent.watch_container_runtimes()) {
+        return report_failure(ready, e.exit_code(), &e.to_string());
+    }
+
+    let header = trace_start(&agent, &config, &crate::event::JobRef { platform: platform.name().into(), id: job.clone() }, &[OsString::from("ciwatch start")]);
+    let output = match create_output(&args.out, &header) {
+        Ok(o) => o,
+        Err(e) => return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string()),
+    };
+    let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), Outputs::Single { job: job.clone(), output });
+    if platform == Platform::GithubActions {
+        let diag = args.runner_diag.clone().or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
+        match diag {
+            Some(dir) => engine.follow_runner_log(&dir),
+            None => engine.attributor.registry.job_note(&job, "the runner's _diag directory was not found: steps have no display names".into()),
+        }
+    }
+    let Some(ring) = agent.probes.take_ring() else { return report_failure(ready, crate::exit::INTERNAL, "ring buffer unavailable") };
+    let drain = Duration::from_millis(config.ring.drain_interval_ms);
+    let pipeline = match Pipeline::start(ring, drain, Duration::from_millis(250), engine) {
+        Ok(p) => p,
+        Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
+    };
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
+    };
+    if let Err(e) = report::write_pid_file(&args.out) {
+        return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string());
+    }
+    announce(ready, &agent, &args.out, platform, &job, launcher.as_ref());
+
+    let stopped_by = wait_for_stop(&mut signals, launcher.as_ref().map(|(pid, _)| *pid)).await;
+    tracing::info!("stopping: {stopped_by}");
+    let still_running = linger(&agent, Duration::from_millis(config.run.linger_ms)).await;
+    let engine = match pipeline.finish().await {
+        Ok(e) => e,
+        Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+    };
+    match seal_job(&agent, engine, &job, None, still_running) {
+        Ok(sealed) => match Report::from_sealed(&sealed).write(&args.out) {
+            Ok(()) => 0,
+            Err(e) => super::fail(crate::exit::WRITE, &e),
+        },
+        Err(e) => super::fail(crate::exit::WRITE, &e),
+    }
+}
+
+fn announce(ready: OwnedFd, agent: &Agent, out: &Path, platform: Platform, job: &str, launcher: Option<&(u32, String)>) {
+    let line = json!({
+        "pid": std::process::id(),
+        "out": out,
+        "platform": platform.name(),
+        "job": job,
+        "launcher": launcher.map(|(pid, comm)| json!({"pid": pid, "comm": comm})),
+        "hooks": agent.probes.hooks,
+    });
+    let mut file = std::fs::File::from(ready);
+    let _ = writeln!(file, "{line}");
+}
+
+/// Until finish signals us, or the job's launcher is gone (the job ended without a finish).
+async fn wait_for_stop(signals: &mut Signals, launcher: Option<u32>) -> String {
+    let start = launcher.and_then(report::process_start);
+    loop {
+        tokio::select! {
+            sig = signals.any() => return format!("signal {sig}"),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Some(pid) = launcher {
+                    if report::process_start(pid) != start {
+                        return format!("the step launcher (pid {pid}) exited");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn linger(agent: &Agent, limit: Duration) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let alive = agent.live_tags().iter().filter(|(_, t)| t.flags & crate::bpf::abi::TAG_LAUNCHER == 0).count() as u64;
+        if alive == 0 || start.elapsed() >= limit {
+            return alive;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The nearest ancestor whose task name is the platform's step launcher.
+pub fn find_launcher(platform: Platform) -> Option<(u32, String)> {
+    let names: Vec<&str> = match platform::detector(platform) {
+        Some(d) if !d.launcher_comms().is_empty() => d.launcher_comms().to_vec(),
+        Some(d) if d.platform() == Platform::Jenkins => vec!["java"],
+        _ => platform::detectors().iter().flat_map(|d| d.launcher_comms().iter().copied()).collect(),
+    };
+    let mut pid = std::os::unix::process::parent_id();
+    for _ in 0..64 {
+        if pid <= 1 {
+            return None;
+        }
+        let name = comm(pid);
+        if names.iter().any(|n| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(&name)) {
+            return Some((pid, name));
+        }
+        pid = parent_of(pid)?;
+    }
+    None
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string()).unwrap_or_default()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `<runner>/_diag` for `<runner>/bin/Runner.Worker`.
+fn runner_diag(worker: u32) -> Option<PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{worker}/exe")).ok()?;
+    let diag = exe.parent()?.parent()?.join("_diag");
+    diag.is_dir().then_some(diag)
+}
+

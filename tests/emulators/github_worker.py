@@ -1,0 +1,134 @@
+"""Runner.Worker, as actions/runner runs a job (see ../../docs and the
+reference: Handlers/ScriptHandler.cs, NodeScriptActionHandler.cs,
+FileCommandManager.cs, ProcessInvoker.cs, StepsRunner.cs).
+
+Usage (exec'd as <root>/bin/Runner.Worker): github_worker.py CONFIG.json
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from emu import base_env, guid, log_line, request_container, spawn, tcp, write_script  # noqa: E402
+
+cfg = json.load(open(sys.argv[1]))
+root = cfg["runner_root"]
+work = cfg["work"]
+temp = os.path.join(work, "_temp")
+cmds = os.path.join(temp, "_runner_file_commands")
+os.makedirs(cmds, exist_ok=True)
+os.makedirs(os.path.join(root, "_diag"), exist_ok=True)
+log = open(os.path.join(root, "_diag", time.strftime("Worker_%Y%m%d-%H%M%S-utc.log", time.gmtime())), "w")
+ports = cfg["ports"]
+tracking = "github_" + guid()
+node = os.path.join(root, "externals", "node20", "bin", "node")
+action_js = os.path.join(work, "_actions", "acme", "tool", "v1", "dist", "index.js")
+
+job = {
+    "GITHUB_ACTIONS": "true", "CI": "true", "GITHUB_REPOSITORY": "acme/app", "GITHUB_RUN_ID": "4242",
+    "GITHUB_RUN_ATTEMPT": "1", "GITHUB_JOB": "build", "GITHUB_WORKFLOW": "ci",
+    "GITHUB_SERVER_URL": "https://github.com", "RUNNER_TEMP": temp, "RUNNER_TRACKING_ID": tracking,
+    "ACTIONS_RUNTIME_TOKEN": "secret-runtime-token-must-not-leak",
+}
+log_line(log, "Worker", "Job message:")
+log.write(' {\n  "jobId": "b1c2d3",\n  "jobDisplayName": "build (emulated)"\n}\n')
+log.flush()
+
+
+def step_env(action, step_guid, extra=None):
+    env = base_env(job)
+    env["GITHUB_ACTION"] = action
+    for name, prefix in [("GITHUB_OUTPUT", "set_output_"), ("GITHUB_ENV", "set_env_"), ("GITHUB_STATE", "save_state_"),
+                         ("GITHUB_STEP_SUMMARY", "step_summary_"), ("GITHUB_PATH", "add_path_")]:
+        path = os.path.join(cmds, prefix + step_guid)
+        open(path, "w").close()
+        env[name] = path
+    env.update(extra or {})
+    return env
+
+
+def start(display, argv, env):
+    log_line(log, "StepsRunner", f"Processing step: DisplayName='{display}'")
+    log_line(log, "ProcessInvokerWrapper", "Starting process:")
+    proc = spawn(argv, env, cwd=work)
+    log_line(log, "ProcessInvokerWrapper", f"Process started with process id {proc.pid}, waiting for process exit.")
+    return proc
+
+
+def finish(display, proc, action, stage, step_guid):
+    code = proc.wait(timeout=60)
+    log_line(log, "ProcessInvokerWrapper", f"Finished process {proc.pid} with exit code {code}, and elapsed time 00:00:00.1.")
+    telemetry = {"action": display, "type": "run", "stage": stage, "stepId": step_guid, "stepContextName": action,
+                 "result": "succeeded" if code == 0 else "failed", "startTime": "2026-11-26T00:00:00Z",
+                 "finishTime": "2026-11-26T00:00:01Z"}
+    log_line(log, "ExecutionContext", "Publish step telemetry for current step " + json.dumps(telemetry, indent=2) + ".")
+    return code
+
+
+def run_step(display, body, action="__run", shell="default", stage="Main", extra=None):
+    """A run: step: script file <temp>/<guid>.sh, run by bash as ScriptHandler does."""
+    g = guid()
+    script = write_script(os.path.join(temp, g + ".sh"), body)
+    argv = ["/usr/bin/bash", "-e", script] if shell == "default" else ["/usr/bin/bash", "--noprofile", "--norc", "-e", "-o", "pipefail", script]
+    proc = start(display, argv, step_env(action, g, extra))
+    return display, proc, action, stage, g
+
+
+def node_step(display, stage, port, extra=None):
+    g = guid()
+    env = step_env("__acme_tool", g, {"INPUT_PORT": str(port), **(extra or {})})
+    proc = start(display, [node, action_js], env)
+    return display, proc, "__acme_tool", stage, g
+
+
+def done(step):
+    return finish(*step)
+
+
+results = {"tracking": tracking}
+# The ciwatch action's own pre step starts the agent.
+done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {cfg['out']} --runner-diag {root}/_diag > {cfg['out']}.start.json", action="__ciwatch"))
+
+done(node_step("Pre Run acme/tool@v1", "Pre", ports["pre"]))
+done(node_step("Run acme/tool@v1", "Main", ports["main"]))
+done(run_step("Build", f"{tcp(ports['build'])}\ncat \"$CIWATCH_DECOY\" >/dev/null\ngetent ahosts localhost >/dev/null",
+              shell="bash", extra={"CIWATCH_DECOY": cfg["decoy"]}))
+
+# Two background steps run at the same time.
+a = run_step("Serve A", "\n".join(f"{tcp(ports['bg_a'])}; sleep 0.05" for _ in range(4)))
+b = run_step("Serve B", "\n".join(f"{tcp(ports['bg_b'])}; sleep 0.05" for _ in range(4)))
+done(a)
+done(b)
+
+# A daemon that outlives its step and connects during a later one.
+done(run_step("Start daemon", f"( setsid /usr/bin/bash -c 'sleep 0.6; {tcp(ports['daemon'])}' & ) ; exit 0"))
+done(run_step("Scrubbed env", f"env -i /usr/bin/bash -c '{tcp(ports['env_i'])}'"))
+
+# A step shorter than 5 ms: a custom shell (`shell: /bin/true {{0}}`) that exits at once.
+g = guid()
+quick = start("Quick", ["/bin/true", os.path.join(temp, g)], step_env("__run_2", g))
+done(("Quick", quick, "__run_2", "Main", g))
+
+# A container step: the Worker runs the docker CLI; the step's shell runs under the container runtime.
+g = guid()
+docker_env = step_env("__container", g)
+# Like `docker exec -e KEY …`: values travel in the CLI's environment, never on argv; paths are mapped to /__w.
+client = write_script(os.path.join(temp, "docker-client.py"),
+    "import os, sys\nsys.path.insert(0, %r)\nfrom emu import request_container\n"
+    "env = {k: v.replace(%r, '/__w/_temp') for k, v in os.environ.items()}\n"
+    "sys.exit(request_container(%r, env, ['/usr/bin/bash', '-c', %r]))"
+    % (os.path.dirname(os.path.abspath(__file__)), temp, cfg["shim_fifo"], tcp(ports["container"])))
+docker = os.path.join(root, "bin", "docker")
+container = start("Run in container", [docker, client], docker_env)
+done(("Run in container", container, "__container", "Main", g))
+
+# hashFiles(): a runner-internal node child without file commands.
+internal = spawn([node, os.path.join(root, "bin", "hashFiles")], base_env(job))
+internal.wait()
+
+done(node_step("Post Run acme/tool@v1", "Post", ports["post"], {"STATE_seen": "1"}))
+time.sleep(0.3)
+done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
+json.dump(results, open(cfg["results"], "w"))
