@@ -3,6 +3,8 @@
 //! addresses), resolves and filters file paths, and applies the argv policy.
 
 pub mod clock;
+pub mod container;
+pub mod kube;
 pub mod names;
 pub mod procs;
 
