@@ -59,11 +59,15 @@ pub struct OutputConfig {
     pub options: BTreeMap<String, String>,
     /// Keep the local copy once uploaded.
     pub keep_local: bool,
+    /// Retries of a failed request (object_store's default: 10).
+    pub max_retries: Option<usize>,
+    /// Give up retrying a request after this long (default 3 min), e.g. "30s".
+    pub retry_timeout: Option<String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { dir: None, url: None, options: BTreeMap::new(), keep_local: true }
+        Self { dir: None, url: None, options: BTreeMap::new(), keep_local: true, max_retries: None, retry_timeout: None }
     }
 }
 
@@ -172,6 +176,14 @@ impl TraceStore {
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
         let opts = &config.options;
+        let mut retry = object_store::RetryConfig::default();
+        if let Some(n) = config.max_retries {
+            retry.max_retries = n;
+        }
+        if let Some(t) = &config.retry_timeout {
+            retry.retry_timeout = humantime::parse_duration(t)
+                .map_err(|e| OutputError::BadOption { store: "output", key: format!("retry_timeout = {t:?} ({e})") })?;
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::AmazonS3 => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
@@ -179,7 +191,7 @@ impl TraceStore {
                     let key = k.parse().map_err(|_| OutputError::BadOption { store: "s3", key: k.clone() })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
+                Arc::new(b.with_retry(retry.clone()).with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
             }
             ObjectStoreScheme::GoogleCloudStorage => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
@@ -187,7 +199,7 @@ impl TraceStore {
                     let key = k.parse().map_err(|_| OutputError::BadOption { store: "gcs", key: k.clone() })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
+                Arc::new(b.with_retry(retry.clone()).with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
             }
             ObjectStoreScheme::MicrosoftAzure => {
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
@@ -195,7 +207,7 @@ impl TraceStore {
                     let key = k.parse().map_err(|_| OutputError::BadOption { store: "azure", key: k.clone() })?;
                     b = b.with_config(key, v);
                 }
-                Arc::new(b.with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
+                Arc::new(b.with_retry(retry.clone()).with_http_connector(HyperConnector).build().map_err(|e| bad(e.to_string()))?)
             }
             ObjectStoreScheme::Local => {
                 if let Some(k) = opts.keys().next() {
@@ -657,8 +669,8 @@ mod tests {
         // A store that cannot be reached is a Store error counted as an upload failure.
         let mut down = c.clone();
         down.options.insert("aws_endpoint".into(), "http://127.0.0.1:9".into());
-        down.options.insert("aws_max_retries".into(), "0".into());
-        down.options.insert("aws_retry_timeout".into(), "1s".into());
+        down.max_retries = Some(0);
+        down.retry_timeout = Some("1s".into());
         let local = tempfile::tempdir().unwrap();
         let t = sealed_dir(local.path(), "job-x", b"1\n");
         let err = TraceStore::from_config(&down).unwrap().unwrap().upload(&t, false).await.unwrap_err();
