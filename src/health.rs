@@ -270,6 +270,29 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The `[health]` section of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Address of the endpoint; absent turns it off. On Kubernetes the pod
+    /// listens on 0.0.0.0 so the kubelet's probes reach it.
+    pub listen: Option<SocketAddr>,
+    /// `/healthz` fails once the pipeline heartbeat is older than this.
+    pub stall_after_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))), stall_after_secs: 30 }
+    }
+}
+
+impl HealthConfig {
+    pub fn options(&self) -> HealthOptions {
+        HealthOptions { stall_after: Duration::from_secs(self.stall_after_secs.max(1)) }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HealthOptions {
     /// `/healthz` fails once the pipeline's heartbeat is older than this.
@@ -398,6 +421,19 @@ mod tests {
         let metrics = Metrics::new();
         let server = HealthServer::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), options).await.unwrap();
         (metrics, server)
+    }
+
+    /// The sections this module and its siblings own in the shipped example
+    /// config parse with their structs.
+    #[test]
+    fn shipped_config_sections_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/config.toml");
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let health: HealthConfig = table["health"].clone().try_into().unwrap();
+        assert_eq!(health.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let output: crate::sink::object_store::OutputConfig = table["output"].clone().try_into().unwrap();
+        assert_eq!(output.dir.as_deref(), Some(std::path::Path::new("/var/lib/ciwatch/traces")));
+        assert_eq!(HealthConfig::default().options().stall_after, Duration::from_secs(30));
     }
 
     #[tokio::test]

@@ -511,6 +511,41 @@ impl Backoff {
     }
 }
 
+/// The `[kubernetes]` section of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubeConfig {
+    /// Watch this node's pods for container attribution (the DaemonSet sets it).
+    pub enabled: bool,
+    /// The node to watch; default `NODE_NAME` from the downward API.
+    pub node_name: Option<String>,
+    pub retain_deleted_secs: u64,
+    pub orphan_after_secs: u64,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self { enabled: false, node_name: None, retain_deleted_secs: 600, orphan_after_secs: 120 }
+    }
+}
+
+impl KubeConfig {
+    pub fn cache_options(&self) -> CacheOptions {
+        CacheOptions {
+            retain_deleted: Duration::from_secs(self.retain_deleted_secs),
+            orphan_after: Duration::from_secs(self.orphan_after_secs),
+            ..CacheOptions::default()
+        }
+    }
+
+    pub fn node(&self) -> Result<String, KubeError> {
+        match &self.node_name {
+            Some(n) if !n.is_empty() => Ok(n.clone()),
+            _ => node_name(),
+        }
+    }
+}
+
 /// The in-cluster client (ServiceAccount token and CA), or kubeconfig when
 /// run outside a cluster.
 pub async fn client() -> Result<kube::Client, KubeError> {
