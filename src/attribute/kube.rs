@@ -336,7 +336,8 @@ fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) {
 fn containers_of(pod: &Pod, meta: &Arc<PodMeta>) -> Vec<(String, ContainerMeta)> {
     let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else { return Vec::new() };
     let mut out = Vec::new();
-    let groups: [(&[Container], Option<&Vec<ContainerStatus>>, bool); 2] = [
+    type Group<'a> = (&'a [Container], Option<&'a Vec<ContainerStatus>>, bool);
+    let groups: [Group<'_>; 2] = [
         (&spec.containers, status.container_statuses.as_ref(), false),
         (spec.init_containers.as_deref().unwrap_or(&[]), status.init_container_statuses.as_ref(), true),
     ];
