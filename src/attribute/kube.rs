@@ -125,6 +125,8 @@ struct PodEntry {
     meta: Arc<PodMeta>,
     containers: Vec<(String, ContainerMeta)>,
     deleted_at: Option<Instant>,
+    /// Succeeded, Failed or deleted: announced once on `PodCache::ended`.
+    ended: bool,
 }
 
 #[derive(Default)]
@@ -141,11 +143,27 @@ struct State {
 pub struct PodCache {
     options: CacheOptions,
     state: Mutex<State>,
+    ended: tokio::sync::broadcast::Sender<Arc<PodMeta>>,
 }
 
 impl PodCache {
     pub fn new(options: CacheOptions) -> Arc<Self> {
-        Arc::new(Self { options, state: Mutex::new(State::default()) })
+        let (ended, _) = tokio::sync::broadcast::channel(1024);
+        Arc::new(Self { options, state: Mutex::new(State::default()), ended })
+    }
+
+    /// Pods that ended (phase Succeeded or Failed, or deleted), once each:
+    /// on Kubernetes a job ends with its pod (a TaskRun's, a GitLab or
+    /// Buildkite job's), and the daemon seals its trace then.
+    pub fn ended(&self) -> tokio::sync::broadcast::Receiver<Arc<PodMeta>> {
+        self.ended.subscribe()
+    }
+
+    fn announce(&self, ended: Vec<Arc<PodMeta>>) {
+        for pod in ended {
+            // No receiver yet is fine: nobody is sealing.
+            let _ = self.ended.send(pod);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -201,14 +219,15 @@ impl PodCache {
     /// Replaces the view with a full list taken at `listed_at`: pods missing
     /// from it were deleted while we were not watching.
     pub fn apply_list(&self, pods: Vec<Pod>, listed_at: Instant) {
+        let mut ended = Vec::new();
         let mut s = self.lock();
         let live: std::collections::HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         let vanished: Vec<String> = s.pods.iter().filter(|(uid, e)| e.deleted_at.is_none() && !live.contains(*uid)).map(|(u, _)| u.clone()).collect();
         for uid in vanished {
-            mark_deleted(&mut s, &uid, listed_at);
+            ended.extend(mark_deleted(&mut s, &uid, listed_at));
         }
         for pod in pods {
-            upsert(&mut s, pod, false, listed_at);
+            ended.extend(upsert(&mut s, pod, false, listed_at));
         }
         // Pending containers seen before this list whose pod is not in it:
         // the pod was deleted before its metadata reached us.
@@ -226,18 +245,22 @@ impl PodCache {
         s.api_up = true;
         s.synced_at = Some(listed_at);
         self.expire_locked(&mut s, listed_at);
+        drop(s);
+        self.announce(ended);
     }
 
     pub fn apply_event(&self, event: WatchEvent<Pod>) {
         let now = Instant::now();
         let mut s = self.lock();
-        match event {
+        let ended = match event {
             WatchEvent::Added(pod) | WatchEvent::Modified(pod) => upsert(&mut s, pod, false, now),
             WatchEvent::Deleted(pod) => upsert(&mut s, pod, true, now),
-            WatchEvent::Bookmark(_) | WatchEvent::Error(_) => {}
-        }
+            WatchEvent::Bookmark(_) | WatchEvent::Error(_) => None,
+        };
         s.api_up = true;
         s.synced_at = Some(now);
+        drop(s);
+        self.announce(ended.into_iter().collect());
     }
 
     /// Drops what outlived `retain_deleted` and turns long-pending ids with
@@ -287,8 +310,8 @@ fn evict_oldest(s: &mut State) {
     }
 }
 
-fn mark_deleted(s: &mut State, uid: &str, at: Instant) {
-    let Some(entry) = s.pods.get_mut(uid) else { return };
+fn mark_deleted(s: &mut State, uid: &str, at: Instant) -> Option<Arc<PodMeta>> {
+    let entry = s.pods.get_mut(uid)?;
     let mut meta = (*entry.meta).clone();
     meta.deleted = true;
     let meta = Arc::new(meta);
@@ -298,10 +321,16 @@ fn mark_deleted(s: &mut State, uid: &str, at: Instant) {
         c.pod = meta.clone();
         s.by_container.insert(id.clone(), c.clone());
     }
+    let newly = !entry.ended;
+    entry.ended = true;
+    newly.then_some(meta)
 }
 
-fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+/// Stores a pod; returns it when this is the first sign that it ended.
+fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) -> Option<Arc<PodMeta>> {
+    let uid = pod.metadata.uid.clone()?;
+    let finished = deleted
+        || pod.status.as_ref().and_then(|st| st.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
     let meta = Arc::new(PodMeta {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
@@ -318,7 +347,9 @@ fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) {
         deleted,
     });
     let containers = containers_of(&pod, &meta);
+    let mut was_ended = false;
     if let Some(old) = s.pods.remove(&uid) {
+        was_ended = old.ended;
         for (id, _) in old.containers {
             s.by_container.remove(&id);
         }
@@ -328,7 +359,8 @@ fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) {
         s.gone.remove(id);
         s.by_container.insert(id.clone(), c.clone());
     }
-    s.pods.insert(uid, PodEntry { meta, containers, deleted_at: deleted.then_some(now) });
+    s.pods.insert(uid, PodEntry { meta: meta.clone(), containers, deleted_at: deleted.then_some(now), ended: finished || was_ended });
+    (finished && !was_ended).then_some(meta)
 }
 
 /// Every container of the pod that has an id in its status (a restarted
@@ -827,6 +859,7 @@ mod tests {
             5,
         ));
         let (cache, metrics, stop, task) = start(fake.clone(), CacheOptions::default()).await;
+        let mut ended = cache.ended();
         until("the list", || cache.api_up()).await;
         let m = known(cache.resolve(C1, None));
         assert_eq!((m.pod.name.as_str(), m.pod.namespace.as_str(), m.container.as_deref()), ("build-abc-pod", "ci", Some("step-compile")));
@@ -850,9 +883,16 @@ mod tests {
         let job = ci_job(&known(cache.resolve(C3, None))).unwrap();
         assert_eq!((job.platform, job.job_id.as_deref()), ("gitlab", Some("https://gitlab.example/-/jobs/4242")));
 
-        // Deleted pods stay resolvable, marked.
+        // A pod that finishes ends its job, announced once; deleted pods
+        // stay resolvable, marked.
+        let mut done = later.clone();
+        done["status"]["phase"] = json!("Succeeded");
+        push(&fake, "MODIFIED", done);
         push(&fake, "DELETED", later);
         until("deletion", || known(cache.resolve(C3, None)).pod.deleted).await;
+        let pod = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.unwrap().unwrap();
+        assert_eq!(pod.name, "runner-x-project-1-concurrent-0");
+        assert!(ended.try_recv().is_err(), "an ended pod is announced once");
         stop.send(true).unwrap();
         task.await.unwrap();
     }
