@@ -13,6 +13,7 @@ pub mod decode;
 pub mod event;
 pub mod exit;
 pub mod filter;
+pub mod health;
 pub mod pipeline;
 pub mod redact;
 pub mod sink;

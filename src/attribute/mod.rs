@@ -3,9 +3,11 @@
 //! addresses), resolves and filters file paths, and applies the argv policy.
 
 pub mod clock;
+pub mod container;
 pub mod env;
 pub mod github_log;
 pub mod jobs;
+pub mod kube;
 pub mod names;
 pub mod platform;
 pub mod procs;
