@@ -82,3 +82,23 @@ describe('processAlive', () => {
     assert.equal(processAlive(2 ** 22 + 12345), false);
   });
 });
+
+describe('processAlive and zombies', () => {
+  it('treats an unreaped (zombie) process as dead', async () => {
+    // The parent forks a child that exits at once and is never waited for: a zombie for 3 s.
+    const code = 'import os, sys, time\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nprint(pid, flush=True)\ntime.sleep(3)\n';
+    const { spawn } = await import('node:child_process');
+    const parent = spawn('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const pid = await new Promise<number>((resolve) => parent.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+    await new Promise((r) => setTimeout(r, 200));
+    let signalled = true;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      signalled = false;
+    }
+    assert.equal(signalled, true, 'signal 0 still reaches a zombie');
+    assert.equal(processAlive(pid), false);
+    parent.kill('SIGKILL');
+  });
+});

@@ -2,6 +2,7 @@
 // runner user is not already root.
 
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 export interface ProcessResult {
   code: number | null;
@@ -140,8 +141,14 @@ export function isRoot(): boolean {
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  // A killed agent that nobody reaped yet is a zombie: signal 0 still succeeds, but it is dead.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }

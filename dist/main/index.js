@@ -19708,13 +19708,19 @@ function runMain(io, alive) {
 }
 
 // src/proc.ts
+import { readFileSync } from "node:fs";
 var MAX_CAPTURE = 4 * 1024 * 1024;
 function processAlive(pid) {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
-    return e.code === "EPERM";
+    if (e.code !== "EPERM") return false;
+  }
+  try {
+    const stat2 = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat2.slice(stat2.lastIndexOf(")") + 2, stat2.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return true;
   }
 }
 

@@ -20921,6 +20921,7 @@ function keylessPermissionError(env) {
 
 // src/proc.ts
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 var MAX_CAPTURE = 4 * 1024 * 1024;
 var runProcess = (file, args, options) => new Promise((resolve2) => {
   let stdout = "";
@@ -21013,9 +21014,14 @@ function isRoot() {
 function processAlive(pid) {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
-    return e.code === "EPERM";
+    if (e.code !== "EPERM") return false;
+  }
+  try {
+    const stat2 = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat2.slice(stat2.lastIndexOf(")") + 2, stat2.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return true;
   }
 }
 
