@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::output::JobOutput;
 use crate::attribute::github_log::{LogFact, WorkerLog};
 use crate::attribute::Attributor;
 use crate::decode::decode;
-use crate::event::{Event, JobRef, TraceStart};
+use crate::event::{Event, HookStatus, JobRef, TraceStart};
 use crate::pipeline::Consumer;
 use crate::sink::SinkError;
 
@@ -26,11 +27,35 @@ pub struct Engine {
     pub undecodable: u64,
     /// Events of jobs that are not this output's (single mode).
     pub other_jobs: u64,
-    runner_log: Option<RunnerLog>,
+    runner_logs: Vec<RunnerLog>,
+    daemon: Option<DaemonState>,
 }
 
-/// The GitHub runner's diagnostic log, when one was found.
+/// What the daemon needs to decide that a job ended, and to seal it.
+pub struct DaemonState {
+    pub tasks: crate::bpf::loader::Tasks,
+    pub lost: crate::bpf::loader::Lost,
+    pub hooks: Vec<HookStatus>,
+    /// After its launcher exits, how long a job's remaining processes may run before it is sealed.
+    pub linger: Duration,
+    /// A job seen only in containers ends after this long without live processes.
+    pub idle: Duration,
+    ended_since: HashMap<String, Instant>,
+    idle_since: HashMap<String, Instant>,
+    /// Sealed jobs' directories, in order.
+    pub sealed: Vec<PathBuf>,
+    pub seal_errors: Vec<String>,
+}
+
+impl DaemonState {
+    pub fn new(tasks: crate::bpf::loader::Tasks, lost: crate::bpf::loader::Lost, hooks: Vec<HookStatus>, linger: Duration, idle: Duration) -> Self {
+        Self { tasks, lost, hooks, linger, idle, ended_since: HashMap::new(), idle_since: HashMap::new(), sealed: Vec::new(), seal_errors: Vec::new() }
+    }
+}
+
+/// A GitHub runner's diagnostic log.
 struct RunnerLog {
+    dir: PathBuf,
     log: WorkerLog,
     /// Why names are missing, once reading failed.
     failure: Option<String>,
@@ -38,20 +63,28 @@ struct RunnerLog {
 
 impl Engine {
     pub fn new(attributor: Attributor, outputs: Outputs) -> Self {
-        Self { attributor, outputs, undecodable: 0, other_jobs: 0, runner_log: None }
+        Self { attributor, outputs, undecodable: 0, other_jobs: 0, runner_logs: Vec::new(), daemon: None }
+    }
+
+    pub fn with_daemon(mut self, state: DaemonState) -> Self {
+        self.daemon = Some(state);
+        self
     }
 
     /// Reads step names and stages from a GitHub runner's `_diag` directory.
     pub fn follow_runner_log(&mut self, diag: &Path) {
-        self.runner_log = Some(RunnerLog { log: WorkerLog::new(diag), failure: None });
+        if !self.runner_logs.iter().any(|r| r.dir == diag) {
+            self.runner_logs.push(RunnerLog { dir: diag.to_path_buf(), log: WorkerLog::new(diag), failure: None });
+        }
     }
 
     /// Why step display names may be missing, for the trace.
     pub fn names_unavailable(&self) -> Option<String> {
-        match &self.runner_log {
-            None => None,
-            Some(r) => r.failure.clone(),
-        }
+        self.runner_logs.iter().find_map(|r| r.failure.clone())
+    }
+
+    pub fn sealed(&self) -> &[PathBuf] {
+        self.daemon.as_ref().map_or(&[], |d| &d.sealed)
     }
 
     fn route(&mut self, job: &str, event: &Event) {
@@ -87,31 +120,121 @@ impl Engine {
         }
     }
 
-    fn poll_runner_log(&mut self) {
-        let Some(runner) = &mut self.runner_log else { return };
-        match runner.log.poll() {
-            Ok(facts) => {
-                runner.failure = None;
-                for fact in facts {
-                    match fact {
-                        LogFact::ProcessStarted { pid, display_name } => self.attributor.registry.display_name(pid, &display_name),
-                        LogFact::Job { display_name, .. } => {
-                            if let (Some(name), Outputs::Single { job, .. }) = (display_name, &self.outputs) {
-                                self.attributor.registry.set_job_name(job, &name);
-                            }
-                        }
-                        LogFact::Telemetry(_) => {}
-                    }
+    fn poll_runner_logs(&mut self) {
+        for (tgid, platform) in self.attributor.registry.drain_new_launchers() {
+            if platform == Some(crate::attribute::platform::Platform::GithubActions) {
+                if let Some(diag) = runner_diag(tgid) {
+                    self.follow_runner_log(&diag);
                 }
             }
-            Err(e) => {
-                if runner.failure.is_none() {
-                    tracing::warn!("step names unavailable: {e}");
+        }
+        let single_job = match &self.outputs {
+            Outputs::Single { job, .. } => Some(job.clone()),
+            Outputs::PerJob { .. } => None,
+        };
+        for runner in &mut self.runner_logs {
+            match runner.log.poll() {
+                Ok(facts) => {
+                    runner.failure = None;
+                    for fact in facts {
+                        match fact {
+                            LogFact::ProcessStarted { pid, display_name } => self.attributor.registry.display_name(pid, &display_name),
+                            LogFact::Job { display_name: Some(name), .. } => {
+                                if let Some(job) = &single_job {
+                                    self.attributor.registry.set_job_name(job, &name);
+                                }
+                            }
+                            LogFact::Job { .. } | LogFact::Telemetry(_) => {}
+                        }
+                    }
                 }
-                runner.failure = Some(e.to_string());
+                Err(e) => {
+                    if runner.failure.is_none() {
+                        tracing::warn!("step names unavailable: {e}");
+                    }
+                    runner.failure = Some(e.to_string());
+                }
             }
         }
     }
+
+    /// Daemon: seals every job whose launcher exited (or that went idle) once its processes are gone.
+    fn seal_finished(&mut self, stopping: bool) {
+        let Some(daemon) = &mut self.daemon else { return };
+        let Outputs::PerJob { open, .. } = &mut self.outputs else { return };
+        let mut alive: HashMap<String, u64> = HashMap::new();
+        for (_, tag) in crate::agent::live_tags(&daemon.tasks) {
+            if let Some(job) = self.attributor.registry.job_of(&tag) {
+                *alive.entry(job.to_string()).or_default() += 1;
+            }
+        }
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for job in open.keys() {
+            let info = self.attributor.registry.job(job);
+            let live = alive.get(job).copied().unwrap_or(0);
+            let ended = match info {
+                Some(j) if j.has_launcher => j.launcher_exited,
+                _ => live == 0 && now.duration_since(*daemon.idle_since.entry(job.clone()).or_insert(now)) >= daemon.idle,
+            };
+            if live > 0 {
+                daemon.idle_since.remove(job);
+            }
+            if stopping {
+                done.push((job.clone(), live, "stopped"));
+                continue;
+            }
+            if !ended {
+                continue;
+            }
+            let since = *daemon.ended_since.entry(job.clone()).or_insert(now);
+            if live == 0 || now.duration_since(since) >= daemon.linger {
+                done.push((job.clone(), live, "ok"));
+            }
+        }
+        for (job, live, status) in done {
+            let Some(output) = open.remove(&job) else { continue };
+            daemon.ended_since.remove(&job);
+            daemon.idle_since.remove(&job);
+            self.attributor.registry.finalize(&job, None);
+            let mut totals = self.attributor.totals_base();
+            totals.undecodable = self.undecodable;
+            crate::agent::read_lost(&daemon.lost, &mut totals);
+            let complete = status == "ok" && totals.lost_total == 0 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
+            let end = crate::cli::run::trace_end(totals, None, live, complete, status);
+            let input = super::seal::SealInput {
+                registry: &self.attributor.registry,
+                job: &job,
+                clock: self.attributor.clock(),
+                end,
+                hooks: &daemon.hooks,
+                exit: None,
+            };
+            match super::seal::seal(output, input) {
+                Ok(sealed) => {
+                    let _ = super::report::Report::from_sealed(&sealed).write(&sealed.dir);
+                    tracing::info!("job {job} sealed: {}", sealed.log.path.display());
+                    daemon.sealed.push(sealed.dir);
+                }
+                Err(e) => {
+                    tracing::error!("sealing job {job} failed: {e}");
+                    daemon.seal_errors.push(format!("{job}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Daemon shutdown: seals every job still open, marked as stopped.
+    pub fn seal_all(&mut self) {
+        self.seal_finished(true);
+    }
+}
+
+/// `<runner>/_diag` for `<runner>/bin/Runner.Worker`.
+pub fn runner_diag(worker: u32) -> Option<PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{worker}/exe")).ok()?;
+    let diag = exe.parent()?.parent()?.join("_diag");
+    diag.is_dir().then_some(diag)
 }
 
 impl Consumer for Engine {
@@ -132,7 +255,8 @@ impl Consumer for Engine {
     }
 
     fn tick(&mut self) {
-        self.poll_runner_log();
+        self.poll_runner_logs();
+        self.seal_finished(false);
     }
 }
 

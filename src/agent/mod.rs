@@ -80,7 +80,8 @@ impl Agent {
 
     /// Puts a process (and, through fork, its descendants) into a job.
     pub fn tag(&mut self, tgid: u32, tag: Tag) -> Result<(), AgentError> {
-        self.probes.tasks.insert(tgid, tag, 0).map_err(map_err("tasks"))
+        let mut tasks = self.probes.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tasks.insert(tgid, tag, 0).map_err(map_err("tasks"))
     }
 
     /// Makes `tgid` a step launcher: each process it execs starts a step of `job`.
@@ -106,12 +107,20 @@ impl Agent {
 
     /// Live processes by kernel (job, step) tag.
     pub fn live_tags(&self) -> Vec<(u32, Tag)> {
-        self.probes.tasks.iter().filter_map(Result::ok).collect()
+        live_tags(&self.probes.tasks)
     }
 
     pub fn lost(&self, totals: &mut Totals) {
-        totals.lost.clear();
-        totals.lost_total = 0;
+        read_lost(&self.probes.lost, totals);
+    }
+}
+
+/// Fills `totals.lost` from the kernel's per-CPU counters.
+pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
+    let counters = lost.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    totals.lost.clear();
+    totals.lost_total = 0;
+    {
         for (kind, name) in [
             (abi::KIND_EXEC, "exec"),
             (abi::KIND_FORK, "fork"),
@@ -121,11 +130,17 @@ impl Agent {
             (abi::KIND_DNS, "dns"),
             (abi::KIND_ENV, "env"),
         ] {
-            let lost: u64 = self.probes.lost.get(&u32::from(kind), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+            let lost: u64 = counters.get(&u32::from(kind), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
             totals.lost.insert(name, lost);
             totals.lost_total += lost;
         }
     }
+}
+
+/// Live processes of every watched job, by tgid.
+pub fn live_tags(tasks: &loader::Tasks) -> Vec<(u32, Tag)> {
+    let tasks = tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tasks.iter().filter_map(Result::ok).collect()
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> AgentError {

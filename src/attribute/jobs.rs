@@ -61,6 +61,8 @@ pub struct JobInfo {
     pub conflicts: Vec<Platform>,
     /// True where the platform has no step concept and the job is its only step.
     pub job_is_step: bool,
+    /// Started by a step launcher (false: a job seen only in containers).
+    pub has_launcher: bool,
     pub launcher_exited: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -101,6 +103,8 @@ pub struct Registry {
     ordinals: HashMap<String, u32>,
     /// Events that belong to no watched job (foreign containers, long-lived launchers' own traffic).
     pub unattributed: u64,
+    /// Launchers the kernel found since the last drain: (tgid, platform).
+    new_launchers: Vec<(u32, Option<Platform>)>,
 }
 
 pub const RUNNER_STEP: &str = "runner";
@@ -116,6 +120,7 @@ impl Registry {
             names_by_pid: HashMap::new(),
             ordinals: HashMap::new(),
             unattributed: 0,
+            new_launchers: Vec::new(),
         }
     }
 
@@ -128,6 +133,7 @@ impl Registry {
             identity: identity.clone(),
             conflicts,
             job_is_step,
+            has_launcher: true,
             launcher_exited: false,
             notes: Vec::new(),
             step_order: Vec::new(),
@@ -188,20 +194,40 @@ impl Registry {
         let Some(root) = self.pending.remove(&common.tgid) else { return };
         let env = root.env;
         match root.reason {
-            EnvReason::Launcher => self.launcher_started(root.job, &env, argv),
+            EnvReason::Launcher => {
+                let platform = self.launcher_started(root.job, argv);
+                self.new_launchers.push((common.tgid, platform));
+            }
             EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
             EnvReason::Container => self.container_root(root.step, common, &env, argv),
             EnvReason::Unknown(_) => {}
         }
     }
 
-    fn launcher_started(&mut self, kernel_job: u32, env: &StepEnv, argv: &[String]) {
+    fn launcher_started(&mut self, kernel_job: u32, argv: &[String]) -> Option<Platform> {
         let platform = launcher_platform(argv);
         let kj = self.kernel_jobs.entry(kernel_job).or_default();
         kj.platform = platform;
-        kj.long_lived = matches!(platform, Some(Platform::GitlabCi | Platform::Drone | Platform::Jenkins))
-            || (platform == Some(Platform::Buildkite) && argv.iter().any(|a| a == "start"));
-        let _ = env;
+        kj.long_lived = is_long_lived(platform, argv);
+        platform
+    }
+
+    /// Launchers found by the kernel since the last call.
+    pub fn drain_new_launchers(&mut self) -> Vec<(u32, Option<Platform>)> {
+        std::mem::take(&mut self.new_launchers)
+    }
+
+    /// The job a live process belongs to, from its kernel tag.
+    pub fn job_of(&self, tag: &abi::Tag) -> Option<&str> {
+        if let Some(p) = self.kernel_steps.get(&tag.step) {
+            return Some(&p.job);
+        }
+        let kj = self.kernel_jobs.get(&tag.job)?;
+        if kj.long_lived {
+            None
+        } else {
+            kj.job.as_deref()
+        }
     }
 
     fn step_root(&mut self, kernel_job: u32, kernel_step: u32, common: &Common, env: &StepEnv, argv: &[String]) {
@@ -217,6 +243,9 @@ impl Registry {
             }
             (Some(identity), _) => {
                 let key = self.ensure_job(identity.clone(), detection.conflicts.clone());
+                if let Some(j) = self.jobs.get_mut(&key) {
+                    j.has_launcher = true;
+                }
                 if !long_lived {
                     self.kernel_jobs.entry(kernel_job).or_default().job = Some(key.clone());
                 }
@@ -308,6 +337,7 @@ impl Registry {
                     identity,
                     conflicts,
                     job_is_step,
+                    has_launcher: false,
                     launcher_exited: false,
                     notes,
                     step_order: Vec::new(),
@@ -483,6 +513,12 @@ fn apply_display_name(identity: &mut StepIdentity, name: &str) {
             .to_string(),
         );
     }
+}
+
+/// Launchers that run many jobs over their life, so their own traffic is no job's.
+pub fn is_long_lived(platform: Option<Platform>, argv: &[String]) -> bool {
+    matches!(platform, Some(Platform::GitlabCi | Platform::Drone | Platform::Jenkins))
+        || (platform == Some(Platform::Buildkite) && argv.iter().any(|a| a == "start"))
 }
 
 /// The platform of a launcher from its own argv (comm matched one of these).

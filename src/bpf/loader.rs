@@ -44,12 +44,18 @@ pub struct LoadOptions<'a> {
     pub require_all: bool,
 }
 
+/// The lineage map: tgid → job tag.
+pub type Tasks = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, Tag>>>;
+/// Per-CPU counts of records the kernel could not queue, by kind.
+pub type Lost = std::sync::Arc<std::sync::Mutex<PerCpuArray<MapData, u64>>>;
+
 /// Loaded programs and the maps userspace talks through. Dropping it detaches everything.
 pub struct Probes {
     pub hooks: Vec<HookStatus>,
     ring: Option<RingBuf<MapData>>,
-    pub tasks: HashMap<MapData, u32, Tag>,
-    pub lost: PerCpuArray<MapData, u64>,
+    /// Shared with the engine, which needs to know which processes of a job still live.
+    pub tasks: Tasks,
+    pub lost: Lost,
     pub launchers: HashMap<MapData, u32, Launcher>,
     pub launcher_names: HashMap<MapData, CommKey, u32>,
     pub container_parents: HashMap<MapData, CommKey, u32>,
@@ -90,7 +96,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     let launcher_names = HashMap::try_from(take(&mut ebpf, "launcher_names")?).map_err(map_err("launcher_names"))?;
     let container_parents = HashMap::try_from(take(&mut ebpf, "container_parents")?).map_err(map_err("container_parents"))?;
     let next_ids = aya::maps::Array::try_from(take(&mut ebpf, "next_ids")?).map_err(map_err("next_ids"))?;
-    Ok(Probes { hooks, ring: Some(ring), tasks, lost, launchers, launcher_names, container_parents, next_ids, _ebpf: ebpf })
+    Ok(Probes { hooks, ring: Some(ring), tasks: std::sync::Arc::new(std::sync::Mutex::new(tasks)), lost: std::sync::Arc::new(std::sync::Mutex::new(lost)), launchers, launcher_names, container_parents, next_ids, _ebpf: ebpf })
 }
 
 impl Probes {

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand.
 
 pub mod check;
+pub mod daemon;
 pub mod finish;
 pub mod run;
 pub mod signals;
@@ -24,6 +25,8 @@ pub enum Command {
     Start(start::StartArgs),
     /// Seal the job the background agent watched: write the log, the summary and the report.
     Finish(finish::FinishArgs),
+    /// Watch the whole host and write one sealed trace per CI job (systemd, Kubernetes).
+    Daemon(daemon::DaemonArgs),
     /// Load and attach every hook, then report what this kernel supports.
     Check(check::CheckArgs),
 }
@@ -39,6 +42,7 @@ impl Command {
                 crate::exit::INTERNAL
             }
             Command::Finish(args) => finish::execute(args).await,
+            Command::Daemon(args) => daemon::execute(args).await,
             Command::Check(args) => check::execute(args).await,
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::agent::engine::{Engine, Outputs};
+use crate::agent::engine::{runner_diag, Engine, Outputs};
 use crate::agent::report::{self, Report};
 use crate::agent::Agent;
 use crate::attribute::env::StepEnv;
@@ -313,10 +313,4 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `<runner>/_diag` for `<runner>/bin/Runner.Worker`.
-fn runner_diag(worker: u32) -> Option<PathBuf> {
-    let exe = std::fs::read_link(format!("/proc/{worker}/exe")).ok()?;
-    let diag = exe.parent()?.parent()?.join("_diag");
-    diag.is_dir().then_some(diag)
-}
 

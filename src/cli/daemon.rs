@@ -1,0 +1,132 @@
+//! `ciwatch daemon`: watch the whole host for CI jobs (self-hosted runners under
+//! systemd, Kubernetes nodes). The kernel recognises each step launcher as it
+//! starts (Runner.Worker, Agent.Worker, gitlab-runner, buildkite-agent, …) and
+//! container steps by their environment; every job gets its own sealed trace
+//! directory under the state directory when it ends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::agent::engine::{runner_diag, DaemonState, Engine, Outputs};
+use crate::agent::Agent;
+use crate::attribute::jobs::{is_long_lived, Registry};
+use crate::attribute::platform::{self, Platform};
+use crate::attribute::Attributor;
+use crate::cli::run::trace_start;
+use crate::cli::signals::Signals;
+use crate::config::Config;
+use crate::event::JobRef;
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Agent configuration (TOML). Without it the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where each job's trace directory is written.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/ciwatch")]
+    pub state_dir: PathBuf,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Record even if a hook cannot attach on this kernel; the gap is recorded.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Seconds a job seen only in containers may stay without live processes before it is sealed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub idle_secs: u64,
+}
+
+pub async fn execute(args: DaemonArgs) -> u8 {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return super::fail(crate::exit::CONFIG, &e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+        eprintln!("ciwatch: error: cannot create the state directory {}: {e}", args.state_dir.display());
+        return crate::exit::OUTPUT_DIR;
+    }
+    let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial) {
+        Ok(a) => a,
+        Err(e) => return super::fail(e.exit_code(), &e),
+    };
+    let names: Vec<(&str, u32)> = platform::detectors()
+        .iter()
+        .flat_map(|d| d.launcher_comms().iter().map(move |c| (*c, d.platform().id())))
+        .collect();
+    if let Err(e) = agent.watch_launcher_names(&names).and_then(|()| agent.watch_container_runtimes()) {
+        return super::fail(e.exit_code(), &e);
+    }
+    let mut registry = Registry::new();
+    let existing = match adopt_running_launchers(&mut agent, &mut registry, &names) {
+        Ok(found) => found,
+        Err(e) => return super::fail(e.exit_code(), &e),
+    };
+
+    let header = trace_start(&agent, &config, &JobRef { platform: "none".into(), id: String::new() }, &[]);
+    let outputs = Outputs::PerJob { root: args.state_dir.clone(), header, open: Default::default(), errors: Vec::new() };
+    let state = DaemonState::new(
+        agent.probes.tasks.clone(),
+        agent.probes.lost.clone(),
+        agent.probes.hooks.clone(),
+        Duration::from_millis(config.run.linger_ms),
+        Duration::from_secs(args.idle_secs),
+    );
+    let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), outputs).with_daemon(state);
+    for (pid, platform) in &existing {
+        if *platform == Platform::GithubActions {
+            if let Some(diag) = runner_diag(*pid) {
+                engine.follow_runner_log(&diag);
+            }
+        }
+    }
+    let Some(ring) = agent.probes.take_ring() else { return crate::exit::INTERNAL };
+    let drain = Duration::from_millis(config.ring.drain_interval_ms);
+    let pipeline = match Pipeline::start(ring, drain, Duration::from_millis(250), engine) {
+        Ok(p) => p,
+        Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+    };
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+    };
+    tracing::info!("watching for CI jobs; traces go to {}", args.state_dir.display());
+    eprintln!("ciwatch: daemon ready; traces go to {}", args.state_dir.display());
+    let signal = signals.any().await;
+    tracing::info!("signal {signal}: sealing open jobs and stopping");
+    match pipeline.finish().await {
+        Ok(mut engine) => {
+            engine.seal_all();
+            0
+        }
+        Err(e) => super::fail(crate::exit::INTERNAL, &e),
+    }
+}
+
+/// Launchers already running when the daemon starts: their later steps are still attributed.
+fn adopt_running_launchers(
+    agent: &mut Agent,
+    registry: &mut Registry,
+    names: &[(&str, u32)],
+) -> Result<Vec<(u32, Platform)>, crate::agent::AgentError> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Ok(found) };
+    let mut next_job = 2;
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        let Some((_, id)) = names.iter().find(|(n, _)| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(comm)) else { continue };
+        let platform = Platform::from_id(*id);
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+            .unwrap_or_default();
+        agent.add_launcher(pid, next_job, *id)?;
+        registry.register_launcher(next_job, platform, is_long_lived(Some(platform), &argv));
+        tracing::info!("adopted running {comm} (pid {pid}) as a {} launcher", platform.name());
+        found.push((pid, platform));
+        next_job += 1;
+    }
+    Ok(found)
+}
