@@ -25,12 +25,32 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// observe, learn or enforce (enforce needs a policy; docs/policy.md).
+    pub mode: Mode,
     /// What of each argv the event log keeps.
     pub capture_args: CaptureArgs,
     pub files: Files,
     pub hooks: Hooks,
     pub ring: Ring,
     pub run: Run,
+    /// Where sealed traces go (daemon): a local directory and optionally an object store.
+    pub output: crate::sink::object_store::OutputConfig,
+    /// The daemon's /healthz, /readyz and /metrics endpoint.
+    pub health: crate::health::HealthConfig,
+    /// Pod metadata for container attribution on Kubernetes nodes.
+    pub kubernetes: crate::attribute::kube::KubeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Record everything.
+    #[default]
+    Observe,
+    /// Record, and derive an egress allowlist across jobs.
+    Learn,
+    /// Record, and deny egress the policy does not allow.
+    Enforce,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -83,11 +103,15 @@ pub struct Run {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            mode: Mode::default(),
             capture_args: CaptureArgs::default(),
             files: Files::default(),
             hooks: Hooks::default(),
             ring: Ring::default(),
             run: Run::default(),
+            output: Default::default(),
+            health: Default::default(),
+            kubernetes: Default::default(),
         }
     }
 }
@@ -153,6 +177,14 @@ mod tests {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.ring.size_bytes, 8 << 20);
         assert_eq!(c.capture_args, CaptureArgs::Redacted);
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        for file in ["deploy/systemd/config.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     #[test]

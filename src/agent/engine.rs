@@ -3,13 +3,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use super::output::JobOutput;
 use crate::attribute::github_log::{LogFact, WorkerLog};
 use crate::attribute::Attributor;
 use crate::decode::decode;
 use crate::event::{Event, HookStatus, JobRef, TraceStart};
+use crate::health::{Kind, Metrics};
 use crate::pipeline::Consumer;
 use crate::sink::SinkError;
 
@@ -45,11 +49,26 @@ pub struct DaemonState {
     /// Sealed jobs' directories, in order.
     pub sealed: Vec<PathBuf>,
     pub seal_errors: Vec<String>,
+    pub metrics: Arc<Metrics>,
+    /// Sealed trace directories to upload to the object store.
+    pub uploads: Option<mpsc::UnboundedSender<PathBuf>>,
 }
 
 impl DaemonState {
-    pub fn new(tasks: crate::bpf::loader::Tasks, lost: crate::bpf::loader::Lost, hooks: Vec<HookStatus>, linger: Duration, idle: Duration) -> Self {
-        Self { tasks, lost, hooks, linger, idle, ended_since: HashMap::new(), idle_since: HashMap::new(), sealed: Vec::new(), seal_errors: Vec::new() }
+    pub fn new(tasks: crate::bpf::loader::Tasks, lost: crate::bpf::loader::Lost, hooks: Vec<HookStatus>, linger: Duration, idle: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            tasks,
+            lost,
+            hooks,
+            linger,
+            idle,
+            ended_since: HashMap::new(),
+            idle_since: HashMap::new(),
+            sealed: Vec::new(),
+            seal_errors: Vec::new(),
+            metrics,
+            uploads: None,
+        }
     }
 }
 
@@ -105,9 +124,15 @@ impl Engine {
                         Ok(out) => {
                             tracing::info!("job {job} started; writing {}", dir.display());
                             open.insert(job.to_string(), out);
+                            if let Some(d) = &self.daemon {
+                                d.metrics.job_started();
+                            }
                         }
                         Err(e) => {
                             tracing::error!("{e}");
+                            if let Some(d) = &self.daemon {
+                                d.metrics.set_output_ok(false);
+                            }
                             errors.push(e);
                             return;
                         }
@@ -121,11 +146,14 @@ impl Engine {
     }
 
     fn poll_runner_logs(&mut self) {
-        for (tgid, platform) in self.attributor.registry.drain_new_launchers() {
-            if platform == Some(crate::attribute::platform::Platform::GithubActions) {
-                if let Some(diag) = runner_diag(tgid) {
-                    self.follow_runner_log(&diag);
-                }
+        for launcher in self.attributor.registry.drain_new_launchers() {
+            if launcher.platform != Some(crate::attribute::platform::Platform::GithubActions) {
+                continue;
+            }
+            // <runner>/bin/Runner.Worker → <runner>/_diag; the Worker may already be gone.
+            let from_argv = Path::new(&launcher.program).parent().and_then(Path::parent).map(|root| root.join("_diag"));
+            if let Some(diag) = from_argv.filter(|_| launcher.program.starts_with('/')).or_else(|| runner_diag(launcher.tgid)) {
+                self.follow_runner_log(&diag);
             }
         }
         let single_job = match &self.outputs {
@@ -214,10 +242,16 @@ impl Engine {
                 Ok(sealed) => {
                     let _ = super::report::Report::from_sealed(&sealed).write(&sealed.dir);
                     tracing::info!("job {job} sealed: {}", sealed.log.path.display());
+                    daemon.metrics.job_finished();
+                    if let Some(uploads) = &daemon.uploads {
+                        let _ = uploads.send(sealed.dir.clone());
+                    }
                     daemon.sealed.push(sealed.dir);
                 }
                 Err(e) => {
+                    // The live log stays on disk; /metrics shows the output is failing.
                     tracing::error!("sealing job {job} failed: {e}");
+                    daemon.metrics.set_output_ok(false);
                     daemon.seal_errors.push(format!("{job}: {e}"));
                 }
             }
@@ -243,6 +277,9 @@ impl Consumer for Engine {
             match decode(&bytes) {
                 Ok(record) => {
                     if let Some((placement, event)) = self.attributor.event(record) {
+                        if let Some(kind) = self.daemon.as_ref().and_then(|_| Kind::from_type(event.body.kind())) {
+                            self.daemon.as_ref().map(|d| d.metrics.count_event(kind));
+                        }
                         self.route(&placement.job, &event);
                     }
                 }
@@ -257,6 +294,14 @@ impl Consumer for Engine {
     fn tick(&mut self) {
         self.poll_runner_logs();
         self.seal_finished(false);
+        if let Some(d) = &self.daemon {
+            d.metrics.heartbeat();
+            let mut totals = crate::event::Totals::default();
+            crate::agent::read_lost(&d.lost, &mut totals);
+            for kind in Kind::ALL {
+                d.metrics.set_lost(kind, totals.lost.get(kind.name()).copied().unwrap_or(0));
+            }
+        }
     }
 }
 

@@ -103,11 +103,20 @@ pub struct Registry {
     ordinals: HashMap<String, u32>,
     /// Events that belong to no watched job (foreign containers, long-lived launchers' own traffic).
     pub unattributed: u64,
-    /// Launchers the kernel found since the last drain: (tgid, platform).
-    new_launchers: Vec<(u32, Option<Platform>)>,
+    /// Launchers the kernel found since the last drain.
+    new_launchers: Vec<NewLauncher>,
 }
 
 pub const RUNNER_STEP: &str = "runner";
+
+/// A launcher the kernel recognised by name at its exec.
+#[derive(Debug, Clone)]
+pub struct NewLauncher {
+    pub tgid: u32,
+    pub platform: Option<Platform>,
+    /// The path it was exec'd from (argv[0]), e.g. <runner>/bin/Runner.Worker.
+    pub program: String,
+}
 
 impl Registry {
     pub fn new() -> Self {
@@ -196,7 +205,8 @@ impl Registry {
         match root.reason {
             EnvReason::Launcher => {
                 let platform = self.launcher_started(root.job, argv);
-                self.new_launchers.push((common.tgid, platform));
+                let program = argv.first().cloned().unwrap_or_default();
+                self.new_launchers.push(NewLauncher { tgid: common.tgid, platform, program });
             }
             EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
             EnvReason::Container => self.container_root(root.step, common, &env, argv),
@@ -213,7 +223,7 @@ impl Registry {
     }
 
     /// Launchers found by the kernel since the last call.
-    pub fn drain_new_launchers(&mut self) -> Vec<(u32, Option<Platform>)> {
+    pub fn drain_new_launchers(&mut self) -> Vec<NewLauncher> {
         std::mem::take(&mut self.new_launchers)
     }
 

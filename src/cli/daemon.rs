@@ -16,16 +16,19 @@ use crate::cli::run::trace_start;
 use crate::cli::signals::Signals;
 use crate::config::Config;
 use crate::event::JobRef;
+use crate::health::{HealthServer, Metrics};
 use crate::pipeline::Pipeline;
+use crate::sink::object_store::TraceStore;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
     /// Agent configuration (TOML). Without it the embedded defaults apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where each job's trace directory is written.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/ciwatch")]
-    pub state_dir: PathBuf,
+    /// Where each job's trace directory is written
+    /// [default: the config's output.dir, else $STATE_DIRECTORY/traces, else /var/lib/ciwatch/traces].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -42,8 +45,9 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         Ok(c) => c,
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
     };
-    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
-        eprintln!("ciwatch: error: cannot create the state directory {}: {e}", args.state_dir.display());
+    let state_dir = state_dir(&args, &config);
+    if let Err(e) = std::fs::create_dir_all(&state_dir) {
+        eprintln!("ciwatch: error: cannot create the state directory {}: {e}", state_dir.display());
         return crate::exit::OUTPUT_DIR;
     }
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
@@ -64,15 +68,32 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         Err(e) => return super::fail(e.exit_code(), &e),
     };
 
+    let metrics = Metrics::new();
+    for h in &agent.probes.hooks {
+        metrics.set_hook(h.hook, &h.implementation, h.attached);
+    }
+    let health = match config.health.listen {
+        Some(addr) => match HealthServer::start(addr, metrics.clone(), config.health.options()).await {
+            Ok(server) => Some(server),
+            Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+        },
+        None => None,
+    };
     let header = trace_start(&agent, &config, &JobRef { platform: "none".into(), id: String::new() }, &[]);
-    let outputs = Outputs::PerJob { root: args.state_dir.clone(), header, open: Default::default(), errors: Vec::new() };
-    let state = DaemonState::new(
+    let outputs = Outputs::PerJob { root: state_dir.clone(), header, open: Default::default(), errors: Vec::new() };
+    let mut state = DaemonState::new(
         agent.probes.tasks.clone(),
         agent.probes.lost.clone(),
         agent.probes.hooks.clone(),
         Duration::from_millis(config.run.linger_ms),
         Duration::from_secs(args.idle_secs),
+        metrics.clone(),
     );
+    match TraceStore::from_config(&config.output) {
+        Ok(Some(store)) => state.uploads = Some(spawn_uploader(store, config.output.keep_local, &state_dir, metrics.clone())),
+        Ok(None) => {}
+        Err(e) => return super::fail(crate::exit::CONFIG, &e),
+    }
     let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), outputs).with_daemon(state);
     for (pid, platform) in &existing {
         if *platform == Platform::GithubActions {
@@ -91,17 +112,51 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return super::fail(crate::exit::INTERNAL, &e),
     };
-    tracing::info!("watching for CI jobs; traces go to {}", args.state_dir.display());
-    eprintln!("ciwatch: daemon ready; traces go to {}", args.state_dir.display());
+    metrics.set_ready();
+    tracing::info!("watching for CI jobs; traces go to {}", state_dir.display());
+    eprintln!("ciwatch: daemon ready; traces go to {}", state_dir.display());
     let signal = signals.any().await;
     tracing::info!("signal {signal}: sealing open jobs and stopping");
-    match pipeline.finish().await {
+    metrics.set_not_ready("stopping");
+    let code = match pipeline.finish().await {
         Ok(mut engine) => {
             engine.seal_all();
             0
         }
         Err(e) => super::fail(crate::exit::INTERNAL, &e),
+    };
+    if let Some(server) = health {
+        server.shutdown().await;
     }
+    code
+}
+
+fn state_dir(args: &DaemonArgs, config: &Config) -> PathBuf {
+    args.state_dir
+        .clone()
+        .or_else(|| config.output.dir.clone())
+        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|d| PathBuf::from(d).join("traces")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/ciwatch/traces"))
+}
+
+/// Uploads sealed traces in order; a failed upload stays on disk and is retried at the next start.
+fn spawn_uploader(store: TraceStore, keep_local: bool, root: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> tokio::sync::mpsc::UnboundedSender<PathBuf> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    for pending in crate::sink::object_store::pending_uploads(root).unwrap_or_default() {
+        let _ = tx.send(pending);
+    }
+    tokio::spawn(async move {
+        while let Some(dir) = rx.recv().await {
+            match store.upload(&dir, keep_local).await {
+                Ok(_) => metrics.set_output_ok(true),
+                Err(e) => {
+                    tracing::error!("upload of {} failed (kept on disk): {e}", dir.display());
+                    metrics.output_error(e.failure());
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// Launchers already running when the daemon starts: their later steps are still attributed.
