@@ -48,7 +48,7 @@ fn every_event_lands_in_the_step_that_caused_it() {
         .to_string(),
     );
 
-    let status = Command::new(root.join("bin/Runner.Worker")).arg(emulator("github_worker.py")).arg(&config).status().unwrap();
+    let status = common::spawn(Command::new(root.join("bin/Runner.Worker")).arg(emulator("github_worker.py")).arg(&config)).wait().unwrap();
     assert!(status.success(), "the emulated job failed");
     let start: Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("trace.start.json")).unwrap()).unwrap();
     assert_eq!(start["platform"], "github-actions");

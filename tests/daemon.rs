@@ -90,12 +90,12 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
     let mut all_ports = Vec::new();
     for name in ["seq1", "seq2"] {
         let (mut cmd, ports) = job(tmp.path(), name);
-        assert!(cmd.status().unwrap().success());
+        assert!(common::spawn(&mut cmd).wait().unwrap().success());
         all_ports.push(ports);
     }
     let (mut a, pa) = job(tmp.path(), "par1");
     let (mut b, pb) = job(tmp.path(), "par2");
-    let (mut ca, mut cb) = (a.spawn().unwrap(), b.spawn().unwrap());
+    let (mut ca, mut cb) = (common::spawn(&mut a), common::spawn(&mut b));
     assert!(ca.wait().unwrap().success() && cb.wait().unwrap().success());
     all_ports.extend([pa, pb]);
 

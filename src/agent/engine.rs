@@ -117,7 +117,7 @@ impl Engine {
             }
             Outputs::PerJob { root, header, open, errors } => {
                 if !open.contains_key(job) {
-                    let dir = root.join(job_dir_name(&event.job));
+                    let dir = fresh_dir(root, &job_dir_name(&event.job));
                     let mut h = header.clone();
                     h.job = event.job.clone();
                     match JobOutput::create(&dir, &h) {
@@ -303,6 +303,15 @@ impl Consumer for Engine {
             }
         }
     }
+}
+
+/// A directory not used by an earlier trace: a job seen again after it was sealed gets `-2`, `-3`, ….
+fn fresh_dir(root: &Path, name: &str) -> PathBuf {
+    let first = root.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2..).map(|n| root.join(format!("{name}-{n}"))).find(|p| !p.exists()).unwrap_or(first)
 }
 
 /// `github-actions-<id>` with anything unsafe in a file name replaced.

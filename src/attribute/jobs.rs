@@ -136,7 +136,7 @@ impl Registry {
     /// A job known before any of its processes ran (`ciwatch run`, `ciwatch start`).
     pub fn register_job(&mut self, kernel_job: u32, identity: JobIdentity, conflicts: Vec<Platform>) -> String {
         let key = identity.id.clone();
-        let job_is_step = platform::detector(identity.platform).is_some_and(|d| d.step(&StepEnv::default(), &[]).is_none());
+        let job_is_step = platform::detector(identity.platform).is_some_and(|d| !d.has_steps());
         self.jobs.entry(key.clone()).or_insert_with(|| JobInfo {
             key: key.clone(),
             identity: identity.clone(),
@@ -335,7 +335,7 @@ impl Registry {
     fn ensure_job(&mut self, identity: JobIdentity, conflicts: Vec<Platform>) -> String {
         let key = identity.id.clone();
         if !self.jobs.contains_key(&key) {
-            let job_is_step = platform::detector(identity.platform).is_some_and(|d| d.step(&StepEnv::default(), &[]).is_none());
+            let job_is_step = platform::detector(identity.platform).is_some_and(|d| !d.has_steps());
             let notes = conflicts
                 .iter()
                 .map(|p| format!("variables of {} are present too; attributed to {}", p.name(), identity.platform.name()))

@@ -56,12 +56,16 @@ pub struct StartArgs {
 }
 
 const JOB: u32 = 1;
+/// The step of the shell that ran `ciwatch start`, when it is put into the job.
+const CALLER_STEP: u32 = 2;
 
 /// Runs in the foreground process before any runtime exists. Returns the exit code.
 pub fn launch(args: StartArgs) -> u8 {
     if let Err(code) = preflight_in_foreground(&args) {
         return code;
     }
+    // The shell that ran us; read before forking, when it is still our parent.
+    let caller = std::os::unix::process::parent_id();
     let (read, write) = match pipe() {
         Ok(p) => p,
         Err(e) => return super::fail(crate::exit::INTERNAL, &e),
@@ -71,7 +75,7 @@ pub fn launch(args: StartArgs) -> u8 {
         -1 => super::fail(crate::exit::INTERNAL, &std::io::Error::last_os_error()),
         0 => {
             drop(read);
-            std::process::exit(i32::from(background(args, write)));
+            std::process::exit(i32::from(background(args, write, caller)));
         }
         child => {
             drop(write);
@@ -127,13 +131,13 @@ fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
 }
 
 /// The background agent: detaches, loads, reports readiness, records until told to stop, seals.
-fn background(args: StartArgs, ready: OwnedFd) -> u8 {
+fn background(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     detach(&args.out);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
     };
-    let code = runtime.block_on(agent_main(args, ready));
+    let code = runtime.block_on(agent_main(args, ready, caller));
     runtime.shutdown_background();
     code
 }
@@ -159,7 +163,7 @@ fn report_failure(ready: OwnedFd, code: u8, message: &str) -> u8 {
     code
 }
 
-async fn agent_main(args: StartArgs, ready: OwnedFd) -> u8 {
+async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     let mut config = match Config::load(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
@@ -174,7 +178,11 @@ async fn agent_main(args: StartArgs, ready: OwnedFd) -> u8 {
     };
     let own_env = StepEnv::of_this_process();
     let detection = platform::detect(&own_env, &[], None);
-    let launcher = args.launcher_pid.map(|pid| (pid, comm(pid))).or_else(|| find_launcher(detection.platform));
+    let launcher = args
+        .launcher_pid
+        .map(|pid| (pid, comm(pid)))
+        .or_else(|| find_launcher(detection.platform))
+        .or_else(|| (detection.platform == Platform::Jenkins).then(find_jenkins_agent).flatten());
     let identity = detection.job.clone().unwrap_or_else(|| JobIdentity {
         platform: Platform::None,
         id: format!("start-{}", std::process::id()),
@@ -196,6 +204,11 @@ async fn agent_main(args: StartArgs, ready: OwnedFd) -> u8 {
     };
     if let Err(e) = setup.and_then(|()| agent.watch_container_runtimes()) {
         return report_failure(ready, e.exit_code(), &e.to_string());
+    }
+    if joins_caller(platform) {
+        if let Err(e) = join_caller(&mut agent, &mut registry, &job, platform, &own_env, caller) {
+            return report_failure(ready, e.exit_code(), &e.to_string());
+        }
     }
 
     let header = trace_start(&agent, &config, &crate::event::JobRef { platform: platform.name().into(), id: job.clone() }, &[OsString::from("ciwatch start")]);
@@ -239,6 +252,54 @@ async fn agent_main(args: StartArgs, ready: OwnedFd) -> u8 {
             Err(e) => super::fail(crate::exit::WRITE, &e),
         },
         Err(e) => super::fail(crate::exit::WRITE, &e),
+    }
+}
+
+/// Where `ciwatch start` runs inside a job script (GitLab, Jenkins, CircleCI, Buildkite,
+/// Drone, …), the rest of that script runs in the calling shell, exec'd before the
+/// agent attached: put it into the job. On GitHub and Azure ciwatch runs as its
+/// own step, so there is nothing of the job's to adopt.
+fn joins_caller(platform: Platform) -> bool {
+    !matches!(platform, Platform::GithubActions | Platform::AzurePipelines)
+}
+
+fn join_caller(
+    agent: &mut Agent,
+    registry: &mut Registry,
+    job: &str,
+    platform: Platform,
+    env: &StepEnv,
+    caller: u32,
+) -> Result<(), crate::agent::AgentError> {
+    let argv = cmdline(caller);
+    let mut identity = platform::detector(platform).and_then(|d| d.step(env, &argv)).unwrap_or_default();
+    if identity.key.is_none() {
+        identity.key = Some("start".into());
+        identity.name = Some("the step that ran ciwatch start".into());
+    }
+    registry.register_step(CALLER_STEP, job, identity, "caller of ciwatch start");
+    agent.tag(caller, crate::bpf::abi::Tag { job: JOB, step: CALLER_STEP, flags: crate::bpf::abi::TAG_STEP_ROOT, _pad: 0 })
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Jenkins' durable-task wrapper double-forks, so the agent JVM is not an
+/// ancestor: find the one JVM running the remoting agent.
+fn find_jenkins_agent() -> Option<(u32, String)> {
+    let agents: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| comm(*pid) == "java")
+        .filter(|pid| cmdline(*pid).iter().any(|a| a.contains("agent.jar") || a.contains("remoting") || a.contains("slave.jar")))
+        .collect();
+    match agents.as_slice() {
+        [one] => Some((*one, "java".into())),
+        _ => None,
     }
 }
 

@@ -119,6 +119,18 @@ pub fn python_as(path: &Path) {
     std::fs::copy("/usr/bin/python3.11", path).expect("copy /usr/bin/python3.11 (Debian's python3)");
 }
 
+/// Spawns, retrying while a just-written executable is still open for writing in a
+/// child another test thread forked (ETXTBSY) until that child execs.
+pub fn spawn(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..50 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            other => return other.expect("spawn"),
+        }
+    }
+    panic!("executable stayed busy (ETXTBSY)");
+}
+
 pub fn emulator(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulators").join(name)
 }
@@ -164,7 +176,7 @@ impl Shim {
         let fifo = dir.join("shim/requests");
         let cgroup = cgroup2_root().join(format!("ciwatch-test-{}", std::process::id()));
         std::fs::create_dir_all(&cgroup).unwrap();
-        let child = Command::new(&bin).arg(emulator("shim.py")).arg(&fifo).arg(&cgroup).spawn().unwrap();
+        let child = spawn(Command::new(&bin).arg(emulator("shim.py")).arg(&fifo).arg(&cgroup));
         for _ in 0..100 {
             if fifo.exists() {
                 break;

@@ -31,4 +31,8 @@ impl Detector for Bitbucket {
     fn launcher_comms(&self) -> &'static [&'static str] {
         &[]
     }
+
+    fn has_steps(&self) -> bool {
+        false
+    }
 }

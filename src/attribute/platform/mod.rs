@@ -91,8 +91,12 @@ pub trait Detector: Sync {
     /// The variables that prove the platform, or None.
     fn proof(&self, env: &StepEnv, argv: &[String]) -> Option<Vec<String>>;
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity>;
-    /// The step a step root starts; None where the platform has no step concept (the job is the step).
+    /// The step a step root starts; None where it cannot tell.
     fn step(&self, env: &StepEnv, argv: &[String]) -> Option<StepIdentity>;
+    /// False where the platform has nothing below the job: the job is the step.
+    fn has_steps(&self) -> bool {
+        true
+    }
     /// Task names of processes whose exec'd children start steps, for in-kernel detection.
     fn launcher_comms(&self) -> &'static [&'static str];
 }
