@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use common::{emulator, python_as, require_root, step_of, write, Ports, CIWATCH};
 use serde_json::Value;
 
+/// A daemon watches the whole host, so two of these tests at once would see each other's jobs.
+static ONE_DAEMON_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -53,18 +56,20 @@ fn no_health_config(state: &Path) -> PathBuf {
 
 /// One emulated job: its own runner directory, Runner.Worker and ports.
 fn job(tmp: &Path, name: &str) -> (Command, Ports) {
+    job_with(tmp, name, serde_json::json!({ "scenario": "short" }))
+}
+
+fn job_with(tmp: &Path, name: &str, extra: Value) -> (Command, Ports) {
     let root = tmp.join(name).join("runner");
     python_as(&root.join("bin/Runner.Worker"));
     let ports = Ports::new(&["build", "test"]);
     let config = tmp.join(name).join("config.json");
-    write(
-        &config,
-        &serde_json::json!({
-            "scenario": "short", "runner_root": root, "work": tmp.join(name).join("work"), "ports": ports.by_name,
-            "results": tmp.join(name).join("results.json"),
-        })
-        .to_string(),
-    );
+    let mut cfg = serde_json::json!({
+        "runner_root": root, "work": tmp.join(name).join("work"), "ports": ports.by_name,
+        "results": tmp.join(name).join("results.json"),
+    });
+    cfg.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    write(&config, &cfg.to_string());
     let mut cmd = Command::new(root.join("bin/Runner.Worker"));
     cmd.arg(emulator("github_worker.py")).arg(&config);
     (cmd, ports)
@@ -83,6 +88,7 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
     if !require_root() {
         return;
     }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let _daemon = start_daemon(&state);
@@ -131,4 +137,48 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
     job_ids.sort();
     job_ids.dedup();
     assert_eq!(job_ids.len(), 4, "four distinct jobs");
+}
+
+fn trace_of(state: &Path, port: u16) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for dir in sealed_traces(state) {
+            let lines: Vec<Value> = std::fs::read_to_string(dir.join("events.ndjson")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            if lines.iter().any(|e| e["type"] == "connect" && e["port"] == port) {
+                return lines;
+            }
+        }
+        assert!(Instant::now() < deadline, "no sealed trace holds a connect to {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
+    if !require_root() {
+        return;
+    }
+    let _serial = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let _daemon = start_daemon(&state);
+
+    let (mut orphan, op) = job_with(tmp.path(), "orphan", serde_json::json!({ "scenario": "orphan" }));
+    assert!(common::spawn(&mut orphan).wait().unwrap().success());
+    let lines = trace_of(&state, op.port("build"));
+    let hit = lines.iter().find(|e| e["type"] == "connect" && e["port"] == op.port("build")).unwrap();
+    assert_eq!(step_of(hit).1, Some("Orphan"), "the step outlived its Worker and kept its attribution");
+    assert_eq!(lines[0]["job"]["launcher_exited"], true);
+
+    let (mut blind, bp) = job_with(tmp.path(), "blind", serde_json::json!({ "scenario": "short", "no_diag": true }));
+    assert!(common::spawn(&mut blind).wait().unwrap().success());
+    let lines = trace_of(&state, bp.port("build"));
+    let hit = lines.iter().find(|e| e["type"] == "connect" && e["port"] == bp.port("build")).unwrap();
+    let (id, name, _) = step_of(hit);
+    assert_eq!(name, None, "no name is guessed without the runner's log");
+    assert_eq!(id.len(), 36, "the step keeps its file-command GUID: {id}");
+    let step = lines[0]["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
+    assert!(step["degraded"][0].as_str().unwrap().starts_with("no display name"), "{step}");
+    let summary = std::fs::read_to_string(sealed_traces(&state).iter().find(|d| std::fs::read_to_string(d.join("events.ndjson")).unwrap().contains(id)).unwrap().join("summary.md")).unwrap();
+    assert!(summary.contains("no display name"), "{summary}");
 }

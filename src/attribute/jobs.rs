@@ -468,15 +468,16 @@ impl Registry {
 
     /// Marks what a step's identity lacks (called when sealing).
     pub fn finalize(&mut self, job: &str, missing_name_reason: Option<&str>) {
-        if let Some(j) = self.jobs.get_mut(job) {
-            for s in j.steps.values_mut() {
-                if s.name.is_none() && !s.internal {
-                    if let Some(reason) = missing_name_reason {
-                        if !s.degraded.iter().any(|d| d.starts_with("no display name")) {
-                            s.degraded.push(format!("no display name: {reason}"));
-                        }
-                    }
-                }
+        let Some(j) = self.jobs.get_mut(job) else { return };
+        // GitHub names steps only in the runner's log; say so when it did not.
+        let reason = missing_name_reason.map(String::from).or_else(|| {
+            (j.identity.platform == Platform::GithubActions)
+                .then(|| "the runner's _diag/Worker_*.log did not name it (missing, unreadable, or no entry for its process)".to_string())
+        });
+        let Some(reason) = reason else { return };
+        for s in j.steps.values_mut() {
+            if s.name.is_none() && !s.internal && !s.degraded.iter().any(|d| d.starts_with("no display name")) {
+                s.degraded.push(format!("no display name: {reason}"));
             }
         }
     }
