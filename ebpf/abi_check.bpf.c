@@ -19,3 +19,7 @@ struct cw_name_key abi_cw_name_key;
 struct cw_launcher abi_cw_launcher;
 struct cw_comm_key abi_cw_comm_key;
 struct cw_env abi_cw_env;
+struct cw_allow_key abi_cw_allow_key;
+struct cw_allow_entry abi_cw_allow_entry;
+struct cw_allow_val abi_cw_allow_val;
+struct cw_host_key abi_cw_host_key;

@@ -6,6 +6,7 @@
 #include "common.bpf.h"
 #include "lineage.bpf.h"
 #include "exec.bpf.h"
+#include "enforce.bpf.h"
 #include "connect.bpf.h"
 #include "file.bpf.h"
 #include "dns.bpf.h"

@@ -29,6 +29,7 @@
 #define CW_KIND_FILE 5
 #define CW_KIND_DNS 6
 #define CW_KIND_ENV 7 /* a step root's environment; consumed by attribution, never logged */
+#define CW_KIND_DENIED 8 /* a cw_connect the enforce hook refused (EPERM) */
 
 /* cw_header.flags */
 #define CW_F_TRUNC_FILENAME (1 << 0)
@@ -54,6 +55,14 @@
 #define CW_SRC_SYSCALL 1
 #define CW_SRC_CGROUP_CONNECT 2
 #define CW_SRC_CGROUP_SENDMSG 3
+
+/* Enforcement: allowed networks, by longest prefix, IPv4 as IPv4-mapped IPv6. */
+#define CW_ALLOW_ENTRIES 8
+#define CW_SCOPE_ALL (1u << 31) /* an entry for every step */
+#define CW_PROTO_ANY 0
+#define CW_PROTO_TCP 6
+#define CW_PROTO_UDP 17
+#define CW_NAME_MAX 128
 
 /* cw_file.hook */
 #define CW_FILE_KPROBE 1
@@ -171,6 +180,30 @@ struct cw_env {
 	__u32 env_total;
 	__u32 ppid;
 	char env[CW_ENV_MAX];
+};
+
+struct cw_allow_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* One way a destination is allowed: port (0: any), protocol (0: any), and the step groups it is allowed in. */
+struct cw_allow_entry {
+	__u16 port;
+	__u8 proto;
+	__u8 _pad;
+	__u32 scope;
+};
+
+struct cw_allow_val {
+	__u32 count;
+	__u32 _pad;
+	struct cw_allow_entry entries[CW_ALLOW_ENTRIES];
+};
+
+/* Key of the allow_names / allow_suffixes maps: a NUL-padded host name. */
+struct cw_host_key {
+	char name[CW_NAME_MAX];
 };
 
 /* Key of the sensitive_base / sensitive_dir maps: a NUL-padded path component. */

@@ -122,13 +122,13 @@ static __always_inline void sockaddr_dest(struct bpf_sock_addr *ctx, __u16 famil
 	*port = bpf_ntohs((__u16)ctx->user_port);
 }
 
-static __always_inline void emit_sockaddr(struct bpf_sock_addr *ctx, struct cw_tag *tag,
+static __always_inline void emit_sockaddr(struct bpf_sock_addr *ctx, struct cw_tag *tag, __u16 kind,
 					  __u16 family, __u8 addr[16], __u16 port, __u8 source)
 {
-	struct cw_connect *e = reserve(sizeof(*e), CW_KIND_CONNECT);
+	struct cw_connect *e = reserve(sizeof(*e), kind);
 	if (!e)
 		return;
-	fill_header_base(&e->h, CW_KIND_CONNECT, sizeof(*e), tag);
+	fill_header_base(&e->h, kind, sizeof(*e), tag);
 	e->family = family;
 	e->port = port;
 	e->sock_type = ctx->type;
@@ -157,13 +157,16 @@ static __always_inline int observe_connect(struct bpf_sock_addr *ctx, __u16 fami
 
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_connect *note = bpf_map_lookup_elem(&pending_connects, &id);
-	if (note && note->family == family && note->port == port &&
-	    same_addr(note->addr, addr) &&
-	    bpf_ktime_get_boot_ns() - note->ktime_ns < CW_DEDUP_WINDOW_NS) {
+	bool noted = note && note->family == family && note->port == port && same_addr(note->addr, addr) &&
+		     bpf_ktime_get_boot_ns() - note->ktime_ns < CW_DEDUP_WINDOW_NS;
+	if (noted)
 		bpf_map_delete_elem(&pending_connects, &id);
-		return 1;
+	if (cw_enforce && !egress_allowed(family, addr, port, (__u8)ctx->protocol, tag)) {
+		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, addr, port, CW_SRC_CGROUP_CONNECT);
+		return 0; /* the caller's connect() fails with EPERM */
 	}
-	emit_sockaddr(ctx, tag, family, addr, port, CW_SRC_CGROUP_CONNECT);
+	if (!noted)
+		emit_sockaddr(ctx, tag, CW_KIND_CONNECT, family, addr, port, CW_SRC_CGROUP_CONNECT);
 	return 1;
 }
 
@@ -176,10 +179,14 @@ static __always_inline int observe_sendmsg(struct bpf_sock_addr *ctx, __u16 fami
 	flow.cookie = bpf_get_socket_cookie(ctx);
 	flow.family = family;
 	sockaddr_dest(ctx, family, flow.addr, &flow.port);
+	if (cw_enforce && !egress_allowed(family, flow.addr, flow.port, (__u8)ctx->protocol, tag)) {
+		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, flow.addr, flow.port, CW_SRC_CGROUP_SENDMSG);
+		return 0; /* sendto()/sendmsg() fails with EPERM */
+	}
 	__u64 now = bpf_ktime_get_boot_ns();
 	if (bpf_map_update_elem(&udp_flows, &flow, &now, BPF_NOEXIST) != 0)
 		return 1; /* already reported */
-	emit_sockaddr(ctx, tag, family, flow.addr, flow.port, CW_SRC_CGROUP_SENDMSG);
+	emit_sockaddr(ctx, tag, CW_KIND_CONNECT, family, flow.addr, flow.port, CW_SRC_CGROUP_SENDMSG);
 	return 1;
 }
 

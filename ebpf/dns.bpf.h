@@ -95,60 +95,97 @@ struct addrinfo_user {
 
 #define CW_DNS_WALK 16
 
+/* Per-CPU state of one answer walk, so the bpf_loop step is verified once. */
+struct dns_walk {
+	__u64 ai;
+	__u32 count;
+	__u32 truncated;
+	__u32 has_rule;
+	__u32 _pad;
+	struct cw_allow_val rule;
+	struct cw_dns_addr addrs[CW_DNS_ADDRS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_walk);
+} dns_walks SEC(".maps");
+
+/* One answer: record it (distinct addresses, at most CW_DNS_ADDRS) and, under enforce, allow it. */
+static long walk_answer(__u32 i, void *ctx)
+{
+	__u32 zero = 0;
+	struct dns_walk *w = bpf_map_lookup_elem(&dns_walks, &zero);
+	if (!w || !w->ai)
+		return 1;
+	struct addrinfo_user info = {};
+	if (bpf_probe_read_user(&info, sizeof(info), (const void *)w->ai) < 0)
+		return 1;
+	w->ai = info.ai_next;
+	__u8 addr[16] = {};
+	if (info.ai_family == AF_INET)
+		bpf_probe_read_user(addr, 4, (const void *)(info.ai_addr + 4));
+	else if (info.ai_family == AF_INET6)
+		bpf_probe_read_user(addr, 16, (const void *)(info.ai_addr + 8));
+	else
+		return 0;
+	if (w->has_rule)
+		allow_resolved(&w->rule, info.ai_family, addr);
+	/* getaddrinfo repeats each address once per socket type. */
+	if (w->count > 0) {
+		struct cw_dns_addr *last = &w->addrs[(w->count - 1) & (CW_DNS_ADDRS - 1)];
+		const __u64 *a = (const __u64 *)addr, *b = (const __u64 *)last->addr;
+		if (last->family == info.ai_family && a[0] == b[0] && a[1] == b[1])
+			return 0;
+	}
+	if (w->count >= CW_DNS_ADDRS) {
+		w->truncated = 1;
+		return 0;
+	}
+	struct cw_dns_addr *slot = &w->addrs[w->count & (CW_DNS_ADDRS - 1)];
+	slot->family = info.ai_family;
+	__builtin_memcpy(slot->addr, addr, 16);
+	w->count++;
+	return 0;
+}
+
 SEC("uretprobe")
 int BPF_KRETPROBE(gai_exit, int ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct gai_call *c = bpf_map_lookup_elem(&gai_calls, &id);
 	struct cw_tag *tag = current_tag();
+	__u32 zero = 0;
+	struct dns_walk *w = bpf_map_lookup_elem(&dns_walks, &zero);
 	if (!c)
 		return 0;
-	if (!tag)
+	if (!tag || !w)
 		goto out;
+
+	__builtin_memset(w, 0, sizeof(*w));
+	if (ret == 0)
+		bpf_probe_read_user(&w->ai, sizeof(w->ai), (const void *)c->res_pp);
+	/* Enforce: a name the policy allows lets its answers through before the caller sees them. */
+	struct cw_allow_val *rule = cw_enforce ? name_rule(c->host, c->host_len) : 0;
+	if (rule) {
+		w->rule = *rule;
+		w->has_rule = 1;
+	}
+	bpf_loop(CW_DNS_WALK, walk_answer, 0, 0);
+
 	struct cw_dns *e = reserve(sizeof(*e), CW_KIND_DNS);
 	if (!e)
 		goto out;
 	fill_header(&e->h, CW_KIND_DNS, sizeof(*e), tag);
-	e->h.flags |= c->flags;
+	e->h.flags |= c->flags | (w->truncated ? CW_F_TRUNC_ADDRS : 0);
 	e->ret = ret;
 	e->host_len = c->host_len;
 	e->latency_ns = bpf_ktime_get_boot_ns() - c->start_ns;
 	bpf_probe_read_kernel(e->host, sizeof(e->host), c->host);
-	__builtin_memset(e->addrs, 0, sizeof(e->addrs));
-
-	__u16 count = 0;
-	__u64 ai = 0;
-	if (ret == 0)
-		bpf_probe_read_user(&ai, sizeof(ai), (const void *)c->res_pp);
-	for (int i = 0; i < CW_DNS_WALK && ai; i++) {
-		struct addrinfo_user info = {};
-		if (bpf_probe_read_user(&info, sizeof(info), (const void *)ai) < 0)
-			break;
-		ai = info.ai_next;
-		__u8 addr[16] = {};
-		if (info.ai_family == AF_INET)
-			bpf_probe_read_user(addr, 4, (const void *)(info.ai_addr + 4));
-		else if (info.ai_family == AF_INET6)
-			bpf_probe_read_user(addr, 16, (const void *)(info.ai_addr + 8));
-		else
-			continue;
-		/* getaddrinfo repeats each address once per socket type. */
-		if (count > 0) {
-			struct cw_dns_addr *last = &e->addrs[(count - 1) & (CW_DNS_ADDRS - 1)];
-			const __u64 *a = (const __u64 *)addr, *b = (const __u64 *)last->addr;
-			if (last->family == info.ai_family && a[0] == b[0] && a[1] == b[1])
-				continue;
-		}
-		if (count >= CW_DNS_ADDRS) {
-			e->h.flags |= CW_F_TRUNC_ADDRS;
-			break;
-		}
-		struct cw_dns_addr *slot = &e->addrs[count & (CW_DNS_ADDRS - 1)];
-		slot->family = info.ai_family;
-		__builtin_memcpy(slot->addr, addr, 16);
-		count++;
-	}
-	e->naddrs = count;
+	__builtin_memcpy(e->addrs, w->addrs, sizeof(e->addrs));
+	e->naddrs = w->count;
 	submit(e);
 out:
 	bpf_map_delete_elem(&gai_calls, &id);

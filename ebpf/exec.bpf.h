@@ -34,7 +34,8 @@ static __always_inline void emit_env(struct task_struct *task, struct cw_tag *ta
 	e->env_len = len;
 	e->env_total = total;
 	e->ppid = ppid;
-	submit(e);
+	/* Wake the reader now: step-scoped rules apply once userspace has named the step. */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
 /* Tags a process that just joined a job; returns its tag, or 0 if it did not. */

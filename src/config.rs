@@ -43,6 +43,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[clap(rename_all = "lowercase")]
 pub enum Mode {
     /// Record everything.
     #[default]
@@ -51,6 +52,16 @@ pub enum Mode {
     Learn,
     /// Record, and deny egress the policy does not allow.
     Enforce,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Learn => "learn",
+            Mode::Enforce => "enforce",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -42,6 +42,8 @@ pub enum Record {
     File(File),
     Dns(Dns),
     Env(Env),
+    /// A connect or send the enforce hook refused.
+    Denied(Connect),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,7 @@ impl Record {
             Record::File(r) => &r.common,
             Record::Dns(r) => &r.common,
             Record::Env(r) => &r.common,
+            Record::Denied(r) => &r.common,
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Record::Exit(Exit { common, status: r.exit_code })
         }
         abi::KIND_CONNECT => Record::Connect(connect(read(bytes, "connect record")?, common)),
+        abi::KIND_DENIED => Record::Denied(connect(read(bytes, "denied record")?, common)),
         abi::KIND_FILE => Record::File(file(read(bytes, "file record")?, common)),
         abi::KIND_DNS => Record::Dns(dns(read(bytes, "dns record")?, common)),
         abi::KIND_ENV => Record::Env(env(read_boxed(bytes, "env record")?, common)),

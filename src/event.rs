@@ -59,6 +59,8 @@ pub enum Body {
     Connect(ConnectBody),
     File(FileBody),
     Dns(DnsBody),
+    /// Egress the enforce hook refused; the caller got EPERM.
+    Denied(ConnectBody),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +146,7 @@ impl Body {
             Body::Connect(_) => "connect",
             Body::File(_) => "file",
             Body::Dns(_) => "dns",
+            Body::Denied(_) => "denied",
         }
     }
 }
@@ -184,9 +187,26 @@ pub struct TraceStart {
     pub job: JobRef,
     pub command: Vec<Text>,
     pub hooks: Vec<HookStatus>,
+    /// The mode asked for, when the effective `mode` differs (a policy error fell back to observe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_fallback: Option<String>,
+    /// The policy in force: its version and the SHA-256 of its exact bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
     pub capture_args: crate::redact::CaptureArgs,
     pub sensitive_paths: Vec<String>,
     pub ignore_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyRef {
+    /// Where it came from: a file path, or "--allow" for command-line endpoints.
+    pub source: String,
+    pub version: u32,
+    pub sha256: String,
+    pub rules: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod enforce;
 pub mod event;
 pub mod exit;
 pub mod filter;

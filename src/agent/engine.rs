@@ -33,6 +33,14 @@ pub struct Engine {
     pub other_jobs: u64,
     runner_logs: Vec<RunnerLog>,
     daemon: Option<DaemonState>,
+    scopes: Option<StepScopes>,
+}
+
+/// Enforce mode with step-scoped rules: the kernel learns each step's groups from us.
+pub struct StepScopes {
+    pub scopes: crate::enforce::Scopes,
+    pub map: std::sync::Arc<std::sync::Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
+    written: HashMap<u32, u32>,
 }
 
 /// What the daemon needs to decide that a job ended, and to seal it.
@@ -82,7 +90,34 @@ struct RunnerLog {
 
 impl Engine {
     pub fn new(attributor: Attributor, outputs: Outputs) -> Self {
-        Self { attributor, outputs, undecodable: 0, other_jobs: 0, runner_logs: Vec::new(), daemon: None }
+        Self { attributor, outputs, undecodable: 0, other_jobs: 0, runner_logs: Vec::new(), daemon: None, scopes: None }
+    }
+
+    pub fn with_scopes(
+        mut self,
+        scopes: crate::enforce::Scopes,
+        map: std::sync::Arc<std::sync::Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
+    ) -> Self {
+        if !scopes.is_empty() {
+            self.scopes = Some(StepScopes { scopes, map, written: HashMap::new() });
+        }
+        self
+    }
+
+    /// Tells the kernel which step groups each newly named step is in.
+    fn update_step_groups(&mut self) {
+        let Some(s) = &mut self.scopes else { return };
+        let mut map = s.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (kernel_step, step) in self.attributor.registry.kernel_steps() {
+            let groups = s.scopes.groups_of(&step.id, step.name.as_deref(), step.action.as_deref());
+            if s.written.get(&kernel_step) != Some(&groups) {
+                if let Err(e) = map.insert(kernel_step, groups, 0) {
+                    tracing::error!("cannot scope step {}: {e}", step.id);
+                    continue;
+                }
+                s.written.insert(kernel_step, groups);
+            }
+        }
     }
 
     pub fn with_daemon(mut self, state: DaemonState) -> Self {
@@ -289,10 +324,12 @@ impl Consumer for Engine {
                 }
             }
         }
+        self.update_step_groups();
     }
 
     fn tick(&mut self) {
         self.poll_runner_logs();
+        self.update_step_groups();
         self.seal_finished(false);
         if let Some(d) = &self.daemon {
             d.metrics.heartbeat();

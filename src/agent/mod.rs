@@ -25,6 +25,8 @@ pub enum AgentError {
     Load(#[from] LoadError),
     #[error("cannot update kernel map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Enforce(#[from] crate::enforce::EnforceError),
 }
 
 impl AgentError {
@@ -34,6 +36,7 @@ impl AgentError {
             AgentError::Preflight(e) => crate::exit::preflight(e),
             AgentError::Load(_) => crate::exit::HOOKS,
             AgentError::Map { .. } => crate::exit::INTERNAL,
+            AgentError::Enforce(_) => crate::exit::CONFIG,
         }
     }
 }
@@ -51,7 +54,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn load(config: &Config, config_name: &str, btf: Option<&Path>, require_all: bool) -> Result<Self, AgentError> {
+    pub fn load(config: &Config, config_name: &str, btf: Option<&Path>, require_all: bool, enforce: bool) -> Result<Self, AgentError> {
         let sensitive = config
             .sensitive_paths()
             .map_err(|source| ConfigError::Rule { path: config_name.to_string(), source })?;
@@ -64,6 +67,7 @@ impl Agent {
             sensitive: &sensitive,
             cgroup2: env.cgroup2.as_deref(),
             enabled: config.hooks,
+            enforce,
             require_all,
         })?;
         let mut agent = Self { probes, env, sensitive };
@@ -103,6 +107,11 @@ impl Agent {
             self.probes.container_parents.insert(CommKey::new(name), 1, 0).map_err(map_err("container_parents"))?;
         }
         Ok(())
+    }
+
+    /// Loads an enforce plan's allowlist; returns the step groups the engine keeps up to date.
+    pub fn install_policy(&mut self, plan: &crate::enforce::plan::Plan) -> Result<crate::enforce::Scopes, AgentError> {
+        Ok(crate::enforce::install(&mut self.probes.allow, &plan.rules, plan.defaults, &crate::enforce::resolvers())?)
     }
 
     /// Live processes by kernel (job, step) tag.

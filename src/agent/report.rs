@@ -92,7 +92,7 @@ impl Report {
             log_sha256: job.log.sha256.clone(),
             counts: ["exec", "connect", "dns", "file"].iter().map(|k| (k.to_string(), count(k))).collect(),
             lost: s.totals.lost_total,
-            denied: 0,
+            denied: count("denied"),
             steps: job
                 .steps
                 .iter()
@@ -124,7 +124,16 @@ impl Report {
                 .map(|(host, l)| ReportLookup { host: host.clone(), addrs: l.addrs.iter().map(|a| a.to_string()).collect(), steps: step_names(&l.steps) })
                 .collect(),
             files: s.files.iter().map(|(path, o)| ReportFile { path: path.clone(), steps: step_names(&o.steps) }).collect(),
-            denied_events: Vec::new(),
+            denied_events: s
+                .denied
+                .iter()
+                .map(|((addr, port, proto), d)| {
+                    serde_json::json!({
+                        "addr": addr.to_string(), "port": port, "protocol": format!("{proto:?}").to_lowercase(),
+                        "hosts": d.hosts, "steps": step_names(&d.steps), "comm": d.comms.iter().next(), "count": d.count,
+                    })
+                })
+                .collect(),
             proposed_policy: None,
             policy_diff: None,
             envelope: None,

@@ -482,6 +482,11 @@ impl Registry {
         }
     }
 
+    /// Every step the kernel numbered, with what is known of it.
+    pub fn kernel_steps(&self) -> impl Iterator<Item = (u32, &StepInfo)> {
+        self.kernel_steps.iter().filter_map(|(id, p)| Some((*id, self.jobs.get(&p.job)?.steps.get(&p.step)?)))
+    }
+
     pub fn is_foreign(&self, kernel_step: u32) -> bool {
         self.foreign_steps.contains(&kernel_step)
     }

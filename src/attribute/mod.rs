@@ -77,6 +77,7 @@ impl Attributor {
             Record::Connect(r) => Body::Connect(self.connect(r)),
             Record::File(r) => Body::File(self.file(r)?),
             Record::Dns(r) => Body::Dns(self.dns(r)),
+            Record::Denied(r) => Body::Denied(self.connect(r)),
         };
         self.registry.count(&placement, body.kind());
         self.seq += 1;

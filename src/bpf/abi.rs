@@ -19,6 +19,14 @@ pub const KIND_CONNECT: u16 = 4;
 pub const KIND_FILE: u16 = 5;
 pub const KIND_DNS: u16 = 6;
 pub const KIND_ENV: u16 = 7;
+pub const KIND_DENIED: u16 = 8;
+
+pub const ALLOW_ENTRIES: usize = 8;
+pub const SCOPE_ALL: u32 = 1 << 31;
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const NAME_MAX: usize = 128;
 
 pub const TAG_STEP_ROOT: u32 = 1 << 0;
 pub const TAG_LAUNCHER: u32 = 1 << 1;
@@ -201,6 +209,58 @@ pub struct Env {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowKey {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+
+// SAFETY: plain old data; any bit pattern is valid.
+unsafe impl aya::Pod for AllowKey {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub scope: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllowVal {
+    pub count: u32,
+    pub _pad: u32,
+    pub entries: [AllowEntry; ALLOW_ENTRIES],
+}
+
+// SAFETY: plain old data with explicit padding; any bit pattern is valid.
+unsafe impl aya::Pod for AllowVal {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostKey {
+    pub name: [u8; NAME_MAX],
+}
+
+// SAFETY: a byte array; any bit pattern is valid.
+unsafe impl aya::Pod for HostKey {}
+
+impl HostKey {
+    /// None when the name cannot fit with its NUL.
+    pub fn new(name: &str) -> Option<Self> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() >= NAME_MAX {
+            return None;
+        }
+        let mut key = [0u8; NAME_MAX];
+        key[..bytes.len()].copy_from_slice(bytes);
+        Some(Self { name: key })
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameKey {
     pub name: [u8; NAME_KEY],
 }
@@ -255,6 +315,10 @@ mod tests {
             ("cw_launcher", layout!(Launcher, job, platform, flags, _pad)),
             ("cw_comm_key", layout!(CommKey, comm)),
             ("cw_env", layout!(Env, h, reason, env_len, env_total, ppid, env)),
+            ("cw_allow_key", layout!(AllowKey, prefixlen, addr)),
+            ("cw_allow_entry", layout!(AllowEntry, port, proto, _pad, scope)),
+            ("cw_allow_val", layout!(AllowVal, count, _pad, entries)),
+            ("cw_host_key", layout!(HostKey, name)),
         ];
         for (c_name, rust) in cases {
             let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));

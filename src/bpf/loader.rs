@@ -40,6 +40,8 @@ pub struct LoadOptions<'a> {
     pub sensitive: &'a SensitivePaths,
     pub cgroup2: Option<&'a Path>,
     pub enabled: crate::config::Hooks,
+    /// Load the connect/sendmsg hooks in enforcing form (deny what the allowlist does not allow).
+    pub enforce: bool,
     /// Fail when a hook has no working implementation (the default).
     pub require_all: bool,
 }
@@ -60,7 +62,17 @@ pub struct Probes {
     pub launcher_names: HashMap<MapData, CommKey, u32>,
     pub container_parents: HashMap<MapData, CommKey, u32>,
     pub next_ids: aya::maps::Array<MapData, u32>,
+    pub allow: AllowMaps,
     _ebpf: Ebpf,
+}
+
+/// The maps enforcement reads; see ebpf/enforce.bpf.h.
+pub struct AllowMaps {
+    pub nets: aya::maps::LpmTrie<MapData, [u8; 16], crate::bpf::abi::AllowVal>,
+    pub names: HashMap<MapData, crate::bpf::abi::HostKey, crate::bpf::abi::AllowVal>,
+    pub suffixes: HashMap<MapData, crate::bpf::abi::HostKey, crate::bpf::abi::AllowVal>,
+    /// Shared with the engine, which learns each step's identity and so its groups.
+    pub step_groups: std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, u32>>>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
@@ -69,6 +81,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         .btf(Some(&btf))
         .override_global("cw_wakeup_bytes", &opts.wakeup_bytes, true)
         .override_global("cw_args_max", &opts.args_max, true)
+        .override_global("cw_enforce", &u32::from(opts.enforce), true)
         .map_max_entries("events", opts.ring_bytes)
         .load(crate::bpf::OBJECT)
         .map_err(|e| LoadError::Object(chain(&e)))?;
@@ -96,7 +109,26 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     let launcher_names = HashMap::try_from(take(&mut ebpf, "launcher_names")?).map_err(map_err("launcher_names"))?;
     let container_parents = HashMap::try_from(take(&mut ebpf, "container_parents")?).map_err(map_err("container_parents"))?;
     let next_ids = aya::maps::Array::try_from(take(&mut ebpf, "next_ids")?).map_err(map_err("next_ids"))?;
-    Ok(Probes { hooks, ring: Some(ring), tasks: std::sync::Arc::new(std::sync::Mutex::new(tasks)), lost: std::sync::Arc::new(std::sync::Mutex::new(lost)), launchers, launcher_names, container_parents, next_ids, _ebpf: ebpf })
+    let allow = AllowMaps {
+        nets: aya::maps::LpmTrie::try_from(take(&mut ebpf, "allow_nets")?).map_err(map_err("allow_nets"))?,
+        names: HashMap::try_from(take(&mut ebpf, "allow_names")?).map_err(map_err("allow_names"))?,
+        suffixes: HashMap::try_from(take(&mut ebpf, "allow_suffixes")?).map_err(map_err("allow_suffixes"))?,
+        step_groups: std::sync::Arc::new(std::sync::Mutex::new(
+            HashMap::try_from(take(&mut ebpf, "step_groups")?).map_err(map_err("step_groups"))?,
+        )),
+    };
+    Ok(Probes {
+        hooks,
+        ring: Some(ring),
+        tasks: std::sync::Arc::new(std::sync::Mutex::new(tasks)),
+        lost: std::sync::Arc::new(std::sync::Mutex::new(lost)),
+        launchers,
+        launcher_names,
+        container_parents,
+        next_ids,
+        allow,
+        _ebpf: ebpf,
+    })
 }
 
 impl Probes {

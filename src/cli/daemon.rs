@@ -51,7 +51,11 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         return crate::exit::OUTPUT_DIR;
     }
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
-    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial) {
+    if config.mode == crate::config::Mode::Enforce {
+        eprintln!("ciwatch: error: {config_name}: mode = \"enforce\" needs a per-job policy, which the daemon does not have; enforce with `ciwatch start --mode enforce` inside the job, or use observe/learn here");
+        return crate::exit::CONFIG;
+    }
+    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, false) {
         Ok(a) => a,
         Err(e) => return super::fail(e.exit_code(), &e),
     };
@@ -79,7 +83,11 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         },
         None => None,
     };
-    let header = trace_start(&agent, &config, &JobRef { platform: "none".into(), id: String::new() }, &[]);
+    let observe = match crate::enforce::plan::plan(&Default::default(), config.mode) {
+        Ok(plan) => plan,
+        Err(e) => return super::fail(crate::exit::CONFIG, &e),
+    };
+    let header = trace_start(&agent, &config, &observe, &JobRef { platform: "none".into(), id: String::new() }, &[]);
     let outputs = Outputs::PerJob { root: state_dir.clone(), header, open: Default::default(), errors: Vec::new() };
     let mut state = DaemonState::new(
         agent.probes.tasks.clone(),

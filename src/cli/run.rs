@@ -17,6 +17,7 @@ use crate::bpf::abi::{self, Tag};
 use crate::cli::signals::Signals;
 use crate::cli::spawn::{self, Ended, SpawnError};
 use crate::config::{Config, ConfigError};
+use crate::enforce::plan::{plan, ModeArgs, Plan, PlanError};
 use crate::event::{rfc3339, Agent as AgentInfo, JobRef, TraceEnd, TraceStart, Totals, SCHEMA};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::redact::CaptureArgs;
@@ -43,6 +44,8 @@ pub struct RunArgs {
     /// Do not print the summary to the terminal.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub policy: ModeArgs,
     /// The command to watch.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -56,6 +59,8 @@ pub enum RunError {
     Spawn(#[from] SpawnError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     #[error("cannot write to output directory {path}: {source}")]
     OutputDir { path: String, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
@@ -77,6 +82,7 @@ impl RunError {
             RunError::Config(_) => exit::CONFIG,
             RunError::Spawn(e) => e.exit_code(),
             RunError::Agent(e) => e.exit_code(),
+            RunError::Plan(_) => exit::CONFIG,
             RunError::OutputDir { .. } => exit::OUTPUT_DIR,
             RunError::Sink(_) => exit::WRITE,
             RunError::Signals(_) | RunError::Pipeline(_) | RunError::Wait(_) | RunError::Drain(_) => exit::INTERNAL,
@@ -101,15 +107,20 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
         config.capture_args = policy;
     }
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let plan = plan(&args.policy, config.mode)?;
     let prepared = spawn::prepare(&args.command)?;
-    let mut agent = Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial)?;
+    let mut agent = Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, plan.enforce())?;
+    let scopes = if plan.enforce() { Some(agent.install_policy(&plan)?) } else { None };
     let signals = Signals::install().map_err(RunError::Signals)?;
 
     let (registry, job) = job_registry(&args.command);
-    let header = trace_start(&agent, &config, &job_ref(&registry, &job), &args.command);
+    let header = trace_start(&agent, &config, &plan, &job_ref(&registry, &job), &args.command);
     let output = create_output(&args.out, &header)?;
     let attributor = Attributor::new(registry, config.capture_args, agent.sensitive.clone());
-    let engine = Engine::new(attributor, Outputs::Single { job: job.clone(), output });
+    let mut engine = Engine::new(attributor, Outputs::Single { job: job.clone(), output });
+    if let Some(scopes) = scopes {
+        engine = engine.with_scopes(scopes, agent.probes.allow.step_groups.clone());
+    }
     let ring = agent.probes.take_ring().ok_or_else(|| RunError::Pipeline(std::io::ErrorKind::Other.into()))?;
     let drain = Duration::from_millis(config.ring.drain_interval_ms);
     let pipeline = Pipeline::start(ring, drain, Duration::from_millis(250), engine).map_err(RunError::Pipeline)?;
@@ -202,7 +213,7 @@ fn describe(ended: Ended) -> String {
     }
 }
 
-pub fn trace_start(agent: &Agent, config: &Config, job: &JobRef, command: &[OsString]) -> TraceStart {
+pub fn trace_start(agent: &Agent, config: &Config, plan: &Plan, job: &JobRef, command: &[OsString]) -> TraceStart {
     use std::os::unix::ffi::OsStrExt;
     TraceStart {
         kind: "trace_start",
@@ -211,13 +222,16 @@ pub fn trace_start(agent: &Agent, config: &Config, job: &JobRef, command: &[OsSt
         agent: AgentInfo::this(),
         host: hostname(),
         kernel: agent.env.kernel.clone(),
-        mode: "observe".into(),
+        mode: plan.mode.name().into(),
         job: job.clone(),
         command: crate::redact::apply(config.capture_args, command.iter().map(|a| a.as_bytes().to_vec()).collect())
             .into_iter()
             .map(Text::new)
             .collect(),
         hooks: agent.probes.hooks.clone(),
+        requested_mode: plan.fallback.as_ref().map(|_| plan.requested.name().to_string()),
+        mode_fallback: plan.fallback.clone(),
+        policy: plan.policy.clone(),
         capture_args: config.capture_args,
         sensitive_paths: agent.sensitive.patterns(),
         ignore_paths: agent.sensitive.ignore_patterns(),

@@ -50,6 +50,8 @@ pub struct StartArgs {
     /// The GitHub runner's `_diag` directory (default: next to Runner.Worker's `bin/`).
     #[arg(long, value_name = "DIR")]
     pub runner_diag: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: crate::enforce::plan::ModeArgs,
     /// Seconds to wait for the hooks to attach.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub ready_timeout: u64,
@@ -172,9 +174,17 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         config.capture_args = policy;
     }
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
-    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial) {
+    let plan = match crate::enforce::plan::plan(&args.policy, config.mode) {
+        Ok(p) => p,
+        Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
+    };
+    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, plan.enforce()) {
         Ok(a) => a,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::bpf::loader::chain(&e)),
+    };
+    let scopes = match plan.enforce().then(|| agent.install_policy(&plan)).transpose() {
+        Ok(s) => s,
+        Err(e) => return report_failure(ready, e.exit_code(), &e.to_string()),
     };
     let own_env = StepEnv::of_this_process();
     let detection = platform::detect(&own_env, &[], None);
@@ -211,12 +221,15 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         }
     }
 
-    let header = trace_start(&agent, &config, &crate::event::JobRef { platform: platform.name().into(), id: job.clone() }, &[OsString::from("ciwatch start")]);
+    let header = trace_start(&agent, &config, &plan, &crate::event::JobRef { platform: platform.name().into(), id: job.clone() }, &[OsString::from("ciwatch start")]);
     let output = match create_output(&args.out, &header) {
         Ok(o) => o,
         Err(e) => return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string()),
     };
     let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), Outputs::Single { job: job.clone(), output });
+    if let Some(scopes) = scopes {
+        engine = engine.with_scopes(scopes, agent.probes.allow.step_groups.clone());
+    }
     if platform == Platform::GithubActions {
         let diag = args.runner_diag.clone().or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
         match diag {

@@ -17,6 +17,8 @@ pub struct Summary {
     pub dns: BTreeMap<String, Lookup>,
     pub files: BTreeMap<String, FileOpen>,
     pub execs: BTreeMap<String, u64>,
+    /// Egress the enforce hook refused.
+    pub denied: BTreeMap<(IpAddr, u16, Protocol), Destination>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -100,6 +102,13 @@ impl Summary {
                 o.rule.clone_from(&f.rule);
                 o.steps.insert(step);
             }
+            Body::Denied(c) => {
+                let d = self.denied.entry((c.addr, c.port, c.protocol)).or_default();
+                d.count += 1;
+                d.hosts.extend(c.hosts.iter().cloned());
+                d.comms.insert(comm);
+                d.steps.insert(step);
+            }
             Body::Exec(e) => *self.execs.entry(e.filename.lossy().into_owned()).or_default() += 1,
             Body::Fork(_) | Body::Exit(_) => {}
         }
@@ -111,6 +120,7 @@ impl Summary {
         self.render_overview(&mut md, ctx);
         render_steps(&mut md, ctx.steps);
         let names = StepNames(ctx.steps);
+        self.render_denied(&mut md, &names);
         self.render_egress(&mut md, &names);
         self.render_dns(&mut md, &names);
         self.render_files(&mut md, &names);
@@ -122,8 +132,8 @@ impl Summary {
     fn render_overview(&self, md: &mut String, ctx: &Context<'_>) {
         let t = &self.totals;
         let n = |k: &str| t.events.get(k).copied().unwrap_or(0);
-        md.push_str("| execs | connects | DNS lookups | sensitive opens | lost events |\n|---:|---:|---:|---:|---:|\n");
-        let _ = writeln!(md, "| {} | {} | {} | {} | {} |\n", n("exec"), n("connect"), n("dns"), n("file"), t.lost_total);
+        md.push_str("| execs | connects | DNS lookups | sensitive opens | denied | lost events |\n|---:|---:|---:|---:|---:|---:|\n");
+        let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |\n", n("exec"), n("connect"), n("dns"), n("file"), n("denied"), t.lost_total);
         if t.lost_total > 0 {
             let per_kind: Vec<String> = t.lost.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}: {v}")).collect();
             let _ = writeln!(
@@ -163,6 +173,19 @@ impl Summary {
             let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} | {} |", list(&d.hosts), names.list(&d.steps), list(&d.comms), d.count);
         }
         more(md, self.egress.len());
+    }
+
+    fn render_denied(&self, md: &mut String, names: &StepNames<'_>) {
+        if self.denied.is_empty() {
+            return;
+        }
+        md.push_str("## Denied egress\n\nThe enforce hook refused these; the callers got EPERM.\n\n");
+        md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
+        for ((addr, port, proto), d) in self.denied.iter().take(MAX_ROWS) {
+            let dest = if addr.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} | {} |", list(&d.hosts), names.list(&d.steps), list(&d.comms), d.count);
+        }
+        more(md, self.denied.len());
     }
 
     fn render_dns(&self, md: &mut String, names: &StepNames<'_>) {
