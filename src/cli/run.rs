@@ -258,7 +258,7 @@ pub fn trace_end(totals: Totals, ended: Option<Ended>, still_running: u64, compl
 }
 
 /// The agent's own footprint, for scripts/bench (CIWATCH_LOG=info).
-fn log_own_usage() {
+pub fn log_own_usage() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let peak_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map_or("?".into(), |v| v.trim().to_string());
     // SAFETY: getrusage fills a valid rusage struct for this process.

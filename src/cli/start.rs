@@ -259,6 +259,7 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         Ok(e) => e,
         Err(e) => return super::fail(crate::exit::INTERNAL, &e),
     };
+    crate::cli::run::log_own_usage();
     match seal_job(&agent, engine, &job, None, still_running) {
         Ok(sealed) => match Report::from_sealed(&sealed).write(&args.out) {
             Ok(()) => 0,

@@ -39,6 +39,8 @@ def write_script(path, body):
 
 def base_env(extra=None):
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    # As a workflow's `env:` would: ciwatch's own settings reach the steps that run it.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CIWATCH_")})
     env.update(extra or {})
     return env
 

@@ -97,6 +97,13 @@ if cfg.get("scenario") == "orphan":
     script = write_script(os.path.join(temp, g + ".sh"), f"sleep 0.5; {tcp(ports['build'])}")
     start("Orphan", ["/usr/bin/bash", "-e", script], step_env("__run", g))
     os._exit(0)
+if cfg.get("scenario") == "bench":
+    # scripts/bench: a 20-step job under `ciwatch start`/`finish`, each step exec- and connect-heavy.
+    done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {cfg['out']} > {cfg['out']}.start.json", action="__ciwatch"))
+    for n in range(20):
+        done(run_step(f"Step {n}", f"for i in $(seq 100); do /bin/true; {tcp(ports['bench'])}; done"))
+    done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
+    sys.exit(0)
 if cfg.get("scenario") == "short":
     # One job among several on a host watched by `ciwatch daemon`.
     done(run_step("Build", tcp(ports["build"])))
