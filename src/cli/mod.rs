@@ -1,8 +1,11 @@
 //! The command line: one module per subcommand.
 
 pub mod check;
+pub mod keygen;
 pub mod run;
+pub mod signing;
 pub mod spawn;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +22,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Load and attach every hook, then report what this kernel supports.
     Check(check::CheckArgs),
+    /// Verify an attestation (bundle or envelope) against the event log it covers.
+    Verify(verify::VerifyArgs),
+    /// Write an ECDSA P-256 keypair for signing traces.
+    Keygen(keygen::KeygenArgs),
 }
 
 impl Command {
@@ -27,6 +34,8 @@ impl Command {
         match self {
             Command::Run(args) => run::execute(args).await,
             Command::Check(args) => check::execute(args).await,
+            Command::Verify(args) => verify::execute(args).await,
+            Command::Keygen(args) => keygen::execute(args).await,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::attest::{self, AttestError, SignMode};
 use crate::attribute::Attributor;
 use crate::bpf::abi::{self, Tag};
 use crate::bpf::loader::{self, LoadError, LoadOptions, Probes};
@@ -41,6 +42,9 @@ pub struct RunArgs {
     /// Do not print the summary to the terminal.
     #[arg(long, short)]
     pub quiet: bool,
+    /// How the sealed trace is signed (default for `run`: --sign key).
+    #[command(flatten)]
+    pub signing: super::signing::SigningArgs,
     /// The command to watch.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -68,13 +72,15 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    SigningKey(AttestError),
 }
 
 impl RunError {
     fn exit_code(&self) -> u8 {
         use crate::exit;
         match self {
-            RunError::Config(_) => exit::CONFIG,
+            RunError::Config(_) | RunError::SigningKey(_) => exit::CONFIG,
             RunError::Spawn(e) => e.exit_code(),
             RunError::Preflight(e) => exit::preflight(e),
             RunError::OutputDir { .. } => exit::OUTPUT_DIR,
@@ -104,6 +110,13 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     let sensitive =
         config.sensitive_paths().map_err(|source| ConfigError::Rule { path: config_name, source })?;
     let prepared = spawn::prepare(&args.command)?;
+    // A missing or malformed signing key fails before the job runs, not after.
+    let mut sign_opts = args.signing.options(SignMode::Key);
+    if let Some(key) = attest::prepare_key(&sign_opts).map_err(RunError::SigningKey)? {
+        if key.created {
+            eprintln!("ciwatch: created signing key {} (key id {})", key.private_path.display(), key.key_id);
+        }
+    }
     let env = preflight::check(args.btf.as_deref())?;
     let log = create_log(&args.out)?;
     let signals = Signals::install().map_err(RunError::Signals)?;
@@ -143,10 +156,24 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     log.write(&trace_end(&totals, ended, still_running, complete))?;
     let sealed = log.seal()?;
     summary.totals = totals;
-    let markdown = write_summary(&args.out, &summary, &probes.hooks, ended, still_running, &sealed)?;
+    sign_opts.expected_log_sha256 = Some(sealed.sha256.clone());
+    let signed = attest::sign_trace(&args.out, &sign_opts).await;
+    let attestation = attest::summary_markdown(&signed, &args.out);
+    let markdown = write_summary(&args.out, &summary, &probes.hooks, ended, still_running, &sealed, &attestation)?;
     if !args.quiet {
         eprintln!("\n{markdown}");
         eprintln!("ciwatch: event log {} ({} lines)", sealed.path.display(), sealed.lines);
+    }
+    match &signed {
+        Ok(outcome) if outcome.method.is_some() => {
+            eprintln!("ciwatch: verify with: {}", attest::verify_command(outcome, &args.out));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // The trace is on disk, but unsigned: say so loudly and fail.
+            eprintln!("ciwatch: error: the trace was NOT signed: {}", loader::chain(e));
+            return Ok(crate::exit::SIGNING);
+        }
     }
     Ok(ended.shell_code())
 }
@@ -239,6 +266,7 @@ fn write_summary(
     ended: Ended,
     still_running: u64,
     sealed: &Sealed,
+    attestation: &str,
 ) -> Result<String, RunError> {
     let exit = match ended {
         Ended::Code(c) => format!("exited with code {c}"),
@@ -251,6 +279,7 @@ fn write_summary(
         log_sha256: Some(&sealed.sha256),
         still_running,
     });
+    let markdown = markdown + attestation;
     write_atomically(&dir.join("summary.md"), markdown.as_bytes())?;
     Ok(markdown)
 }
