@@ -11,6 +11,7 @@ pub mod dsse;
 pub mod keys;
 pub mod oidc;
 pub mod predicate;
+mod record;
 pub mod retry;
 pub mod runtime_trace;
 pub mod scan;

@@ -6,17 +6,15 @@
 //! files, steps), never with the number of events, and each of those lists is
 //! capped: events beyond a cap are counted in `truncated` instead.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use base64::Engine;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
+use super::record::{Record, TextRef};
 use crate::text::Text;
 
 pub const PREDICATE_TYPE: &str = "https://dpndncy.io/agent/runtime-trace/v1";
@@ -227,128 +225,13 @@ pub enum SummaryError {
     NoTraceStart { found: String },
     #[error("the log has no trace_end record: it is incomplete (not sealed)")]
     NoTraceEnd,
-    #[error("line {line}: malformed {record} record: {message}")]
-    BadRecord { line: u64, record: &'static str, message: String },
+    #[error("malformed {record} record: {message}")]
+    BadRecord { record: &'static str, message: String },
 }
 
 // ---------------------------------------------------------------------------
 // Reading records. Only the fields the predicate needs are decoded; serde
 // skips everything else, which keeps the pass over a large log fast.
-
-/// A text field of the log: a JSON string, or `{"base64": …}` for raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TextRef<'a> {
-    Str(Cow<'a, str>),
-    Bytes(Vec<u8>),
-}
-
-impl TextRef<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            TextRef::Str(s) => s.as_bytes(),
-            TextRef::Bytes(b) => b,
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for TextRef<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TextRef<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or {\"base64\": …}")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(TextRef::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(TextRef::Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(TextRef::Str(Cow::Owned(v)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut bytes = None;
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if key == "base64" {
-                        let b64: Cow<'de, str> = map.next_value()?;
-                        let decoded = base64::engine::general_purpose::STANDARD
-                            .decode(b64.as_bytes())
-                            .map_err(|e| de::Error::custom(format!("bad base64 text: {e}")))?;
-                        bytes = Some(decoded);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                bytes.map(TextRef::Bytes).ok_or_else(|| de::Error::missing_field("base64"))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-/// argv, keeping only its second element (the first argument).
-fn first_argument<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<TextRef<'de>>>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<Option<TextRef<'de>>>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an argv array")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(Some(None));
-            }
-            let first = seq.next_element::<TextRef<'de>>()?;
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(Some(first))
-        }
-    }
-    deserializer.deserialize_seq(V)
-}
-
-#[derive(Deserialize)]
-struct Record<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    job: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    step: Option<&'a RawValue>,
-    // exec
-    #[serde(borrow, default)]
-    filename: Option<TextRef<'a>>,
-    #[serde(borrow, default, deserialize_with = "first_argument")]
-    argv: Option<Option<TextRef<'a>>>,
-    // connect
-    #[serde(borrow, default)]
-    addr: Option<Cow<'a, str>>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(borrow, default)]
-    protocol: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    hosts: Option<Vec<Cow<'a, str>>>,
-    // dns
-    #[serde(borrow, default)]
-    host: Option<TextRef<'a>>,
-    #[serde(default)]
-    ret: Option<i64>,
-    // file
-    #[serde(borrow, default)]
-    path: Option<TextRef<'a>>,
-    #[serde(borrow, default)]
-    access: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    rule: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct StepId<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-}
 
 #[derive(Deserialize)]
 struct TraceStart {
@@ -410,7 +293,9 @@ struct TraceEnd {
 }
 
 // ---------------------------------------------------------------------------
-// The summariser.
+// The summariser. Several may work on different parts of one log in parallel
+// (scan.rs); `merge` combines them, so nothing here may depend on line order
+// except what the first line (trace_start) provides.
 
 #[derive(Default)]
 struct EgressAgg {
@@ -440,11 +325,51 @@ struct FileAgg {
     steps: BTreeSet<u16>,
 }
 
-/// A step seen in the log: its object verbatim and how many events it caused.
+/// A step seen in the log: its object verbatim, how many events it caused,
+/// and its first event's `seq` (steps are listed in order of first appearance).
 struct StepAgg {
+    id: String,
     object: Map<String, Value>,
     events: u64,
+    first_seq: u64,
 }
+
+/// A connect destination. Addresses are parsed so that lookups never allocate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct DestKey {
+    ip: IpAddr,
+    port: u16,
+    protocol: Proto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Proto {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+impl Proto {
+    fn of(name: &str) -> Self {
+        ["tcp", "udp", "raw", "unknown"]
+            .into_iter()
+            .find(|k| *k == name)
+            .map_or_else(|| Proto::Other(name.into()), Proto::Known)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Proto::Known(s) => s,
+            Proto::Other(s) => s,
+        }
+    }
+}
+
+/// Seeded per process, so crafted log content cannot force collisions, and
+/// several times faster than SipHash on the short keys looked up per event.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Distinct `job` objects seen on events, by their serialised form.
+const MAX_JOBS: usize = 16;
 
 /// Everything the predicate needs except how it is signed.
 #[derive(Debug, Clone)]
@@ -454,20 +379,25 @@ pub struct Summary {
 
 #[derive(Default)]
 pub struct Summariser {
-    line: u64,
     start: Option<TraceStart>,
     end: Option<TraceEnd>,
-    job_raw: Option<String>,
     events: BTreeMap<String, u64>,
+    /// Events per serialised `job` object; compared with trace_start's job at the end.
+    jobs: HashMap<String, u64>,
+    jobs_overflow: u64,
+    /// The job of the previous event and how many events in a row carried it.
+    last_job: Option<(String, u64)>,
+    /// The step of the previous event (raw text) and its index.
+    last_step: Option<(String, u16)>,
     steps: Vec<StepAgg>,
-    step_index: HashMap<String, u16>,
-    egress: HashMap<(String, u16, String), EgressAgg>,
+    step_by_raw: HashMap<String, u16>,
+    step_by_id: HashMap<String, u16>,
+    egress: HashMap<DestKey, EgressAgg>,
     dns: HashMap<Vec<u8>, DnsAgg>,
     execs: HashMap<[u8; 32], ExecAgg>,
     files: HashMap<Vec<u8>, FileAgg>,
     truncated: Truncated,
     unparsed: u64,
-    foreign_job: u64,
 }
 
 impl Summariser {
@@ -475,24 +405,22 @@ impl Summariser {
         Self::default()
     }
 
-    /// Feeds one line, without its trailing newline.
-    pub fn line(&mut self, line: &[u8]) -> Result<(), SummaryError> {
-        self.line += 1;
-        let record: Record<'_> = match serde_json::from_slice(line) {
+    /// Feeds one line, without its trailing newline. `first` marks the log's
+    /// first line, which must be the trace_start record.
+    pub fn line(&mut self, line: &[u8], first: bool) -> Result<(), SummaryError> {
+        let record = match Record::parse(line) {
             Ok(r) => r,
-            Err(e) if self.line == 1 => return Err(SummaryError::NoTraceStart { found: format!("not a record: {e}") }),
+            Err(e) if first => return Err(SummaryError::NoTraceStart { found: format!("not a record: {e}") }),
             Err(e) => {
-                tracing::warn!(line = self.line, "unparsed event log line: {e}");
+                tracing::warn!("unparsed event log line: {e}");
                 self.unparsed += 1;
                 return Ok(());
             }
         };
-        if self.line == 1 && record.kind != "trace_start" {
-            return Err(SummaryError::NoTraceStart { found: format!("a {:?} record", record.kind) });
-        }
-        match record.kind.as_ref() {
-            "trace_start" if self.line == 1 => self.trace_start(line),
-            "trace_end" => self.trace_end(line),
+        match (first, record.kind.as_ref()) {
+            (true, "trace_start") => self.trace_start(line),
+            (true, other) => Err(SummaryError::NoTraceStart { found: format!("a {other:?} record") }),
+            (false, "trace_end") => self.trace_end(line),
             _ => {
                 self.event(&record);
                 Ok(())
@@ -502,27 +430,19 @@ impl Summariser {
 
     /// A line too long to be a record: counted, not parsed.
     pub fn skipped_line(&mut self) {
-        self.line += 1;
         self.unparsed += 1;
     }
 
     fn trace_start(&mut self, line: &[u8]) -> Result<(), SummaryError> {
-        let start: TraceStart = serde_json::from_slice(line).map_err(|e| SummaryError::BadRecord {
-            line: self.line,
-            record: "trace_start",
-            message: e.to_string(),
-        })?;
-        self.job_raw = start.job.as_ref().map(|j| j.get().to_string());
+        let start: TraceStart = serde_json::from_slice(line)
+            .map_err(|e| SummaryError::BadRecord { record: "trace_start", message: e.to_string() })?;
         self.start = Some(start);
         Ok(())
     }
 
     fn trace_end(&mut self, line: &[u8]) -> Result<(), SummaryError> {
-        let end: TraceEnd = serde_json::from_slice(line).map_err(|e| SummaryError::BadRecord {
-            line: self.line,
-            record: "trace_end",
-            message: e.to_string(),
-        })?;
+        let end: TraceEnd = serde_json::from_slice(line)
+            .map_err(|e| SummaryError::BadRecord { record: "trace_end", message: e.to_string() })?;
         self.end = Some(end);
         Ok(())
     }
@@ -534,12 +454,34 @@ impl Summariser {
                 self.events.insert(r.kind.to_string(), 1);
             }
         }
-        if let (Some(job), Some(expected)) = (r.job, self.job_raw.as_deref()) {
-            if job.get() != expected && !same_json(job.get(), expected) {
-                self.foreign_job += 1;
+        if let Some(job) = r.job {
+            // Consecutive events nearly always share their job: skip the lookup then.
+            if let Some((raw, n)) = &mut self.last_job {
+                if raw == job {
+                    *n += 1;
+                    return self.event_body(r);
+                }
+            }
+            self.flush_last_job();
+            self.last_job = Some((job.to_string(), 1));
+        }
+        self.event_body(r);
+    }
+
+    fn flush_last_job(&mut self) {
+        let Some((job, n)) = self.last_job.take() else { return };
+        let full = self.jobs.len() >= MAX_JOBS;
+        match self.jobs.get_mut(&job) {
+            Some(m) => *m += n,
+            None if full => self.jobs_overflow += n,
+            None => {
+                self.jobs.insert(job, n);
             }
         }
-        let step = r.step.and_then(|raw| self.step(raw));
+    }
+
+    fn event_body(&mut self, r: &Record<'_>) {
+        let step = r.step.and_then(|raw| self.step(raw, r.seq.unwrap_or(u64::MAX)));
         match r.kind.as_ref() {
             "exec" => self.exec(r, step),
             "connect" => self.connect(r, step),
@@ -549,27 +491,49 @@ impl Summariser {
         }
     }
 
-    /// The step's index, registering it (verbatim) the first time it is seen.
-    fn step(&mut self, raw: &RawValue) -> Option<u16> {
-        let id: StepId<'_> = serde_json::from_str(raw.get()).ok()?;
-        if let Some(&i) = self.step_index.get(id.id.as_ref()) {
-            self.steps[usize::from(i)].events += 1;
+    /// The step's index. The writer serialises a step identically every time,
+    /// so the raw text is the lookup key; the object is parsed once per form.
+    fn step(&mut self, raw: &str, seq: u64) -> Option<u16> {
+        let cached = match &self.last_step {
+            Some((text, i)) if text == raw => Some(*i),
+            _ => self.step_by_raw.get(raw).copied(),
+        };
+        if let Some(i) = cached {
+            let s = &mut self.steps[usize::from(i)];
+            s.events += 1;
+            s.first_seq = s.first_seq.min(seq);
+            if !matches!(&self.last_step, Some((text, _)) if text == raw) {
+                self.last_step = Some((raw.to_string(), i));
+            }
+            return Some(i);
+        }
+        let object = serde_json::from_str::<Map<String, Value>>(raw).ok()?;
+        let id = object.get("id").and_then(Value::as_str)?.to_string();
+        let i = self.register_step(id, object, 1, seq)?;
+        self.step_by_raw.insert(raw.to_string(), i);
+        Some(i)
+    }
+
+    fn register_step(&mut self, id: String, object: Map<String, Value>, events: u64, first_seq: u64) -> Option<u16> {
+        if let Some(&i) = self.step_by_id.get(&id) {
+            let s = &mut self.steps[usize::from(i)];
+            s.events += events;
+            s.first_seq = s.first_seq.min(first_seq);
             return Some(i);
         }
         if self.steps.len() >= MAX_STEPS {
-            self.truncated.steps += 1;
+            self.truncated.steps += events;
             return None;
         }
-        let object = serde_json::from_str::<Map<String, Value>>(raw.get()).ok()?;
         let i = u16::try_from(self.steps.len()).ok()?;
-        self.steps.push(StepAgg { object, events: 1 });
-        self.step_index.insert(id.id.into_owned(), i);
+        self.step_by_id.insert(id.clone(), i);
+        self.steps.push(StepAgg { id, object, events, first_seq });
         Some(i)
     }
 
     fn exec(&mut self, r: &Record<'_>, step: Option<u16>) {
         let Some(filename) = &r.filename else { return };
-        let first_arg = r.argv.as_ref().and_then(|a| a.as_ref()).map(TextRef::bytes);
+        let first_arg = r.argv.as_ref().and_then(|a| a.0.as_ref()).map(TextRef::bytes);
         let digest = exec_digest(filename.bytes(), first_arg);
         let full = self.execs.len() >= MAX_ENTRIES;
         match self.execs.get_mut(&digest) {
@@ -585,8 +549,11 @@ impl Summariser {
 
     fn connect(&mut self, r: &Record<'_>, step: Option<u16>) {
         let (Some(addr), Some(port)) = (&r.addr, r.port) else { return };
-        let protocol = r.protocol.as_deref().unwrap_or("unknown");
-        let key = (addr.to_string(), port, protocol.to_string());
+        let Ok(ip) = addr.parse::<IpAddr>() else {
+            self.unparsed += 1;
+            return;
+        };
+        let key = DestKey { ip, port, protocol: Proto::of(r.protocol.as_deref().unwrap_or("unknown")) };
         let full = self.egress.len() >= MAX_ENTRIES;
         let agg = match self.egress.get_mut(&key) {
             Some(agg) => agg,
@@ -599,7 +566,7 @@ impl Summariser {
         bump(&mut agg.count, &mut agg.steps, step);
         for host in r.hosts.iter().flatten() {
             // Bounded too: a destination's names are few, but do not trust that.
-            if agg.hosts.len() < 64 {
+            if agg.hosts.len() < 64 && !agg.hosts.contains(host.as_ref()) {
                 agg.hosts.insert(host.to_string());
             }
         }
@@ -635,7 +602,9 @@ impl Summariser {
         };
         bump(&mut agg.count, &mut agg.steps, step);
         if let Some(access) = &r.access {
-            agg.access.insert(access.to_string());
+            if !agg.access.contains(access.as_ref()) {
+                agg.access.insert(access.to_string());
+            }
         }
         if let Some(rule) = &r.rule {
             if agg.rule.is_empty() {
@@ -644,35 +613,134 @@ impl Summariser {
         }
     }
 
+    /// Folds another summariser (of another part of the same log) into this one.
+    pub fn merge(&mut self, mut other: Summariser) {
+        self.flush_last_job();
+        other.flush_last_job();
+        self.start = self.start.take().or(other.start);
+        // Only the last line is trace_end; a second one would be a malformed log.
+        self.end = self.end.take().or(other.end);
+        for (k, v) in other.events {
+            *self.events.entry(k).or_default() += v;
+        }
+        for (job, n) in other.jobs {
+            let full = self.jobs.len() >= MAX_JOBS;
+            match self.jobs.get_mut(&job) {
+                Some(m) => *m += n,
+                None if full => self.jobs_overflow += n,
+                None => {
+                    self.jobs.insert(job, n);
+                }
+            }
+        }
+        self.jobs_overflow += other.jobs_overflow;
+        // Re-number the other side's steps into ours.
+        let remap: Vec<Option<u16>> =
+            other.steps.into_iter().map(|s| self.register_step(s.id, s.object, s.events, s.first_seq)).collect();
+        let map = |steps: BTreeSet<u16>| -> BTreeSet<u16> { steps.into_iter().filter_map(|i| remap[usize::from(i)]).collect() };
+        for (k, a) in other.egress {
+            let full = self.egress.len() >= MAX_ENTRIES;
+            match self.egress.get_mut(&k) {
+                Some(m) => {
+                    m.count += a.count;
+                    m.steps.extend(map(a.steps));
+                    for h in a.hosts {
+                        if m.hosts.len() < 64 {
+                            m.hosts.insert(h);
+                        }
+                    }
+                }
+                None if full => self.truncated.egress += a.count,
+                None => {
+                    self.egress.insert(k, EgressAgg { hosts: a.hosts, steps: map(a.steps), count: a.count });
+                }
+            }
+        }
+        for (k, a) in other.dns {
+            let full = self.dns.len() >= MAX_ENTRIES;
+            match self.dns.get_mut(&k) {
+                Some(m) => {
+                    m.count += a.count;
+                    m.failed += a.failed;
+                    m.steps.extend(map(a.steps));
+                }
+                None if full => self.truncated.dns += a.count,
+                None => {
+                    self.dns.insert(k, DnsAgg { count: a.count, failed: a.failed, steps: map(a.steps) });
+                }
+            }
+        }
+        for (k, a) in other.execs {
+            let full = self.execs.len() >= MAX_ENTRIES;
+            match self.execs.get_mut(&k) {
+                Some(m) => {
+                    m.count += a.count;
+                    m.steps.extend(map(a.steps));
+                }
+                None if full => self.truncated.execs += a.count,
+                None => {
+                    self.execs.insert(k, ExecAgg { binary: a.binary, count: a.count, steps: map(a.steps) });
+                }
+            }
+        }
+        for (k, a) in other.files {
+            let full = self.files.len() >= MAX_ENTRIES;
+            match self.files.get_mut(&k) {
+                Some(m) => {
+                    m.count += a.count;
+                    m.steps.extend(map(a.steps));
+                    m.access.extend(a.access);
+                    if m.rule.is_empty() {
+                        m.rule = a.rule;
+                    }
+                }
+                None if full => self.truncated.files += a.count,
+                None => {
+                    self.files.insert(k, FileAgg { access: a.access, rule: a.rule, count: a.count, steps: map(a.steps) });
+                }
+            }
+        }
+        let t = other.truncated;
+        self.truncated.egress += t.egress;
+        self.truncated.dns += t.dns;
+        self.truncated.execs += t.execs;
+        self.truncated.files += t.files;
+        self.truncated.steps += t.steps;
+        self.unparsed += other.unparsed;
+    }
+
     /// Builds the predicate; `signing` is filled in by the signer.
-    pub fn finish(self, log: LogFacts) -> Result<Summary, SummaryError> {
-        let start = self.start.ok_or(SummaryError::NoTraceStart { found: "nothing (empty log)".into() })?;
-        let end = self.end.ok_or(SummaryError::NoTraceEnd)?;
-        let step_names: Vec<String> =
-            self.steps.iter().map(|s| s.object.get("id").and_then(Value::as_str).unwrap_or_default().to_string()).collect();
-        let names = |set: &BTreeSet<u16>| -> Vec<String> { set.iter().map(|&i| step_names[usize::from(i)].clone()).collect() };
+    pub fn finish(mut self, log: LogFacts) -> Result<Summary, SummaryError> {
+        self.flush_last_job();
+        let start = self.start.take().ok_or(SummaryError::NoTraceStart { found: "nothing (empty log)".into() })?;
+        let end = self.end.take().ok_or(SummaryError::NoTraceEnd)?;
+        let job_raw = start.job.as_ref().map(|j| j.get().to_string());
+        let own_job_events: u64 = match &job_raw {
+            Some(expected) => self.jobs.iter().filter(|(raw, _)| *raw == expected || same_json(raw, expected)).map(|(_, n)| n).sum(),
+            None => 0,
+        };
+        let with_job: u64 = self.jobs.values().sum::<u64>() + self.jobs_overflow;
+        let foreign_job_events = if job_raw.is_some() { with_job - own_job_events } else { 0 };
+
+        // Steps in order of first appearance; entries refer to them by index.
+        let mut order: Vec<usize> = (0..self.steps.len()).collect();
+        order.sort_by_key(|&i| (self.steps[i].first_seq, i));
+        let names = |set: &BTreeSet<u16>| -> Vec<String> {
+            let mut v: Vec<&StepAgg> = set.iter().map(|&i| &self.steps[usize::from(i)]).collect();
+            v.sort_by_key(|s| s.first_seq);
+            v.into_iter().map(|s| s.id.clone()).collect()
+        };
         let job: Value = start.job.as_ref().and_then(|j| serde_json::from_str(j.get()).ok()).unwrap_or(Value::Null);
         let platform = job.get("platform").and_then(Value::as_str).map(str::to_string);
         let policy = start.policy.as_ref();
 
-        let mut egress: Vec<Egress> = self
-            .egress
-            .into_iter()
-            .map(|((ip, port, protocol), a)| Egress {
-                ip,
-                port,
-                protocol,
-                hosts: a.hosts.into_iter().collect(),
-                steps: names(&a.steps),
-                count: a.count,
-            })
-            .collect();
-        egress.sort_by(|a, b| (&a.ip, a.port, &a.protocol).cmp(&(&b.ip, b.port, &b.protocol)));
-        let mut dns: Vec<(Vec<u8>, DnsAgg)> = self.dns.into_iter().collect();
+        let mut egress: Vec<(DestKey, EgressAgg)> = std::mem::take(&mut self.egress).into_iter().collect();
+        egress.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut dns: Vec<(Vec<u8>, DnsAgg)> = std::mem::take(&mut self.dns).into_iter().collect();
         dns.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut execs: Vec<([u8; 32], ExecAgg)> = self.execs.into_iter().collect();
+        let mut execs: Vec<([u8; 32], ExecAgg)> = std::mem::take(&mut self.execs).into_iter().collect();
         execs.sort_by(|a, b| (&a.1.binary, a.0).cmp(&(&b.1.binary, b.0)));
-        let mut files: Vec<(Vec<u8>, FileAgg)> = self.files.into_iter().collect();
+        let mut files: Vec<(Vec<u8>, FileAgg)> = std::mem::take(&mut self.files).into_iter().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
 
         let predicate = Predicate {
@@ -693,16 +761,15 @@ impl Summariser {
             ci: Ci {
                 platform,
                 job,
-                steps: self
-                    .steps
-                    .into_iter()
-                    .map(|s| {
-                        let mut object = s.object;
-                        object.insert("eventCount".into(), Value::from(s.events));
+                steps: order
+                    .iter()
+                    .map(|&i| {
+                        let mut object = self.steps[i].object.clone();
+                        object.insert("eventCount".into(), Value::from(self.steps[i].events));
                         Value::Object(object)
                     })
                     .collect(),
-                foreign_job_events: self.foreign_job,
+                foreign_job_events,
             },
             policy: Policy {
                 mode: policy.and_then(|p| p.mode.clone()).or(start.mode),
@@ -712,13 +779,23 @@ impl Summariser {
             },
             hooks: start.hooks,
             counts: Counts {
-                events: self.events,
+                events: std::mem::take(&mut self.events),
                 lost: end.lost,
                 lost_total: end.lost_total,
                 undecodable: end.undecodable,
                 file_filtered: end.file_filtered,
             },
-            egress,
+            egress: egress
+                .into_iter()
+                .map(|(k, a)| Egress {
+                    ip: k.ip.to_string(),
+                    port: k.port,
+                    protocol: k.protocol.as_str().to_string(),
+                    hosts: a.hosts.into_iter().collect(),
+                    steps: names(&a.steps),
+                    count: a.count,
+                })
+                .collect(),
             dns: dns
                 .into_iter()
                 .map(|(host, a)| DnsName { host: Text(host), count: a.count, failed: a.failed, steps: names(&a.steps) })
@@ -747,7 +824,7 @@ impl Summariser {
                 exit_signal: end.exit_signal,
                 still_running: end.still_running,
             }),
-            truncated: self.truncated,
+            truncated: std::mem::take(&mut self.truncated),
             signing: Signing {
                 method: String::new(),
                 requested: String::new(),
@@ -795,8 +872,8 @@ mod tests {
 
     fn summarise(lines: &[&str]) -> Result<Predicate, SummaryError> {
         let mut s = Summariser::new();
-        for l in lines {
-            s.line(l.as_bytes())?;
+        for (i, l) in lines.iter().enumerate() {
+            s.line(l.as_bytes(), i == 0)?;
         }
         Ok(s.finish(facts())?.predicate)
     }
@@ -882,17 +959,51 @@ mod tests {
     }
 
     #[test]
+    fn merged_parts_equal_one_pass() {
+        let steps = [r#"{"id":"a","name":"A"}"#, r#"{"id":"b"}"#, r#"{"id":"c"}"#];
+        let mut lines = vec![START.to_string()];
+        for i in 0..60u32 {
+            let step = steps[(i as usize / 7) % 3];
+            let body = match i % 4 {
+                0 => format!(r#""type":"dns","host":"h{}.example","ret":{}"#, i % 5, i % 2),
+                1 => format!(r#""type":"connect","protocol":"{}","addr":"10.0.0.{}","port":443,"hosts":["n{}"]"#, ["tcp", "sctp"][i as usize % 2], i % 3, i % 4),
+                2 => format!(r#""type":"exec","filename":"/bin/x{}","argv":["x","{}"]"#, i % 3, i % 2),
+                _ => format!(r#""type":"file","path":"/p{}","access":"{}","rule":"r""#, i % 2, ["read", "write"][i as usize % 2]),
+            };
+            lines.push(ev(&body, step).replace(r#""seq":1"#, &format!(r#""seq":{}"#, i + 1)));
+        }
+        lines.push(END.to_string());
+        let whole = {
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            serde_json::to_value(summarise(&refs).unwrap()).unwrap()
+        };
+        // Parts handed out out of order, as parallel workers would see them.
+        let mut parts: Vec<Summariser> = (0..3).map(|_| Summariser::new()).collect();
+        for (i, l) in lines.iter().enumerate() {
+            parts[(i * 7) % 3].line(l.as_bytes(), i == 0).unwrap();
+        }
+        let mut merged = parts.pop().unwrap();
+        while let Some(p) = parts.pop() {
+            merged.merge(p);
+        }
+        let merged = serde_json::to_value(merged.finish(facts()).unwrap().predicate).unwrap();
+        assert_eq!(merged, whole);
+        assert_eq!(whole["ci"]["steps"][0]["id"], "a");
+        assert_eq!(whole["egress"].as_array().unwrap().iter().filter(|e| e["protocol"] == "sctp").count(), 3);
+    }
+
+    #[test]
     fn caps_distinct_entries() {
         let mut s = Summariser::new();
-        s.line(START.as_bytes()).unwrap();
+        s.line(START.as_bytes(), true).unwrap();
         for i in 0..(MAX_ENTRIES + 5) {
             let l = ev(
                 &format!(r#""type":"dns","host":"h{i}.example","addrs":[],"ret":0,"latency_us":1,"host_truncated":false"#),
                 r#"{"id":"1"}"#,
             );
-            s.line(l.as_bytes()).unwrap();
+            s.line(l.as_bytes(), false).unwrap();
         }
-        s.line(END.as_bytes()).unwrap();
+        s.line(END.as_bytes(), false).unwrap();
         let p = s.finish(facts()).unwrap().predicate;
         assert_eq!(p.dns.len(), MAX_ENTRIES);
         assert_eq!(p.truncated.dns, 5);

@@ -1,0 +1,416 @@
+//! Decoding one event-log line into the few fields the predicate needs.
+//!
+//! Parsing every line fully is what limits the speed of signing a large log,
+//! so a skimmer first walks the line's top-level object and only slices out
+//! the wanted values (nested objects such as `proc` are skipped with memchr,
+//! never built). The values are then decoded with serde_json. Anything the
+//! skimmer does not expect (escaped keys, odd shapes) falls back to a plain
+//! serde parse of the whole line, so the two paths agree on every line the
+//! writer produces; a test compares them. (The skimmer does not validate the
+//! JSON inside values it skips, so on a corrupt line it may count an event
+//! that serde would have reported as unparsed: the log's digest, not this
+//! summary, is what proves the log intact.)
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A text field of the log: a JSON string, or `{"base64": …}` for raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TextRef<'a> {
+    Str(Cow<'a, str>),
+    Bytes(Vec<u8>),
+}
+
+impl TextRef<'_> {
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            TextRef::Str(s) => s.as_bytes(),
+            TextRef::Bytes(b) => b,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TextRef<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TextRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or {\"base64\": …}")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(TextRef::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TextRef::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(TextRef::Str(Cow::Owned(v)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut bytes = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "base64" {
+                        let b64: Cow<'de, str> = map.next_value()?;
+                        let decoded = base64::engine::general_purpose::STANDARD
+                            .decode(b64.as_bytes())
+                            .map_err(|e| de::Error::custom(format!("bad base64 text: {e}")))?;
+                        bytes = Some(decoded);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                bytes.map(TextRef::Bytes).ok_or_else(|| de::Error::missing_field("base64"))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// argv, keeping only its second element (the first argument).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FirstArg<'a>(pub(super) Option<TextRef<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstArg<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstArg<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an argv array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(FirstArg(None));
+                }
+                let first = seq.next_element::<TextRef<'de>>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstArg(first))
+            }
+        }
+        deserializer.deserialize_seq(V)
+    }
+}
+
+/// The fields of one record the summary uses. `job` and `step` stay raw JSON
+/// text: the writer serialises them identically every time, so the text is a
+/// cheap lookup key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Record<'a> {
+    pub(super) kind: Cow<'a, str>,
+    pub(super) seq: Option<u64>,
+    pub(super) job: Option<&'a str>,
+    pub(super) step: Option<&'a str>,
+    pub(super) filename: Option<TextRef<'a>>,
+    pub(super) argv: Option<FirstArg<'a>>,
+    pub(super) addr: Option<Cow<'a, str>>,
+    pub(super) port: Option<u16>,
+    pub(super) protocol: Option<Cow<'a, str>>,
+    pub(super) hosts: Option<Vec<Cow<'a, str>>>,
+    pub(super) host: Option<TextRef<'a>>,
+    pub(super) ret: Option<i64>,
+    pub(super) path: Option<TextRef<'a>>,
+    pub(super) access: Option<Cow<'a, str>>,
+    pub(super) rule: Option<Cow<'a, str>>,
+}
+
+/// The same fields, for the plain serde path.
+#[derive(Deserialize)]
+struct SerdeRecord<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    job: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    step: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    filename: Option<TextRef<'a>>,
+    #[serde(borrow, default)]
+    argv: Option<FirstArg<'a>>,
+    #[serde(borrow, default)]
+    addr: Option<Cow<'a, str>>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(borrow, default)]
+    protocol: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    hosts: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    host: Option<TextRef<'a>>,
+    #[serde(default)]
+    ret: Option<i64>,
+    #[serde(borrow, default)]
+    path: Option<TextRef<'a>>,
+    #[serde(borrow, default)]
+    access: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
+}
+
+impl<'a> Record<'a> {
+    /// Decodes a line: the skimmer when it can, serde otherwise.
+    pub(super) fn parse(line: &'a [u8]) -> Result<Self, serde_json::Error> {
+        if let Some(r) = skim(line) {
+            return Ok(r);
+        }
+        Self::parse_serde(line)
+    }
+
+    pub(super) fn parse_serde(line: &'a [u8]) -> Result<Self, serde_json::Error> {
+        let r: SerdeRecord<'a> = serde_json::from_slice(line)?;
+        Ok(Record {
+            kind: r.kind,
+            seq: r.seq,
+            job: r.job.map(RawValue::get),
+            step: r.step.map(RawValue::get),
+            filename: r.filename,
+            argv: r.argv,
+            addr: r.addr,
+            port: r.port,
+            protocol: r.protocol,
+            hosts: r.hosts,
+            host: r.host,
+            ret: r.ret,
+            path: r.path,
+            access: r.access,
+            rule: r.rule,
+        })
+    }
+}
+
+/// Walks the top-level object; `None` sends the line to serde instead.
+fn skim(line: &[u8]) -> Option<Record<'_>> {
+    let mut p = Parser { s: line, i: 0 };
+    let mut r = Record::default();
+    let mut have_kind = false;
+    p.ws();
+    p.expect(b'{')?;
+    p.ws();
+    if p.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        p.ws();
+        let key = p.simple_key()?;
+        p.ws();
+        p.expect(b':')?;
+        p.ws();
+        let value = p.value()?;
+        // A duplicate key is legal JSON with serde's own semantics: let serde decide.
+        match key {
+            b"type" => {
+                if have_kind {
+                    return None;
+                }
+                r.kind = string(value)?;
+                have_kind = true;
+            }
+            b"seq" => r.seq = Some(from_json(value)?),
+            b"job" => r.job = Some(raw(value)?),
+            b"step" => r.step = Some(raw(value)?),
+            b"filename" => r.filename = Some(from_json(value)?),
+            b"argv" => r.argv = Some(from_json(value)?),
+            b"addr" => r.addr = Some(string(value)?),
+            b"port" => r.port = Some(from_json(value)?),
+            b"protocol" => r.protocol = Some(string(value)?),
+            b"hosts" => r.hosts = Some(from_json(value)?),
+            b"host" => r.host = Some(from_json(value)?),
+            b"ret" => r.ret = Some(from_json(value)?),
+            b"path" => r.path = Some(from_json(value)?),
+            b"access" => r.access = Some(string(value)?),
+            b"rule" => r.rule = Some(string(value)?),
+            _ => {}
+        }
+        p.ws();
+        match p.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    p.ws();
+    (p.i == line.len() && have_kind).then_some(r)
+}
+
+/// A JSON string value without escapes borrows; anything else goes through serde.
+fn string(value: &[u8]) -> Option<Cow<'_, str>> {
+    if value.len() >= 2 && value[0] == b'"' && !value.contains(&b'\\') {
+        return std::str::from_utf8(&value[1..value.len() - 1]).ok().map(Cow::Borrowed);
+    }
+    from_json(value)
+}
+
+fn raw(value: &[u8]) -> Option<&str> {
+    // serde would reject a value that is not valid UTF-8 text; so do we (by falling back).
+    std::str::from_utf8(value).ok()
+}
+
+fn from_json<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(value).ok()
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.i += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.next()? == b).then_some(())
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// A key without escapes (all of ciwatch's are).
+    fn simple_key(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let rest = &self.s[self.i..];
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        if rest[end] == b'\\' {
+            return None;
+        }
+        self.i += end + 1;
+        Some(&rest[..end])
+    }
+
+    /// The raw text of the next value, skipped without being built.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        match self.peek()? {
+            b'"' => self.skip_string()?,
+            b'{' => self.skip_nested(b'{', b'}')?,
+            b'[' => self.skip_nested(b'[', b']')?,
+            _ => {
+                while !matches!(self.peek()?, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    self.i += 1;
+                }
+                if self.i == start {
+                    return None;
+                }
+            }
+        }
+        Some(&self.s[start..self.i])
+    }
+
+    fn skip_string(&mut self) -> Option<()> {
+        self.expect(b'"')?;
+        // Strings here are short: a plain loop beats memchr's set-up cost.
+        loop {
+            let at = self.s[self.i..].iter().position(|&b| b == b'"' || b == b'\\')?;
+            self.i += at;
+            if self.next()? == b'\\' {
+                self.next()?; // the escaped byte, whatever it is
+            } else {
+                return Some(());
+            }
+        }
+    }
+
+    /// An object or array: only its own brackets and strings matter for
+    /// finding its end (the other kind of bracket balances inside it).
+    fn skip_nested(&mut self, open: u8, close: u8) -> Option<()> {
+        self.expect(open)?;
+        let mut depth = 1usize;
+        while depth > 0 {
+            let at = self.s[self.i..].iter().position(|&b| b == b'"' || b == open || b == close)?;
+            self.i += at;
+            match self.peek()? {
+                b'"' => {
+                    self.skip_string()?;
+                    continue;
+                }
+                b if b == open => depth += 1,
+                _ => depth -= 1,
+            }
+            self.i += 1;
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(line: &str) -> (Option<Record<'_>>, Result<Record<'_>, String>) {
+        (skim(line.as_bytes()), Record::parse_serde(line.as_bytes()).map_err(|e| e.to_string()))
+    }
+
+    /// The skimmer either declines or agrees with serde exactly.
+    fn agrees(line: &str) -> bool {
+        let (fast, slow) = both(line);
+        match fast {
+            Some(f) => {
+                assert_eq!(Ok(f), slow, "skim and serde differ on {line}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn skimmer_agrees_with_serde_on_every_fixture_line() {
+        let fixture = include_str!("../../tests/fixtures/attest/events.ndjson");
+        for line in fixture.lines() {
+            assert!(agrees(line), "skimmer declined a writer-shaped line: {line}");
+        }
+    }
+
+    #[test]
+    fn skimmer_agrees_or_declines_on_awkward_json() {
+        let taken = [
+            r#"{"type":"dns","host":"a\"b\\c\u00e9","step":{"id":"x","n":"}{]["},"seq":7}"#,
+            r#" { "type" : "exec" , "filename" : {"base64":"L3RtcC9m/28="}, "argv" : ["a", "b\"c", {"base64":"/w=="}], "proc":{"comm":"}}}"} } "#,
+            r#"{"type":"connect","addr":"::1","port":53,"protocol":"udp","hosts":["a","b\u0041"],"extra":[[{"]":1}],"x"],"n":-1.5e3,"t":true,"z":null}"#,
+            r#"{"type":"file","path":"/x","access":"read","rule":"**/.ssh/id_*","ret":-2}"#,
+            r#"{"type":"exec","filename":"/bin/true","argv":[]}"#,
+        ];
+        for line in taken {
+            assert!(agrees(line), "should be skimmed: {line}");
+        }
+        let declined = [
+            r#"{"ty\u0070e":"dns"}"#,
+            r#"{"type":"dns","type":"exec"}"#,
+            r#"{"type":"dns"} trailing"#,
+            r#"{"type":"dns","port":70000}"#,
+            r#"{"type":"dns","host":{"notbase64":1}}"#,
+            r#"{"seq":1}"#,
+            r#"{}"#,
+            r#"{"type":"dns","step":{"unterminated":"}"#,
+            r#"["type"]"#,
+            "",
+        ];
+        for line in declined {
+            assert!(!agrees(line), "should fall back to serde: {line}");
+        }
+    }
+
+    #[test]
+    fn parse_falls_back_to_serde_for_what_the_skimmer_declines() {
+        let r = Record::parse(br#"{"ty\u0070e":"dns","host":"h"}"#).unwrap();
+        assert_eq!(r.kind, "dns");
+        assert_eq!(r.host, Some(TextRef::Str(Cow::Borrowed("h"))));
+        assert!(Record::parse(br#"{"type":"dns","port":70000}"#).is_err());
+    }
+}
