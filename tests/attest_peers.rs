@@ -231,3 +231,37 @@ async fn keyless_retries_transient_failures_and_auto_falls_back_when_services_st
     assert!(outcome.fallback.unwrap().reason.contains("503"));
     ok("sigstore-js (fallback bundle)", &peers.sigstore_js_key(&job.path().join(attest::BUNDLE_FILE), &public));
 }
+
+#[tokio::test]
+async fn predicates_match_the_published_json_schema() {
+    let Some(peers) = peers("predicates_match_the_published_json_schema") else { return };
+    let keys = tempfile::tempdir().unwrap();
+    let (private, _) = keypair(keys.path());
+    let schema = repo().join("docs/predicate.schema.json");
+    let check = |bundles: &[&Path]| {
+        std::process::Command::new(&peers.python)
+            .arg(repo().join("tests/peers/check_schema.py"))
+            .arg(&schema)
+            .args(bundles)
+            .output()
+            .unwrap()
+    };
+    // Plain key signing, and auto with its recorded fallback.
+    let plain = job_dir();
+    attest::sign_trace(plain.path(), &options(SignMode::Key, Some(&private))).await.unwrap();
+    let fallback = job_dir();
+    attest::sign_trace(fallback.path(), &options(SignMode::Auto, Some(&private))).await.unwrap();
+    let a = plain.path().join(attest::BUNDLE_FILE);
+    let b = fallback.path().join(attest::BUNDLE_FILE);
+    ok("schema", &check(&[&a, &b]));
+
+    // The schema is not vacuous: a predicate that breaks it is caught.
+    let broken = plain.path().join("broken.sigstore.json");
+    tamper_bundle(&a, &broken, |st| {
+        st["predicate"]["signing"]["method"] = Value::from("magic");
+        st["predicate"]["egress"][0]["port"] = Value::from(70000);
+    });
+    let out = check(&[&broken]);
+    rejected_for("schema (broken predicate)", &out, "signing/method");
+    assert!(text(&out).contains("egress/0/port"), "{}", text(&out));
+}
