@@ -142,6 +142,21 @@ async fn keyless_end_to_end_against_loopback_fulcio_and_rekor() {
     let py = peers.sigstore_python(&mock.path("trust_config"), &k.bundle, &k.log, &san, &issuer);
     ok("sigstore-python (keyless)", &py);
     assert!(text(&py).contains("OK"), "{}", text(&py));
+
+    // `auto` with a token signs keylessly, and leaves no default key behind.
+    let config = tempfile::tempdir().unwrap();
+    let mut o = mock.keyless(SignMode::Auto, None);
+    o.key = attest::KeySource::CreateIn(config.path().join("ciwatch"));
+    let job = job_dir();
+    let outcome = attest::sign_trace(job.path(), &o).await.unwrap();
+    assert_eq!(outcome.method, Some(Method::Keyless));
+    assert!(outcome.fallback.is_none());
+    assert!(!config.path().join("ciwatch").exists(), "auto created a key it never used");
+    let st = bundle_statement(&read_json(&job.path().join(attest::BUNDLE_FILE)));
+    assert_eq!(st["predicate"]["signing"]["requested"], "auto");
+    assert_eq!(st["predicate"]["signing"]["method"], "keyless");
+    let md = attest::summary_markdown(&Ok(outcome), job.path());
+    assert!(md.contains(&format!("--certificate-identity {san} --certificate-oidc-issuer {issuer} --trusted-root")), "{md}");
 }
 
 #[tokio::test]

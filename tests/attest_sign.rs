@@ -241,6 +241,20 @@ async fn auto_falls_back_to_the_key_and_records_why() {
     // No token at all: the same fallback, with that reason.
     let outcome = attest::sign_trace(job.path(), &options(SignMode::Auto, Some(&private))).await.unwrap();
     assert!(outcome.fallback.unwrap().reason.contains("no OIDC token"));
+
+    // With the default key, the fallback creates it on first use and says where.
+    let config = tempfile::tempdir().unwrap();
+    let mut o = options(SignMode::Auto, None);
+    o.key = attest::KeySource::CreateIn(config.path().join("ciwatch"));
+    assert!(attest::prepare_key(&o).unwrap().is_none(), "auto must not create the default key up front");
+    assert!(!config.path().join("ciwatch/ciwatch.key").exists());
+    let outcome = attest::sign_trace(job.path(), &o).await.unwrap();
+    let key = outcome.key.clone().unwrap();
+    assert!(key.created);
+    assert_eq!(key.private_path, config.path().join("ciwatch/ciwatch.key"));
+    assert_eq!(key.public_path, Some(config.path().join("ciwatch/ciwatch.pub")));
+    let out = ciwatch(&["verify", "--key", &s(&config.path().join("ciwatch/ciwatch.pub")), "--bundle", &s(&job.path().join(attest::BUNDLE_FILE)), &s(&job.path().join("events.ndjson"))]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[tokio::test]

@@ -60,9 +60,18 @@ impl SignMode {
             SignMode::None => "none",
         }
     }
+}
 
-    fn uses_local_key(self) -> bool {
-        matches!(self, SignMode::Key | SignMode::Auto)
+impl SignOptions {
+    /// Whether the local key is loaded before signing starts. `auto` with the
+    /// default key creates it only if it falls back: a CI that signs keylessly
+    /// should not be left with a key it never used.
+    fn preloads_key(&self) -> bool {
+        match self.mode {
+            SignMode::Key => true,
+            SignMode::Auto => matches!(self.key, KeySource::Path(_)),
+            SignMode::Keyless | SignMode::None => false,
+        }
     }
 }
 
@@ -82,6 +91,8 @@ pub enum PredicateChoice {
 pub enum KeySource {
     /// `ciwatch.key` in the user's config directory, created on first use.
     Default,
+    /// `ciwatch.key` in this directory, created on first use.
+    CreateIn(PathBuf),
     Path(PathBuf),
 }
 
@@ -167,7 +178,7 @@ pub enum AttestError {
 /// Loads (or, for the default, creates) the local key when the mode may need
 /// it, so a missing or malformed key fails before the job runs.
 pub fn prepare_key(opts: &SignOptions) -> Result<Option<KeyInfo>, AttestError> {
-    if !opts.mode.uses_local_key() {
+    if !opts.preloads_key() {
         return Ok(None);
     }
     let (key, created) = load_local(&opts.key)?;
@@ -177,6 +188,7 @@ pub fn prepare_key(opts: &SignOptions) -> Result<Option<KeyInfo>, AttestError> {
 fn load_local(source: &KeySource) -> Result<(SigningKey, bool), KeyError> {
     match source {
         KeySource::Default => keys::load_or_create(&keys::default_key_dir()?),
+        KeySource::CreateIn(dir) => keys::load_or_create(dir),
         KeySource::Path(path) => Ok((keys::load_signing_key(path)?, false)),
     }
 }
@@ -208,7 +220,7 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
     let (predicate, subjects) = summarise(dir, opts).await?;
     outcome.log_sha256 = Some(predicate.event_log.digest.sha256.clone());
     // A bad local key fails now, before any network traffic.
-    let local = if opts.mode.uses_local_key() { Some(load_local(&opts.key)?) } else { None };
+    let mut local = if opts.preloads_key() { Some(load_local(&opts.key)?) } else { None };
 
     let signed = match opts.mode {
         SignMode::Keyless => sign_keyless(&predicate, &subjects, opts, &mut outcome).await.map_err(AttestError::KeylessRequired)?,
@@ -220,7 +232,10 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
                 eprintln!("ciwatch: warning: keyless signing failed ({reason}); signing with the local key instead");
                 outcome.keyless = None;
                 outcome.fallback = Some(Fallback { from: "keyless".into(), reason });
-                let (key, created) = local.ok_or_else(|| AttestError::Task("no local key loaded".into()))?;
+                let (key, created) = match local.take() {
+                    Some(loaded) => loaded,
+                    None => load_local(&opts.key)?,
+                };
                 sign_local(key, created, &predicate, &subjects, opts, &mut outcome).await?
             }
         },
@@ -486,6 +501,48 @@ fn shell_quote(s: &str) -> String {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// A one-shot HTTP server on loopback for unit tests: records the request
+/// and answers with a fixed status and body.
+#[cfg(test)]
+pub(crate) mod test_http {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Captured {
+        pub head: String,
+        pub body: Vec<u8>,
+    }
+
+    /// Returns the base URL and a handle yielding the first request.
+    pub async fn serve_once(status: u16, body: &'static str) -> (String, tokio::task::JoinHandle<Captured>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body_start) = loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (String::from_utf8_lossy(&buf[..i]).to_string(), i + 4);
+                }
+            };
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .unwrap_or(0);
+            while buf.len() < body_start + len {
+                let n = sock.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let reply = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            sock.write_all(reply.as_bytes()).await.unwrap();
+            Captured { head, body: buf[body_start..body_start + len].to_vec() }
+        });
+        (url, handle)
     }
 }
 

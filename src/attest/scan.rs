@@ -109,9 +109,8 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
     let mut skipped = 0u64;
     let mut first = true;
     let mut last_byte = b'\n';
-    loop {
-        // Workers return buffers when done; a closed pool means they all stopped.
-        let Ok(mut buf) = pool.recv() else { break };
+    // Workers return buffers when done; a closed pool means they all stopped.
+    while let Ok(mut buf) = pool.recv() {
         buf.clear();
         buf.extend_from_slice(&carry);
         carry.clear();

@@ -237,3 +237,90 @@ fn self_check(root: &TrustedRoot, bundle: &Bundle, statement: &[u8]) -> Result<(
         .map(|_| ())
         .map_err(|e| SignError::SelfCheck(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use sigstore_sign::crypto::SigningScheme;
+    use sigstore_sign::types::{DerPublicKey, SignatureBytes};
+
+    fn jwt(sub: &str) -> String {
+        let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let claims = format!(r#"{{"iss":"https://token.actions.githubusercontent.com","aud":"sigstore","sub":"{sub}","exp":4102444800}}"#);
+        format!("{}.{}.{}", e(r#"{"alg":"RS256"}"#), e(&claims), e("sig"))
+    }
+
+    fn fast(mut o: KeylessOptions) -> KeylessOptions {
+        o.retry = Retry { attempts: 1, ..Retry::default() };
+        o
+    }
+
+    /// Fulcio checks that the request proves possession of the key: a
+    /// signature over the token's `sub` (CI issuers). The loopback mocks do
+    /// not check it, so check here what ciwatch sends.
+    #[tokio::test]
+    async fn fulcio_proof_of_possession_signs_the_token_subject() {
+        let (url, request) = crate::attest::test_http::serve_once(500, "{}").await;
+        let sub = "repo:acme/app:ref:refs/heads/main";
+        let opts = fast(KeylessOptions {
+            fulcio_url: url.clone(),
+            rekor_url: url,
+            env: AmbientEnv { sigstore_id_token: Some(jwt(sub)), ..AmbientEnv::default() },
+            ..KeylessOptions::default()
+        });
+        let signer = KeylessSigner::connect(&opts).await.unwrap();
+        let statement = format!(
+            r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"name":"x","digest":{{"sha256":"{}"}}}}],"predicateType":"t","predicate":{{}}}}"#,
+            "0".repeat(64)
+        );
+        let err = signer.sign(statement.as_bytes()).await.unwrap_err();
+        assert!(err.to_string().contains("500"), "{err}");
+        let captured = request.await.unwrap();
+        assert!(captured.head.starts_with("POST /api/v2/signingCert "), "{}", captured.head);
+        let body: serde_json::Value = serde_json::from_slice(&captured.body).unwrap();
+        assert_eq!(body["credentials"]["oidcIdentityToken"], jwt(sub));
+        let pem = body["publicKeyRequest"]["publicKey"]["content"].as_str().unwrap();
+        let key = DerPublicKey::from_pem(pem).unwrap();
+        let pop = base64::engine::general_purpose::STANDARD
+            .decode(body["publicKeyRequest"]["proofOfPossession"].as_str().unwrap())
+            .unwrap();
+        let pop = SignatureBytes::new(pop);
+        let verify = |msg: &[u8]| sigstore_sign::crypto::verify_signature(&key, msg, &pop, SigningScheme::EcdsaP256Sha256).is_ok();
+        assert!(verify(sub.as_bytes()), "the proof of possession must be a signature over the token's sub");
+        assert!(!verify(b"something else"));
+    }
+
+    /// GitHub Actions: the request URL already has `?api-version=…`, so the
+    /// audience is appended with `&`; the request token is a bearer token.
+    #[tokio::test]
+    async fn github_token_request_appends_the_audience_and_sends_the_bearer() {
+        let token = jwt("repo:acme/app:ref:refs/heads/main");
+        let body: &'static str = Box::leak(format!(r#"{{"count":1,"value":"{token}"}}"#).into_boxed_str());
+        let (url, request) = crate::attest::test_http::serve_once(200, body).await;
+        let opts = fast(KeylessOptions {
+            env: AmbientEnv {
+                github_request_url: Some(format!("{url}/token?api-version=2.0")),
+                github_request_token: Some("request-bearer".into()),
+                ..AmbientEnv::default()
+            },
+            ..KeylessOptions::default()
+        });
+        let signer = KeylessSigner::connect(&opts).await.unwrap();
+        assert_eq!(signer.token_source, "GitHub Actions");
+        assert_eq!(signer.token_issuer, "https://token.actions.githubusercontent.com");
+        let captured = request.await.unwrap();
+        assert!(captured.head.starts_with("GET /token?api-version=2.0&audience=sigstore "), "{}", captured.head);
+        assert!(captured.head.to_ascii_lowercase().contains("authorization: bearer request-bearer"), "{}", captured.head);
+    }
+
+    #[test]
+    fn transient_errors_are_network_and_server_side_only() {
+        use sigstore_sign::{fulcio, rekor, Error};
+        assert!(is_transient(&Error::Fulcio(fulcio::Error::Http("refused".into()))));
+        assert!(is_transient(&Error::Fulcio(fulcio::Error::Status { status: 503, message: String::new() })));
+        assert!(is_transient(&Error::Rekor(rekor::Error::Status { status: 429, message: String::new() })));
+        assert!(!is_transient(&Error::Fulcio(fulcio::Error::Status { status: 401, message: String::new() })));
+        assert!(!is_transient(&Error::Rekor(rekor::Error::Status { status: 409, message: String::new() })));
+    }
+}

@@ -327,12 +327,13 @@ fn figures(out: &mut String, p: &Value) {
     let str_at = |ptr: &str| p.pointer(ptr).and_then(Value::as_str).unwrap_or("?").to_string();
     let len_at = |ptr: &str| p.pointer(ptr).and_then(Value::as_array).map_or(0, Vec::len);
     if p.get("ci").is_some() {
+        let steps = len_at("/ci/steps");
         let _ = writeln!(
             out,
-            "  job            {} {} ({} steps)",
+            "  job            {} {} ({steps} step{})",
             str_at("/ci/platform"),
             str_at("/ci/job/id"),
-            len_at("/ci/steps")
+            if steps == 1 { "" } else { "s" }
         );
         let _ = writeln!(out, "  window         {} .. {}", str_at("/startedOn"), str_at("/finishedOn"));
         let policy = p.pointer("/policy/version").and_then(Value::as_str).unwrap_or("none");
