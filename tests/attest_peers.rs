@@ -245,6 +245,16 @@ async fn keyless_retries_transient_failures_and_auto_falls_back_when_services_st
     assert_eq!(outcome.method, Some(Method::Key));
     assert!(outcome.fallback.unwrap().reason.contains("503"));
     ok("sigstore-js (fallback bundle)", &peers.sigstore_js_key(&job.path().join(attest::BUNDLE_FILE), &public));
+
+    // Rekor down (Fulcio fine): the same, and nothing half-signed is written.
+    let rekor_down = Mock::start(&peers, &[("MOCK_REKOR_FAIL", "100")]);
+    let job = job_dir();
+    let err = attest::sign_trace(job.path(), &rekor_down.keyless(SignMode::Keyless, None)).await.unwrap_err();
+    let msg = ciwatch::bpf::loader::chain(&err);
+    assert!(msg.contains("Rekor") && msg.contains("after 3 tries"), "{msg}");
+    assert!(!job.path().join(attest::BUNDLE_FILE).exists() && !job.path().join(attest::ENVELOPE_FILE).exists());
+    let outcome = attest::sign_trace(job.path(), &rekor_down.keyless(SignMode::Auto, Some(&private))).await.unwrap();
+    assert!(outcome.fallback.unwrap().reason.contains("Rekor"));
 }
 
 #[tokio::test]
