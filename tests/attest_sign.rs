@@ -115,6 +115,16 @@ async fn ciwatch_verify_rejects_tampering_the_wrong_key_and_a_changed_log() {
     let out = verify_key(&public, ("--envelope", &forged), &log);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("inconsistent"), "{}", text(&out));
+
+    // A correctly signed statement of another kind (say, SLSA provenance) is not a trace.
+    st["predicate"]["eventLog"]["digest"]["sha256"] = Value::from(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(std::fs::read(&log).unwrap())));
+    st["predicateType"] = Value::from("https://slsa.dev/provenance/v1");
+    let payload = serde_json::to_vec(&st).unwrap();
+    let sig = key.sign(&attest::dsse::pae(attest::dsse::PAYLOAD_TYPE, &payload)).unwrap();
+    std::fs::write(&forged, attest::dsse::Envelope::new(&payload, &key.public().key_id, &sig).to_line()).unwrap();
+    let out = verify_key(&public, ("--envelope", &forged), &log);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not a ciwatch trace"), "{}", text(&out));
 }
 
 #[tokio::test]

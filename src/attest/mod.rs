@@ -229,7 +229,6 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
             Err(e) => {
                 let reason = crate::bpf::loader::chain(&e);
                 tracing::warn!("keyless signing failed, falling back to the local key: {reason}");
-                eprintln!("ciwatch: warning: keyless signing failed ({reason}); signing with the local key instead");
                 outcome.keyless = None;
                 outcome.fallback = Some(Fallback { from: "keyless".into(), reason });
                 let (key, created) = match local.take() {
@@ -240,7 +239,10 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
             }
         },
         SignMode::Key => {
-            let (key, created) = local.ok_or_else(|| AttestError::Task("no local key loaded".into()))?;
+            let (key, created) = match local {
+                Some(loaded) => loaded,
+                None => load_local(&opts.key)?,
+            };
             sign_local(key, created, &predicate, &subjects, opts, &mut outcome).await?
         }
         SignMode::None => unreachable!("handled above"),

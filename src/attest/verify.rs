@@ -247,6 +247,15 @@ fn parse_statement(envelope: &Envelope) -> Result<Statement, VerifyError> {
     if s.type_ != STATEMENT_TYPE {
         return Err(VerifyError::BadStatement(format!("_type is {:?}, expected {STATEMENT_TYPE:?}", s.type_)));
     }
+    // A valid signature over someone else's kind of attestation is not a runtime trace.
+    if ![predicate::PREDICATE_TYPE, runtime_trace::PREDICATE_TYPE].contains(&s.predicate_type.as_str()) {
+        return Err(VerifyError::BadStatement(format!(
+            "predicateType {:?} is not a ciwatch trace ({} or {})",
+            s.predicate_type,
+            predicate::PREDICATE_TYPE,
+            runtime_trace::PREDICATE_TYPE
+        )));
+    }
     Ok(s)
 }
 

@@ -166,6 +166,9 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     match &signed {
         Ok(outcome) if outcome.method.is_some() => {
+            if let Some(fallback) = &outcome.fallback {
+                eprintln!("ciwatch: warning: keyless signing failed ({}); signed with the local key", fallback.reason);
+            }
             eprintln!("ciwatch: verify with: {}", attest::verify_command(outcome, &args.out));
         }
         Ok(_) => {}
