@@ -51,7 +51,10 @@ struct Chunk {
 struct ReadTotals {
     sha256: String,
     bytes: u64,
-    lines: u64,
+    /// Newlines the reader itself dropped (inside over-long lines); workers count the rest.
+    dropped_newlines: u64,
+    /// The file is not empty and does not end with a newline: one more line.
+    unterminated: bool,
 }
 
 /// Hashes and summarises the log at `path`; `name` is how the statement names it.
@@ -84,9 +87,13 @@ fn scan_with(path: &Path, name: &str, workers: usize) -> Result<Scanned, ScanErr
         let totals = reader.join().unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))).map_err(read_err)?;
         let mut merged = Summariser::new();
         let mut failure = None;
+        let mut lines = totals.dropped_newlines + u64::from(totals.unterminated);
         for h in handles {
             match h.join() {
-                Ok(Ok(s)) => merged.merge(s),
+                Ok(Ok((s, newlines))) => {
+                    merged.merge(s);
+                    lines += newlines;
+                }
                 Ok(Err(e)) => failure = failure.or(Some(e)),
                 Err(_) => failure = failure.or(Some(SummaryError::BadRecord { record: "any", message: "worker panicked".into() })),
             }
@@ -94,16 +101,18 @@ fn scan_with(path: &Path, name: &str, workers: usize) -> Result<Scanned, ScanErr
         if let Some(e) = failure {
             return Err(summary_err(e));
         }
-        let facts = LogFacts { name: name.to_string(), sha256: totals.sha256.clone(), bytes: totals.bytes, lines: totals.lines };
+        let facts = LogFacts { name: name.to_string(), sha256: totals.sha256.clone(), bytes: totals.bytes, lines };
         let summary = merged.finish(facts).map_err(summary_err)?;
-        Ok(Scanned { sha256: totals.sha256, bytes: totals.bytes, lines: totals.lines, summary })
+        Ok(Scanned { sha256: totals.sha256, bytes: totals.bytes, lines, summary })
     })
 }
 
-/// Reads the file in order, hashing every byte, and hands out whole-line chunks.
+/// Reads the file in order, hashing every byte, and hands out whole-line
+/// chunks. It does as little else as possible: hashing is the one part that
+/// cannot run in parallel, so this thread bounds the throughput.
 fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::Receiver<Vec<u8>>) -> std::io::Result<ReadTotals> {
     let mut hasher = Sha256::new();
-    let (mut bytes, mut newlines) = (0u64, 0u64);
+    let (mut bytes, mut dropped_newlines) = (0u64, 0u64);
     let mut carry: Vec<u8> = Vec::new();
     let mut skipping = false;
     let mut skipped = 0u64;
@@ -132,7 +141,6 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
         let fresh = &buf[start..];
         hasher.update(fresh);
         bytes += n as u64;
-        newlines += memchr::memchr_iter(b'\n', fresh).count() as u64;
         last_byte = fresh[n - 1];
         if skipping {
             // Inside an over-long line: drop everything up to its newline.
@@ -140,6 +148,7 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
                 Some(nl) => {
                     skipping = false;
                     skipped += 1;
+                    dropped_newlines += 1;
                     buf.drain(..=nl);
                 }
                 None => {
@@ -171,8 +180,7 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
             }
         }
     }
-    let lines = newlines + u64::from(bytes > 0 && last_byte != b'\n');
-    Ok(ReadTotals { sha256: hex::encode(hasher.finalize()), bytes, lines })
+    Ok(ReadTotals { sha256: hex::encode(hasher.finalize()), bytes, dropped_newlines, unterminated: bytes > 0 && last_byte != b'\n' })
 }
 
 /// Sends an empty chunk so that a worker hands the buffer back to the pool.
@@ -180,35 +188,45 @@ fn return_buffer(buf: Vec<u8>, work: &mpsc::SyncSender<Chunk>) -> Result<(), ()>
     work.send(Chunk { data: buf, first: false, skipped: 0 }).map_err(|_| ())
 }
 
-fn summarise_chunks(work: &Mutex<mpsc::Receiver<Chunk>>, pool: &mpsc::Sender<Vec<u8>>) -> Result<Summariser, SummaryError> {
+/// Returns the summary of the chunks this worker got and the newlines in them.
+fn summarise_chunks(work: &Mutex<mpsc::Receiver<Chunk>>, pool: &mpsc::Sender<Vec<u8>>) -> Result<(Summariser, u64), SummaryError> {
     let mut summariser = Summariser::new();
+    let mut newlines = 0u64;
     let mut failed = None;
     loop {
         let next = work.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
         let Ok(chunk) = next else { break };
         if failed.is_none() {
-            if let Err(e) = summarise_chunk(&chunk, &mut summariser) {
-                failed = Some(e);
+            match summarise_chunk(&chunk, &mut summariser) {
+                Ok(n) => newlines += n,
+                Err(e) => failed = Some(e),
             }
         }
         let _ = pool.send(chunk.data);
     }
-    failed.map_or(Ok(summariser), Err)
+    failed.map_or(Ok((summariser, newlines)), Err)
 }
 
-fn summarise_chunk(chunk: &Chunk, s: &mut Summariser) -> Result<(), SummaryError> {
+/// Summarises the lines of one chunk; returns how many newlines it held.
+fn summarise_chunk(chunk: &Chunk, s: &mut Summariser) -> Result<u64, SummaryError> {
     for _ in 0..chunk.skipped {
         s.skipped_line();
     }
     let mut first = chunk.first;
     let mut start = 0;
+    let mut newlines = 0;
     let data = &chunk.data;
-    for nl in memchr::memchr_iter(b'\n', data).chain((data.last() != Some(&b'\n') && !data.is_empty()).then_some(data.len())) {
+    for nl in memchr::memchr_iter(b'\n', data) {
         s.line(&data[start..nl], first)?;
         first = false;
         start = nl + 1;
+        newlines += 1;
     }
-    Ok(())
+    // Only the file's last chunk may end without a newline.
+    if start < data.len() {
+        s.line(&data[start..], first)?;
+    }
+    Ok(newlines)
 }
 
 /// Fills `buf` unless the file ends first; returns the bytes read.
