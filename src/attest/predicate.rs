@@ -64,6 +64,9 @@ pub struct EventLog {
     pub complete: bool,
     /// Lines that were not JSON objects of the documented shape.
     pub unparsed_lines: u64,
+    /// `trace_end.agent_status` when the log has it: `ok`, `died` (the agent was
+    /// gone before sealing; the log was recovered) or `stopped`.
+    pub agent_status: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +116,8 @@ pub struct Counts {
     pub lost_total: u64,
     pub undecodable: u64,
     pub file_filtered: u64,
+    /// Events that could not be written (`trace_end.unwritten`, e.g. after a full disk).
+    pub unwritten: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -290,6 +295,10 @@ struct TraceEnd {
     still_running: Option<u64>,
     #[serde(default)]
     complete: bool,
+    #[serde(default)]
+    unwritten: u64,
+    #[serde(default)]
+    agent_status: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -754,6 +763,7 @@ impl Summariser {
                 lines: log.lines,
                 complete: end.complete,
                 unparsed_lines: self.unparsed,
+                agent_status: end.agent_status,
             },
             started_on: start.time,
             finished_on: end.time,
@@ -784,6 +794,7 @@ impl Summariser {
                 lost_total: end.lost_total,
                 undecodable: end.undecodable,
                 file_filtered: end.file_filtered,
+                unwritten: end.unwritten,
             },
             egress: egress
                 .into_iter()
@@ -879,7 +890,7 @@ mod tests {
     }
 
     const START: &str = r#"{"type":"trace_start","schema":"ciwatch.events/v1","time":"2026-11-02T10:00:00.000000000Z","agent":{"name":"ciwatch","version":"0.1.0"},"host":"runner-1","kernel":"6.8.0","mode":"observe","job":{"platform":"github","id":"acme/app/1/1/build"},"command":["make"],"hooks":[{"hook":"exec","implementation":"tracepoint/sched/sched_process_exec","skipped":[],"attached":true}],"capture_args":"redacted","sensitive_paths":[],"ignore_paths":[]}"#;
-    const END: &str = r#"{"type":"trace_end","time":"2026-11-02T10:01:00.000000000Z","events":{"exec":2},"lost":{"exec":0,"dns":3},"lost_total":3,"undecodable":0,"file_filtered":0,"exit_code":0,"still_running":0,"complete":false}"#;
+    const END: &str = r#"{"type":"trace_end","time":"2026-11-02T10:01:00.000000000Z","events":{"exec":2},"lost":{"exec":0,"dns":3},"lost_total":3,"undecodable":0,"file_filtered":0,"exit_code":0,"still_running":0,"unwritten":2,"agent_status":"died","complete":false}"#;
 
     fn ev(body: &str, step: &str) -> String {
         format!(
@@ -921,6 +932,8 @@ mod tests {
         assert_eq!(p.counts.lost.get("dns"), Some(&3));
         assert_eq!(p.counts.lost_total, 3);
         assert!(!p.event_log.complete);
+        assert_eq!(p.event_log.agent_status.as_deref(), Some("died"));
+        assert_eq!(p.counts.unwritten, 2);
         assert_eq!(p.policy.mode.as_deref(), Some("observe"));
         assert_eq!(p.policy.version, None);
         assert_eq!(p.ci.platform.as_deref(), Some("github"));

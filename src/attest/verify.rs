@@ -362,6 +362,9 @@ fn figures(out: &mut String, p: &Value) {
             len_at("/files")
         );
     }
+    if let Some(status) = p.pointer("/eventLog/agentStatus").and_then(Value::as_str).filter(|s| *s != "ok") {
+        let _ = writeln!(out, "  agent          {status} (the trace ends early)");
+    }
     let lost = p.pointer("/counts/lostTotal").and_then(Value::as_u64).unwrap_or(0);
     let complete = p.pointer("/eventLog/complete").and_then(Value::as_bool).unwrap_or(false);
     let _ = writeln!(out, "  lost events    {lost}{}", if complete { " (trace complete)" } else { " (trace INCOMPLETE: see hooks and lost counts)" });
