@@ -392,14 +392,14 @@ pub struct Summariser {
     end: Option<TraceEnd>,
     events: BTreeMap<String, u64>,
     /// Events per serialised `job` object; compared with trace_start's job at the end.
-    jobs: HashMap<String, u64>,
+    jobs: HashMap<Vec<u8>, u64>,
     jobs_overflow: u64,
     /// The job of the previous event and how many events in a row carried it.
-    last_job: Option<(String, u64)>,
+    last_job: Option<(Vec<u8>, u64)>,
     /// The step of the previous event (raw text) and its index.
-    last_step: Option<(String, u16)>,
+    last_step: Option<(Vec<u8>, u16)>,
     steps: Vec<StepAgg>,
-    step_by_raw: HashMap<String, u16>,
+    step_by_raw: HashMap<Vec<u8>, u16>,
     step_by_id: HashMap<String, u16>,
     egress: HashMap<DestKey, EgressAgg>,
     dns: HashMap<Vec<u8>, DnsAgg>,
@@ -472,7 +472,7 @@ impl Summariser {
                 }
             }
             self.flush_last_job();
-            self.last_job = Some((job.to_string(), 1));
+            self.last_job = Some((job.to_vec(), 1));
         }
         self.event_body(r);
     }
@@ -502,7 +502,7 @@ impl Summariser {
 
     /// The step's index. The writer serialises a step identically every time,
     /// so the raw text is the lookup key; the object is parsed once per form.
-    fn step(&mut self, raw: &str, seq: u64) -> Option<u16> {
+    fn step(&mut self, raw: &[u8], seq: u64) -> Option<u16> {
         let cached = match &self.last_step {
             Some((text, i)) if text == raw => Some(*i),
             _ => self.step_by_raw.get(raw).copied(),
@@ -512,14 +512,14 @@ impl Summariser {
             s.events += 1;
             s.first_seq = s.first_seq.min(seq);
             if !matches!(&self.last_step, Some((text, _)) if text == raw) {
-                self.last_step = Some((raw.to_string(), i));
+                self.last_step = Some((raw.to_vec(), i));
             }
             return Some(i);
         }
-        let object = serde_json::from_str::<Map<String, Value>>(raw).ok()?;
+        let object = serde_json::from_slice::<Map<String, Value>>(raw).ok()?;
         let id = object.get("id").and_then(Value::as_str)?.to_string();
         let i = self.register_step(id, object, 1, seq)?;
-        self.step_by_raw.insert(raw.to_string(), i);
+        self.step_by_raw.insert(raw.to_vec(), i);
         Some(i)
     }
 
@@ -723,9 +723,11 @@ impl Summariser {
         self.flush_last_job();
         let start = self.start.take().ok_or(SummaryError::NoTraceStart { found: "nothing (empty log)".into() })?;
         let end = self.end.take().ok_or(SummaryError::NoTraceEnd)?;
-        let job_raw = start.job.as_ref().map(|j| j.get().to_string());
+        let job_raw = start.job.as_ref().map(|j| j.get().as_bytes().to_vec());
         let own_job_events: u64 = match &job_raw {
-            Some(expected) => self.jobs.iter().filter(|(raw, _)| *raw == expected || same_json(raw, expected)).map(|(_, n)| n).sum(),
+            Some(expected) => {
+                self.jobs.iter().filter(|(raw, _)| *raw == expected || same_json(raw, expected)).map(|(_, n)| n).sum()
+            }
             None => 0,
         };
         let with_job: u64 = self.jobs.values().sum::<u64>() + self.jobs_overflow;
@@ -866,8 +868,8 @@ fn bump(count: &mut u64, steps: &mut BTreeSet<u16>, step: Option<u16>) {
 
 /// The writer always serialises `job` the same way; compare as values only
 /// when the bytes differ (a log written by something else).
-fn same_json(a: &str, b: &str) -> bool {
-    match (serde_json::from_str::<Value>(a), serde_json::from_str::<Value>(b)) {
+fn same_json(a: &[u8], b: &[u8]) -> bool {
+    match (serde_json::from_slice::<Value>(a), serde_json::from_slice::<Value>(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }

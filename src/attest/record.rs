@@ -104,8 +104,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for FirstArg<'a> {
 pub(super) struct Record<'a> {
     pub(super) kind: Cow<'a, str>,
     pub(super) seq: Option<u64>,
-    pub(super) job: Option<&'a str>,
-    pub(super) step: Option<&'a str>,
+    pub(super) job: Option<&'a [u8]>,
+    pub(super) step: Option<&'a [u8]>,
     pub(super) filename: Option<TextRef<'a>>,
     pub(super) argv: Option<FirstArg<'a>>,
     pub(super) addr: Option<Cow<'a, str>>,
@@ -168,8 +168,8 @@ impl<'a> Record<'a> {
         Ok(Record {
             kind: r.kind,
             seq: r.seq,
-            job: r.job.map(RawValue::get),
-            step: r.step.map(RawValue::get),
+            job: r.job.map(|v| v.get().as_bytes()),
+            step: r.step.map(|v| v.get().as_bytes()),
             filename: r.filename,
             argv: r.argv,
             addr: r.addr,
@@ -212,18 +212,19 @@ fn skim(line: &[u8]) -> Option<Record<'_>> {
                 r.kind = string(value)?;
                 have_kind = true;
             }
-            b"seq" => r.seq = Some(from_json(value)?),
-            b"job" => r.job = Some(raw(value)?),
-            b"step" => r.step = Some(raw(value)?),
-            b"filename" => r.filename = Some(from_json(value)?),
-            b"argv" => r.argv = Some(from_json(value)?),
+            b"seq" => r.seq = Some(unsigned(value)?),
+            // Kept as bytes: compared with the previous event's, parsed only when new.
+            b"job" => r.job = Some(value),
+            b"step" => r.step = Some(value),
+            b"filename" => r.filename = Some(text(value)?),
+            b"argv" => r.argv = Some(first_arg(value)?),
             b"addr" => r.addr = Some(string(value)?),
-            b"port" => r.port = Some(from_json(value)?),
+            b"port" => r.port = Some(u16::try_from(unsigned(value)?).ok()?),
             b"protocol" => r.protocol = Some(string(value)?),
-            b"hosts" => r.hosts = Some(from_json(value)?),
-            b"host" => r.host = Some(from_json(value)?),
-            b"ret" => r.ret = Some(from_json(value)?),
-            b"path" => r.path = Some(from_json(value)?),
+            b"hosts" => r.hosts = Some(strings(value)?),
+            b"host" => r.host = Some(text(value)?),
+            b"ret" => r.ret = Some(signed(value)?),
+            b"path" => r.path = Some(text(value)?),
             b"access" => r.access = Some(string(value)?),
             b"rule" => r.rule = Some(string(value)?),
             _ => {}
@@ -247,13 +248,80 @@ fn string(value: &[u8]) -> Option<Cow<'_, str>> {
     from_json(value)
 }
 
-fn raw(value: &[u8]) -> Option<&str> {
-    // serde would reject a value that is not valid UTF-8 text; so do we (by falling back).
-    std::str::from_utf8(value).ok()
-}
-
 fn from_json<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Option<T> {
     serde_json::from_slice(value).ok()
+}
+
+/// The common shapes are decoded here; every other one goes through serde.
+fn text(value: &[u8]) -> Option<TextRef<'_>> {
+    if value.first() == Some(&b'"') {
+        return string(value).map(TextRef::Str);
+    }
+    from_json(value)
+}
+
+/// A JSON integer in canonical form (no sign, no leading zero, no fraction).
+fn unsigned(value: &[u8]) -> Option<u64> {
+    let canonical = !value.is_empty()
+        && value.len() <= 19
+        && value.iter().all(u8::is_ascii_digit)
+        && (value[0] != b'0' || value.len() == 1);
+    if canonical {
+        // Up to 19 digits always fits a u64.
+        return Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+    }
+    from_json(value)
+}
+
+fn signed(value: &[u8]) -> Option<i64> {
+    match value.split_first() {
+        Some((b'-', digits)) if digits.len() < 19 && digits.first().is_some_and(|d| *d != b'0') => {
+            unsigned(digits).and_then(|n| i64::try_from(n).ok()).map(|n| -n)
+        }
+        Some((b'-', _)) => from_json(value),
+        _ => unsigned(value).and_then(|n| i64::try_from(n).ok()),
+    }
+}
+
+/// The elements of an array, as raw values; `None` on any surprise.
+fn elements(value: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut p = Parser { s: value, i: 0 };
+    p.expect(b'[')?;
+    p.ws();
+    let mut out = Vec::new();
+    if p.peek()? == b']' {
+        p.i += 1;
+    } else {
+        loop {
+            p.ws();
+            out.push(p.value()?);
+            p.ws();
+            match p.next()? {
+                b',' => continue,
+                b']' => break,
+                _ => return None,
+            }
+        }
+    }
+    p.ws();
+    (p.i == value.len()).then_some(out)
+}
+
+fn first_arg(value: &[u8]) -> Option<FirstArg<'_>> {
+    match elements(value) {
+        Some(items) => match items.get(1) {
+            Some(second) => text(second).map(|t| FirstArg(Some(t))),
+            None => Some(FirstArg(None)),
+        },
+        None => from_json(value),
+    }
+}
+
+fn strings(value: &[u8]) -> Option<Vec<Cow<'_, str>>> {
+    match elements(value) {
+        Some(items) => items.into_iter().map(string).collect(),
+        None => from_json(value),
+    }
 }
 
 struct Parser<'a> {
@@ -385,6 +453,15 @@ mod tests {
             r#"{"type":"connect","addr":"::1","port":53,"protocol":"udp","hosts":["a","b\u0041"],"extra":[[{"]":1}],"x"],"n":-1.5e3,"t":true,"z":null}"#,
             r#"{"type":"file","path":"/x","access":"read","rule":"**/.ssh/id_*","ret":-2}"#,
             r#"{"type":"exec","filename":"/bin/true","argv":[]}"#,
+            r#"{"type":"exec","filename":"/bin/x","argv":["x"]}"#,
+            r#"{"type":"exec","filename":"/bin/x","argv":[ "x" , "a\tb" , "c" ]}"#,
+            r#"{"type":"exec","filename":"/bin/x","argv":["x",{"base64":"/w=="}]}"#,
+            r#"{"type":"connect","addr":"1.2.3.4","port":0,"hosts":[],"seq":18446744073709551615}"#,
+            r#"{"type":"connect","addr":"1.2.3.4","port":65535,"hosts":[ ],"seq":0}"#,
+            r#"{"type":"dns","host":"h","ret":0}"#,
+            r#"{"type":"dns","host":"h","ret":-9223372036854775808}"#,
+            r#"{"type":"dns","host":"h","ret":-1}"#,
+            r#"{"type":"dns","host":"h","ret":2147483647}"#,
         ];
         for line in taken {
             assert!(agrees(line), "should be skimmed: {line}");
@@ -394,6 +471,14 @@ mod tests {
             r#"{"type":"dns","type":"exec"}"#,
             r#"{"type":"dns"} trailing"#,
             r#"{"type":"dns","port":70000}"#,
+            r#"{"type":"dns","port":-1}"#,
+            r#"{"type":"dns","port":4.43e2}"#,
+            r#"{"type":"dns","seq":18446744073709551616}"#,
+            r#"{"type":"dns","ret":-9223372036854775809}"#,
+            r#"{"type":"dns","ret":007}"#,
+            r#"{"type":"exec","argv":"notarray"}"#,
+            r#"{"type":"connect","hosts":["a",1]}"#,
+            r#"{"type":"exec","filename":12}"#,
             r#"{"type":"dns","host":{"notbase64":1}}"#,
             r#"{"seq":1}"#,
             r#"{}"#,
