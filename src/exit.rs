@@ -1,7 +1,11 @@
 //! ciwatch's own exit codes (docs/exit-codes.md). `run` otherwise exits with
 //! the watched command's code, or 128 + the signal that ended it, as a shell does.
 
+/// `verify`: the evidence does not hold (bad signature, wrong identity, log mismatch…).
+pub const VERIFY_FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
+/// `verify`: an input (bundle, envelope, key, log, trusted root) is unreadable or malformed.
+pub const DATA: u8 = 65;
 pub const INTERNAL: u8 = 70;
 pub const NO_BTF: u8 = 71;
 pub const MOUNT: u8 = 72;
@@ -16,6 +20,8 @@ pub const AGENT_DIED: u8 = 80;
 pub const EVENTS_LOST: u8 = 81;
 /// `finish`: no agent was started for that output directory.
 pub const NO_AGENT: u8 = 82;
+/// The trace was recorded but could not be signed; no attestation was written.
+pub const SIGNING: u8 = 83;
 pub const NOT_EXECUTABLE: u8 = 126;
 pub const NOT_FOUND: u8 = 127;
 

@@ -2,9 +2,11 @@
 //!
 //! The modules follow the pipeline: `bpf` (kernel programs: load, attach,
 //! ABI) → `decode` → `attribute` → `sink` (NDJSON, summary), driven by
-//! `pipeline` and one `cli` module per subcommand.
+//! `pipeline` and one `cli` module per subcommand; `attest` signs and
+//! verifies the sealed log.
 
 pub mod agent;
+pub mod attest;
 pub mod attribute;
 pub mod bpf;
 pub mod cli;

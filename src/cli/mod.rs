@@ -3,10 +3,13 @@
 pub mod check;
 pub mod daemon;
 pub mod finish;
+pub mod keygen;
 pub mod run;
 pub mod signals;
+pub mod signing;
 pub mod spawn;
 pub mod start;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +32,10 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Load and attach every hook, then report what this kernel supports.
     Check(check::CheckArgs),
+    /// Verify an attestation (bundle or envelope) against the event log it covers.
+    Verify(verify::VerifyArgs),
+    /// Write an ECDSA P-256 keypair for signing traces.
+    Keygen(keygen::KeygenArgs),
 }
 
 impl Command {
@@ -44,6 +51,8 @@ impl Command {
             Command::Finish(args) => finish::execute(args).await,
             Command::Daemon(args) => daemon::execute(args).await,
             Command::Check(args) => check::execute(args).await,
+            Command::Verify(args) => verify::execute(args).await,
+            Command::Keygen(args) => keygen::execute(args).await,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::engine::{Engine, Outputs};
+use crate::attest::{self, AttestError, SignMode};
 use crate::agent::output::JobOutput;
 use crate::agent::seal::{self, SealInput, SealedJob};
 use crate::agent::{Agent, AgentError};
@@ -46,6 +47,9 @@ pub struct RunArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub policy: ModeArgs,
+    /// How the sealed trace is signed (default for `run`: --sign key).
+    #[command(flatten)]
+    pub signing: super::signing::SigningArgs,
     /// The command to watch.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -73,6 +77,8 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Drain(#[from] PipelineError),
+    #[error(transparent)]
+    SigningKey(AttestError),
 }
 
 impl RunError {
@@ -82,7 +88,7 @@ impl RunError {
             RunError::Config(_) => exit::CONFIG,
             RunError::Spawn(e) => e.exit_code(),
             RunError::Agent(e) => e.exit_code(),
-            RunError::Plan(_) => exit::CONFIG,
+            RunError::Plan(_) | RunError::SigningKey(_) => exit::CONFIG,
             RunError::OutputDir { .. } => exit::OUTPUT_DIR,
             RunError::Sink(_) => exit::WRITE,
             RunError::Signals(_) | RunError::Pipeline(_) | RunError::Wait(_) | RunError::Drain(_) => exit::INTERNAL,
@@ -109,6 +115,13 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
     let plan = plan(&args.policy, config.mode)?;
     let prepared = spawn::prepare(&args.command)?;
+    // A missing or malformed signing key fails before the job runs, not after.
+    let mut sign_opts = args.signing.options(SignMode::Key);
+    if let Some(key) = attest::prepare_key(&sign_opts).map_err(RunError::SigningKey)? {
+        if key.created {
+            eprintln!("ciwatch: created signing key {} (key id {})", key.private_path.display(), key.key_id);
+        }
+    }
     let mut agent = Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, plan.enforce())?;
     let scopes = if plan.enforce() { Some(agent.install_policy(&plan)?) } else { None };
     let signals = Signals::install().map_err(RunError::Signals)?;
@@ -134,9 +147,27 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     let engine = pipeline.finish().await?;
     let sealed = seal_job(&agent, engine, &job, Some(ended), still_running)?;
     log_own_usage();
+    sign_opts.expected_log_sha256 = Some(sealed.log.sha256.clone());
+    let signed = attest::sign_trace(&args.out, &sign_opts).await;
+    let summary = sealed.summary.clone() + &attest::summary_markdown(&signed, &args.out);
+    crate::sink::write_atomically(&args.out.join("summary.md"), summary.as_bytes())?;
     if !args.quiet {
-        eprintln!("\n{}", sealed.summary);
+        eprintln!("\n{summary}");
         eprintln!("ciwatch: event log {} ({} lines)", sealed.log.path.display(), sealed.log.lines);
+    }
+    match &signed {
+        Ok(outcome) if outcome.method.is_some() => {
+            if let Some(fallback) = &outcome.fallback {
+                eprintln!("ciwatch: warning: keyless signing failed ({}); signed with the local key", fallback.reason);
+            }
+            eprintln!("ciwatch: verify with: {}", attest::verify_command(outcome, &args.out));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // The trace is on disk, but unsigned: say so loudly and fail.
+            eprintln!("ciwatch: error: the trace was NOT signed: {}", crate::bpf::loader::chain(e));
+            return Ok(crate::exit::SIGNING);
+        }
     }
     Ok(ended.shell_code())
 }
