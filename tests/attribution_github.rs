@@ -101,6 +101,12 @@ fn every_event_lands_in_the_step_that_caused_it() {
 
     let finish: Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("trace.finish.json")).unwrap()).unwrap();
     assert_eq!(finish["agent_died"], false);
+    // Without an OIDC token, finish's `auto` signs with the local key, and says how to verify.
+    assert_eq!(finish["signing"]["method"], "key");
+    let verify = finish["signing"]["verify_command"].as_str().unwrap();
+    let args: Vec<&str> = verify.split_whitespace().skip(1).collect();
+    let verified = Command::new(CIWATCH).args(&args).output().unwrap();
+    assert!(verified.status.success(), "{verify}: {}", String::from_utf8_lossy(&verified.stderr));
     let build_row = finish["steps"].as_array().unwrap().iter().find(|s| s["name"] == "Build").unwrap();
     assert!(build_row["connects"].as_u64().unwrap() >= 1 && build_row["files"] == 1 && build_row["dns"].as_u64().unwrap() >= 1);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();

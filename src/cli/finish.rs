@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::agent::report::{self, Report};
+use crate::attest::{self, SignMode};
 use crate::agent::seal;
 use crate::cli::run::trace_end;
 use crate::event::Totals;
@@ -22,6 +25,9 @@ pub struct FinishArgs {
     /// Seconds to wait for the agent to seal.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub timeout: u64,
+    /// How the sealed trace is signed (default for `finish`: --sign auto, keyless when the CI gives a token).
+    #[command(flatten)]
+    pub signing: super::signing::SigningArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +41,22 @@ pub enum FinishError {
 }
 
 pub async fn execute(args: FinishArgs) -> u8 {
-    let report = match finish(&args).await {
+    let mut report = match finish(&args).await {
         Ok(r) => r,
         Err(e) => return super::fail(exit_code(&e), &e),
     };
+    let signed = match &report.signing {
+        Some(recorded) => recorded.get("error").is_none(),
+        None => sign(&args, &mut report).await,
+    };
+    if let Err(e) = report.write(&args.out) {
+        return super::fail(crate::exit::WRITE, &e);
+    }
     print(&report, args.json);
-    if report.agent_died {
+    if !signed {
+        eprintln!("ciwatch: error: the trace was NOT signed (see the signing error above and summary.md)");
+        crate::exit::SIGNING
+    } else if report.agent_died {
         eprintln!("ciwatch: error: the agent died during the job; the trace is incomplete (see summary.md)");
         crate::exit::AGENT_DIED
     } else if report.lost > 0 {
@@ -48,6 +64,37 @@ pub async fn execute(args: FinishArgs) -> u8 {
         crate::exit::EVENTS_LOST
     } else {
         0
+    }
+}
+
+/// Signs the sealed log (once: a second finish finds `signing` set) and records the outcome.
+async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
+    let mut opts = args.signing.options(SignMode::Auto);
+    opts.expected_log_sha256 = Some(report.log_sha256.clone());
+    let result = attest::sign_trace(&args.out, &opts).await;
+    let section = attest::summary_markdown(&result, &args.out);
+    if let Ok(summary) = std::fs::read_to_string(&report.summary) {
+        let _ = crate::sink::write_atomically(&report.summary, (summary + &section).as_bytes());
+    }
+    match result {
+        Ok(outcome) => {
+            let file = |suffix: &str| outcome.files.iter().find(|f| f.to_string_lossy().ends_with(suffix)).cloned();
+            report.envelope = file(".intoto.jsonl");
+            report.bundle = file(".sigstore.json");
+            report.signing = Some(json!({
+                "method": outcome.method.map_or("none", |m| m.as_str()),
+                "fallback": outcome.fallback.as_ref().map(|f| f.reason.clone()),
+                "identity": outcome.keyless.as_ref().and_then(|k| k.identity.clone())
+                    .or_else(|| outcome.key.as_ref().map(|k| format!("key {}", k.key_id))),
+                "verify_command": outcome.method.map(|_| attest::verify_command(&outcome, &args.out)),
+            }));
+            true
+        }
+        Err(e) => {
+            eprintln!("ciwatch: error: signing failed: {}", crate::bpf::loader::chain(&e));
+            report.signing = Some(json!({ "method": "none", "error": e.to_string() }));
+            false
+        }
     }
 }
 
