@@ -15,6 +15,7 @@ pub mod exit;
 pub mod filter;
 pub mod health;
 pub mod pipeline;
+pub mod policy;
 pub mod redact;
 pub mod sink;
 pub mod text;
