@@ -1,7 +1,13 @@
 //! ciwatch's own exit codes (docs/exit-codes.md). `run` otherwise exits with
 //! the watched command's code, or 128 + the signal that ended it, as a shell does.
 
+/// `policy diff`, `learn --diff`: the policy would have denied something in the traces.
+pub const WOULD_DENY: u8 = 1;
 pub const USAGE: u8 = 2;
+/// A trace to read is missing, not sealed or malformed (`policy diff`, `learn`).
+pub const TRACE_INPUT: u8 = 66;
+/// `learn --github`: the GitHub API failed (after retries) or refused the token.
+pub const FETCH: u8 = 69;
 pub const INTERNAL: u8 = 70;
 pub const NO_BTF: u8 = 71;
 pub const MOUNT: u8 = 72;

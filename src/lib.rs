@@ -14,6 +14,7 @@ pub mod event;
 pub mod exit;
 pub mod filter;
 pub mod health;
+pub mod learn;
 pub mod pipeline;
 pub mod policy;
 pub mod redact;

@@ -3,6 +3,8 @@
 pub mod check;
 pub mod daemon;
 pub mod finish;
+pub mod learn;
+pub mod policy;
 pub mod run;
 pub mod signals;
 pub mod spawn;
@@ -29,6 +31,10 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Load and attach every hook, then report what this kernel supports.
     Check(check::CheckArgs),
+    /// Validate an egress policy, or replay recorded traces against one.
+    Policy(policy::PolicyArgs),
+    /// Propose an egress policy from earlier traces (a directory, or GitHub Actions artifacts).
+    Learn(learn::LearnArgs),
 }
 
 impl Command {
@@ -44,6 +50,8 @@ impl Command {
             Command::Finish(args) => finish::execute(args).await,
             Command::Daemon(args) => daemon::execute(args).await,
             Command::Check(args) => check::execute(args).await,
+            Command::Policy(args) => policy::execute(args).await,
+            Command::Learn(args) => learn::execute(args).await,
         }
     }
 }

@@ -3,10 +3,12 @@
 //! pure `allows` decision that `policy diff`, `learn` and the tests share with
 //! the kernel programs.
 
+pub mod diff;
 pub mod endpoint;
 pub mod model;
 pub mod parse;
 pub mod resolv;
+pub mod trace;
 
 pub use endpoint::{Endpoint, EndpointError, IpNet, Proto, Target};
 pub use model::{

@@ -142,7 +142,7 @@ impl<'a> StepMatch<'a> {
 
 /// `*` and `?` over characters; iterative with one backtrack point, so it is
 /// linear enough for step names and never recurses.
-fn glob(pattern: &str, text: &str) -> bool {
+pub fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
