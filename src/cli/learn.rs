@@ -147,7 +147,7 @@ async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
             bar.finish_and_clear();
             let code = match e {
                 github::GithubError::Source(_) => crate::exit::TRACE_INPUT,
-                github::GithubError::ApiUrl { .. } => crate::exit::USAGE,
+                github::GithubError::ApiUrl { .. } | github::GithubError::Token => crate::exit::USAGE,
                 _ => crate::exit::FETCH,
             };
             super::fail(code, &e)

@@ -33,6 +33,8 @@ const MAX_ARTIFACT_BYTES: usize = 512 << 20;
 pub enum GithubError {
     #[error("--api-url {url:?} is not a valid URL: {message}")]
     ApiUrl { url: String, message: String },
+    #[error("the GitHub token has characters an HTTP header cannot carry (spaces, control or non-ASCII)")]
+    Token,
     #[error("cannot build the GitHub client: {0}")]
     Client(#[source] octocrab::Error),
     #[error("GET {url}: {source}")]
@@ -190,7 +192,11 @@ fn client(api_url: &str, token: Option<&str>) -> Result<octocrab::Octocrab, Gith
         .add_header(http::HeaderName::from_static("x-github-api-version"), "2022-11-28".into())
         .set_connect_timeout(Some(Duration::from_secs(15)))
         .set_read_timeout(Some(Duration::from_secs(120)));
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        // octocrab unwraps the header it builds from the token: check it first.
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(GithubError::Token);
+        }
         builder = builder.personal_token(t.to_string());
     }
     builder.build().map_err(GithubError::Client)
