@@ -188,7 +188,7 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
     let n = traces.len();
     let mut entries: Vec<Entry> = collapsed.into_iter().map(|(target, port, proto, acc)| entry(target, port, proto, acc, n, opts)).collect();
     mark_rotating_addresses(&mut entries);
-    entries.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    entries.sort_by_key(sort_key);
     let resolved_only = looked_up
         .into_iter()
         .filter(|(name, _)| !connected_names.contains(name))
@@ -302,7 +302,9 @@ fn entry(target: Target, port: u16, proto: Option<Proto>, acc: Acc, n: usize, op
 /// differs from job to job are probably one service behind rotating
 /// addresses: each of them breaks in the next run.
 fn mark_rotating_addresses(entries: &mut [Entry]) {
-    let mut groups: BTreeMap<(Option<u16>, Option<Proto>, Vec<String>), Vec<usize>> = BTreeMap::new();
+    // (port, protocol, steps) → the address entries that share them.
+    type Group = (Option<u16>, Option<Proto>, Vec<String>);
+    let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.kind == Kind::Address) {
         groups.entry((e.rule.port, e.rule.protocol, e.steps.clone())).or_default().push(i);
     }

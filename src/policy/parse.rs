@@ -207,7 +207,7 @@ struct RawLong {
 
 enum RawEntry {
     Short(Scalar),
-    Long(RawLong),
+    Long(Box<RawLong>),
 }
 
 impl<'de> Deserialize<'de> for RawEntry {
@@ -233,7 +233,7 @@ impl<'de> Deserialize<'de> for RawEntry {
                 Ok(RawEntry::Short(Scalar::number(v.to_string())))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEntry, A::Error> {
-                RawLong::deserialize(de::value::MapAccessDeserializer::new(map)).map(RawEntry::Long)
+                RawLong::deserialize(de::value::MapAccessDeserializer::new(map)).map(|l| RawEntry::Long(Box::new(l)))
             }
         }
         d.deserialize_any(V)
