@@ -501,6 +501,21 @@ impl CompiledPolicy {
         self.name_rules.iter().enumerate().filter(move |(_, r)| r.matches_name(host))
     }
 
+    /// Whether any rule is limited to some steps; when none is, enforcement
+    /// needs no per-step state at all.
+    pub fn has_step_scopes(&self) -> bool {
+        self.ip_rules.iter().any(|r| !r.steps.is_any()) || self.name_rules.iter().any(|r| !r.steps.is_any())
+    }
+
+    /// The rules in force in one step: indexes into `ip_rules` and
+    /// `name_rules`. Computed once when a step is identified, this is what a
+    /// per-step bitmap in the kernel holds.
+    pub fn rules_in_scope(&self, step: &StepMatch<'_>) -> (Vec<usize>, Vec<usize>) {
+        let ip = self.ip_rules.iter().enumerate().filter(|(_, r)| r.steps.matches(step)).map(|(i, _)| i).collect();
+        let name = self.name_rules.iter().enumerate().filter(|(_, r)| r.steps.matches(step)).map(|(i, _)| i).collect();
+        (ip, name)
+    }
+
     /// Whether a lookup of `host` in `step` is listed: some name rule in
     /// scope for the step matches it. Unlisted lookups are reported, and
     /// refused when `refuse_unlisted_dns`.
@@ -612,6 +627,11 @@ mod tests {
         assert!(!c.allows(a, 443, tcp, &MAIN, &names).is_allowed(), "same destination, another step");
         assert!(c.dns_listed("registry.npmjs.org", &StepMatch::new("x", Some("Install"))));
         assert!(!c.dns_listed("registry.npmjs.org", &MAIN));
+        assert!(c.has_step_scopes());
+        assert!(!policy(Mode::Enforce, &["a.example"]).compiled_with(&[]).has_step_scopes());
+        // Loopback rules (4) apply everywhere; the registry rule only in Install.
+        assert_eq!(c.rules_in_scope(&MAIN), (vec![0, 1, 2, 3], vec![]));
+        assert_eq!(c.rules_in_scope(&StepMatch::new("x", Some("Install 2"))), (vec![0, 1, 2, 3], vec![0]));
     }
 
     #[test]
