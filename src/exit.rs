@@ -6,6 +6,12 @@ pub const VERIFY_FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `verify`: an input (bundle, envelope, key, log, trusted root) is unreadable or malformed.
 pub const DATA: u8 = 65;
+/// `policy diff`, `learn --diff`: the policy would have denied something in the traces.
+pub const WOULD_DENY: u8 = 1;
+/// A trace to read is missing, not sealed or malformed (`policy diff`, `learn`).
+pub const TRACE_INPUT: u8 = 66;
+/// `learn --github`: the GitHub API failed (after retries) or refused the token.
+pub const FETCH: u8 = 69;
 pub const INTERNAL: u8 = 70;
 pub const NO_BTF: u8 = 71;
 pub const MOUNT: u8 = 72;

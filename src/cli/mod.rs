@@ -4,6 +4,8 @@ pub mod check;
 pub mod daemon;
 pub mod finish;
 pub mod keygen;
+pub mod learn;
+pub mod policy;
 pub mod run;
 pub mod signals;
 pub mod signing;
@@ -36,6 +38,10 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Write an ECDSA P-256 keypair for signing traces.
     Keygen(keygen::KeygenArgs),
+    /// Validate an egress policy, or replay recorded traces against one.
+    Policy(policy::PolicyArgs),
+    /// Propose an egress policy from earlier traces (a directory, or GitHub Actions artifacts).
+    Learn(learn::LearnArgs),
 }
 
 impl Command {
@@ -53,6 +59,8 @@ impl Command {
             Command::Check(args) => check::execute(args).await,
             Command::Verify(args) => verify::execute(args).await,
             Command::Keygen(args) => keygen::execute(args).await,
+            Command::Policy(args) => policy::execute(args).await,
+            Command::Learn(args) => learn::execute(args).await,
         }
     }
 }
