@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::filter::sensitive::{RuleError, SensitivePaths, DEFAULT_SENSITIVE};
+pub use crate::policy::Mode;
 use crate::redact::CaptureArgs;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,28 +42,6 @@ pub struct Config {
     pub kubernetes: crate::attribute::kube::KubeConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-#[clap(rename_all = "lowercase")]
-pub enum Mode {
-    /// Record everything.
-    #[default]
-    Observe,
-    /// Record, and derive an egress allowlist across jobs.
-    Learn,
-    /// Record, and deny egress the policy does not allow.
-    Enforce,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Observe => "observe",
-            Mode::Learn => "learn",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

@@ -147,7 +147,7 @@ fn names_allowed_by_rule_connect_on_the_first_try_and_others_do_not() {
     write(&script, code);
     let inner = format!("mount --bind {} /etc/hosts && exec python3 {}", tmp.path().join("hosts").display(), script.display());
     let t = Trace::run(
-        &["--mode", "enforce", "--allow", "allowed.test:9", "--allow", "*.fresh.test:9"],
+        &["--mode", "enforce", "--no-default-allow", "--allow", "allowed.test:9", "--allow", "*.fresh.test:9"],
         &["unshare", "-m", "sh", "-c", &inner],
     );
     let lines = stdout(&t);
@@ -181,4 +181,41 @@ fn an_empty_allowlist_fails_closed_and_the_observe_fallback_is_recorded() {
     assert_eq!(start["mode"], "observe");
     assert_eq!(start["requested_mode"], "enforce");
     assert!(start["mode_fallback"].as_str().unwrap().contains("empty allowlist"));
+}
+
+#[test]
+fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() {
+    if !require_root() {
+        return;
+    }
+    use common::{emulator, python_as};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("runner");
+    python_as(&root.join("bin/Runner.Worker"));
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = target.local_addr().unwrap().port();
+    // Both steps connect to the same destination; the rule names the Build step by its workflow `id:`.
+    let policy = tmp.path().join("policy.yml");
+    write(&policy, &format!("version: 1\nmode: enforce\ndefaults:\n  loopback: false\n  resolver: false\nallow:\n  - host: 127.0.0.1\n    port: {port}\n    steps: [build]\n"));
+    let out = tmp.path().join("trace");
+    let config = tmp.path().join("config.json");
+    write(
+        &config,
+        &serde_json::json!({
+            "scenario": "scoped", "runner_root": root, "work": tmp.path().join("work"), "out": out, "ciwatch": CIWATCH,
+            "policy": policy, "ports": {"build": port, "test": port}, "results": tmp.path().join("results.json"),
+        })
+        .to_string(),
+    );
+    let status = common::spawn(Command::new(root.join("bin/Runner.Worker")).arg(emulator("github_worker.py")).arg(&config)).wait().unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(out.join("events.ndjson")).unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(out.join("agent.log")).unwrap_or_default()));
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let denied: Vec<&Value> = lines.iter().filter(|e| e["type"] == "denied").collect();
+    assert!(!denied.is_empty(), "the Test step was not denied");
+    assert!(denied.iter().all(|d| d["step"]["name"] == "Test"), "{denied:#?}");
+    let build_ok = lines.iter().filter(|e| e["type"] == "connect" && e["step"]["name"] == "Build").count();
+    assert!(build_ok >= 1, "the Build step connected");
+    assert_eq!(lines[0]["mode"], "enforce");
+    assert!(lines[0]["policy"]["sha256"].as_str().unwrap().len() == 64);
 }

@@ -109,7 +109,9 @@ impl Engine {
         let Some(s) = &mut self.scopes else { return };
         let mut map = s.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (kernel_step, step) in self.attributor.registry.kernel_steps() {
-            let groups = s.scopes.groups_of(&step.id, step.name.as_deref(), step.action.as_deref());
+            // The workflow's step id (GITHUB_ACTION) is known at exec; a display name may come later.
+            let by_action = step.action.as_deref().map_or(0, |a| s.scopes.groups_of(&crate::policy::StepMatch { id: a, name: None }));
+            let groups = by_action | s.scopes.groups_of(&crate::policy::StepMatch { id: &step.id, name: step.name.as_deref() });
             if s.written.get(&kernel_step) != Some(&groups) {
                 if let Err(e) = map.insert(kernel_step, groups, 0) {
                     tracing::error!("cannot scope step {}: {e}", step.id);

@@ -111,7 +111,10 @@ impl Agent {
 
     /// Loads an enforce plan's allowlist; returns the step groups the engine keeps up to date.
     pub fn install_policy(&mut self, plan: &crate::enforce::plan::Plan) -> Result<crate::enforce::Scopes, AgentError> {
-        Ok(crate::enforce::install(&mut self.probes.allow, &plan.rules, plan.defaults, &crate::enforce::resolvers())?)
+        match &plan.compiled {
+            Some(compiled) => Ok(crate::enforce::install(&mut self.probes.allow, compiled)?),
+            None => Ok(crate::enforce::Scopes::default()),
+        }
     }
 
     /// Live processes by kernel (job, step) tag.

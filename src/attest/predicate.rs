@@ -95,8 +95,9 @@ pub struct Ci {
     pub foreign_job_events: u64,
 }
 
-/// The policy in force. Until policies exist (a later issue) only `mode` is set;
-/// the other fields are null and are read from `trace_start.policy` when present.
+/// The policy in force (`trace_start.policy`) and the mode that ran. When an
+/// unusable policy fell back to observe, `requestedMode` and `modeFallback`
+/// say so: a downgrade is part of the signed evidence.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
@@ -104,6 +105,10 @@ pub struct Policy {
     pub version: Option<String>,
     pub digest: Option<Sha256Digest>,
     pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -258,15 +263,20 @@ struct TraceStart {
     hooks: Vec<Value>,
     #[serde(default)]
     capture_args: Option<String>,
-    /// Not written yet: `{"version", "sha256", "source"}` once policies exist.
+    /// `{"source", "version", "sha256", "rules"}` when a policy is in force.
     #[serde(default)]
     policy: Option<PolicyRecord>,
+    #[serde(default)]
+    requested_mode: Option<String>,
+    #[serde(default)]
+    mode_fallback: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct PolicyRecord {
+    /// A number in the log; kept as text in the predicate.
     #[serde(default)]
-    version: Option<String>,
+    version: Option<serde_json::Value>,
     #[serde(default)]
     sha256: Option<String>,
     #[serde(default)]
@@ -785,9 +795,11 @@ impl Summariser {
             },
             policy: Policy {
                 mode: policy.and_then(|p| p.mode.clone()).or(start.mode),
-                version: policy.and_then(|p| p.version.clone()),
+                version: policy.and_then(|p| p.version.as_ref()).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)),
                 digest: policy.and_then(|p| p.sha256.clone()).map(|sha256| Sha256Digest { sha256 }),
                 source: policy.and_then(|p| p.source.clone()),
+                requested_mode: start.requested_mode.clone(),
+                mode_fallback: start.mode_fallback.clone(),
             },
             hooks: start.hooks,
             counts: Counts {

@@ -253,14 +253,14 @@ pub fn trace_start(agent: &Agent, config: &Config, plan: &Plan, job: &JobRef, co
         agent: AgentInfo::this(),
         host: hostname(),
         kernel: agent.env.kernel.clone(),
-        mode: plan.mode.name().into(),
+        mode: plan.mode.as_str().into(),
         job: job.clone(),
         command: crate::redact::apply(config.capture_args, command.iter().map(|a| a.as_bytes().to_vec()).collect())
             .into_iter()
             .map(Text::new)
             .collect(),
         hooks: agent.probes.hooks.clone(),
-        requested_mode: plan.fallback.as_ref().map(|_| plan.requested.name().to_string()),
+        requested_mode: plan.fallback.as_ref().map(|_| plan.requested.as_str().to_string()),
         mode_fallback: plan.fallback.clone(),
         policy: plan.policy.clone(),
         capture_args: config.capture_args,

@@ -16,9 +16,12 @@ use super::endpoint::{Endpoint, EndpointError, IpNet, Proto, Target};
 /// The schema version this build reads and writes.
 pub const VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[clap(rename_all = "lowercase")]
 pub enum Mode {
+    /// Record everything.
+    #[default]
     Observe,
     Learn,
     Enforce,
@@ -52,8 +55,9 @@ impl fmt::Display for Mode {
 /// What happens when the policy cannot be loaded or is unusable (an empty
 /// allowlist in enforce mode): fail the job at start (default), or fall back
 /// to observe, recorded as such in the trace, summary and attestation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[clap(rename_all = "lowercase")]
 pub enum OnPolicyError {
     #[default]
     Fail,

@@ -104,6 +104,13 @@ if cfg.get("scenario") == "bench":
         done(run_step(f"Step {n}", f"for i in $(seq 100); do /bin/true; {tcp(ports['bench'])}; done"))
     done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
     sys.exit(0)
+if cfg.get("scenario") == "scoped":
+    # Enforce with a policy that allows a destination only in the Build step.
+    done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {cfg['out']} --mode enforce --policy {cfg['policy']} --runner-diag {root}/_diag > {cfg['out']}.start.json", action="__ciwatch"))
+    done(run_step("Build", tcp(ports["build"]), action="build"))
+    done(run_step("Test", f"{tcp(ports['test'])} || true", action="test"))
+    done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
+    sys.exit(0)
 if cfg.get("scenario") == "short":
     # One job among several on a host watched by `ciwatch daemon`.
     done(run_step("Build", tcp(ports["build"])))
