@@ -21,13 +21,17 @@ fn main() {
     let (define, vmlinux) = match arch.as_str() {
         "x86_64" => ("__TARGET_ARCH_x86", "x86_64"),
         "aarch64" => ("__TARGET_ARCH_arm64", "arm64"),
-        other => fail(&format!("ciwatch's BPF programs support x86_64 and aarch64, not {other}")),
+        other => fail(&format!(
+            "ciwatch's BPF programs support x86_64 and aarch64, not {other}"
+        )),
     };
     let clang = find_clang();
     for program in PROGRAMS {
         let object = out.join(program.replace(".c", ".o"));
         let status = Command::new(&clang)
-            .args(["-g", "-O2", "-target", "bpfel", "-mcpu=v3", "-Wall", "-Werror"])
+            .args([
+                "-g", "-O2", "-target", "bpfel", "-mcpu=v3", "-Wall", "-Werror",
+            ])
             .arg(format!("-D{define}"))
             .arg("-I")
             .arg(&ebpf)
@@ -51,7 +55,11 @@ fn find_clang() -> PathBuf {
         return PathBuf::from(path);
     }
     for name in ["clang-19", "clang"] {
-        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return PathBuf::from(name);
         }
     }

@@ -38,13 +38,24 @@ fn main() -> anyhow::Result<()> {
     }
     let mut opts = SignOptions::new(SignMode::Key);
     opts.key = KeySource::Path(PathBuf::from(key));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let outcome = runtime.block_on(attest::sign_trace(&dir, &opts))?;
-    report("hash + summarise + sign", bytes, start, outcome.log_sha256.as_deref().unwrap_or("?"));
+    report(
+        "hash + summarise + sign",
+        bytes,
+        start,
+        outcome.log_sha256.as_deref().unwrap_or("?"),
+    );
     Ok(())
 }
 
 fn report(what: &str, bytes: u64, start: Instant, sha: &str) {
     let secs = start.elapsed().as_secs_f64();
-    println!("{what}: {bytes} bytes in {secs:.2} s = {:.0} MB/s (sha256 {sha})", bytes as f64 / secs / 1e6);
+    println!(
+        "{what}: {bytes} bytes in {secs:.2} s = {:.0} MB/s (sha256 {sha})",
+        bytes as f64 / secs / 1e6
+    );
 }

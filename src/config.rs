@@ -12,7 +12,10 @@ use crate::redact::CaptureArgs;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid UTF-8 (byte {offset}); save it as UTF-8")]
     NotUtf8 { path: String, offset: usize },
     #[error("config file {path} is malformed: {message}")]
@@ -42,7 +45,6 @@ pub struct Config {
     pub kubernetes: crate::attribute::kube::KubeConfig,
 }
 
-
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Files {
@@ -67,7 +69,11 @@ pub struct Hooks {
 
 impl Default for Hooks {
     fn default() -> Self {
-        Self { connect: true, file: true, dns: true }
+        Self {
+            connect: true,
+            file: true,
+            dns: true,
+        }
     }
 }
 
@@ -108,7 +114,11 @@ impl Default for Config {
 
 impl Default for Ring {
     fn default() -> Self {
-        Self { size_bytes: 8 << 20, wakeup_bytes: 512 << 10, drain_interval_ms: 20 }
+        Self {
+            size_bytes: 8 << 20,
+            wakeup_bytes: 512 << 10,
+            drain_interval_ms: 20,
+        }
     }
 }
 
@@ -120,31 +130,50 @@ impl Default for Run {
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|e| ConfigError::NotUtf8 { path: name.clone(), offset: e.valid_up_to() })?;
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| ConfigError::NotUtf8 {
+            path: name.clone(),
+            offset: e.valid_up_to(),
+        })?;
         Self::parse(text, &name)
     }
 
     pub fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: name.to_string(), message: e.to_string() })?;
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?;
         config.validate(name)?;
         Ok(config)
     }
 
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: name.to_string(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        };
         let size = self.ring.size_bytes;
         if !size.is_power_of_two() || size < 4096 {
-            return Err(invalid(format!("ring.size_bytes = {size}: must be a power of two of at least 4096")));
+            return Err(invalid(format!(
+                "ring.size_bytes = {size}: must be a power of two of at least 4096"
+            )));
         }
         if self.ring.drain_interval_ms == 0 || self.ring.drain_interval_ms > 10_000 {
-            return Err(invalid("ring.drain_interval_ms must be between 1 and 10000".into()));
+            return Err(invalid(
+                "ring.drain_interval_ms must be between 1 and 10000".into(),
+            ));
         }
-        self.sensitive_paths().map_err(|source| ConfigError::Rule { path: name.to_string(), source })?;
+        self.sensitive_paths().map_err(|source| ConfigError::Rule {
+            path: name.to_string(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -185,13 +214,21 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = Config::parse("[ring]\nsize_bytes = 1000\n", "t.toml").unwrap_err().to_string();
+        let e = Config::parse("[ring]\nsize_bytes = 1000\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ring.size_bytes = 1000"), "{e}");
-        let e = Config::parse("[files]\nsensitve = []\n", "t.toml").unwrap_err().to_string();
+        let e = Config::parse("[files]\nsensitve = []\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sensitve") && e.contains("line 2"), "{e}");
-        let e = Config::parse("capture_args = \"all\"\n", "t.toml").unwrap_err().to_string();
+        let e = Config::parse("capture_args = \"all\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("capture_args") || e.contains("all"), "{e}");
-        let e = Config::parse("[files]\nextra_sensitive = [\"x\"]\n", "t.toml").unwrap_err().to_string();
+        let e = Config::parse("[files]\nextra_sensitive = [\"x\"]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be absolute"), "{e}");
     }
 }

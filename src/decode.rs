@@ -10,7 +10,11 @@ use crate::bpf::abi;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than its {need}-byte {what}")]
-    Short { what: &'static str, len: usize, need: usize },
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("unknown record kind {0}")]
     UnknownKind(u16),
     #[error("record says it is {claimed} bytes but {len} arrived")]
@@ -147,18 +151,28 @@ impl Record {
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let header: abi::Header = read(bytes, "header")?;
     if header.size as usize != bytes.len() {
-        return Err(DecodeError::SizeMismatch { claimed: header.size, len: bytes.len() });
+        return Err(DecodeError::SizeMismatch {
+            claimed: header.size,
+            len: bytes.len(),
+        });
     }
     let common = common(&header);
     Ok(match header.kind {
         abi::KIND_EXEC => Record::Exec(exec(read(bytes, "exec record")?, common)),
         abi::KIND_FORK => {
             let r: abi::Fork = read(bytes, "fork record")?;
-            Record::Fork(Fork { common, child_tgid: r.child_tgid, child_start_ns: r.child_start_ns })
+            Record::Fork(Fork {
+                common,
+                child_tgid: r.child_tgid,
+                child_start_ns: r.child_start_ns,
+            })
         }
         abi::KIND_EXIT => {
             let r: abi::Exit = read(bytes, "exit record")?;
-            Record::Exit(Exit { common, status: r.exit_code })
+            Record::Exit(Exit {
+                common,
+                status: r.exit_code,
+            })
         }
         abi::KIND_CONNECT => Record::Connect(connect(read(bytes, "connect record")?, common)),
         abi::KIND_DENIED => Record::Denied(connect(read(bytes, "denied record")?, common)),
@@ -173,7 +187,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { what, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: the length is checked above, read_unaligned has no alignment
     // requirement, and T is only instantiated with the abi structs, which are
@@ -185,7 +203,11 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 fn read_boxed<T: Copy>(bytes: &[u8], what: &'static str) -> Result<Box<T>, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { what, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
     }
     let mut boxed: Box<std::mem::MaybeUninit<T>> = Box::new_uninit();
     // SAFETY: the length is checked above; copying bytes into the allocation
@@ -204,7 +226,13 @@ fn env(r: Box<abi::Env>, common: Common) -> Env {
         other => EnvReason::Unknown(other),
     };
     let block = prefix(&r.env, r.env_len as usize).to_vec();
-    Env { common, reason, ppid: r.ppid, truncated: r.env_total > r.env_len, block }
+    Env {
+        common,
+        reason,
+        ppid: r.ppid,
+        truncated: r.env_total > r.env_len,
+        block,
+    }
 }
 
 fn common(h: &abi::Header) -> Common {
@@ -266,7 +294,13 @@ fn connect(r: abi::Connect, common: Common) -> Connect {
         abi::SRC_CGROUP_SENDMSG => ConnectSource::CgroupSendmsg,
         other => ConnectSource::Unknown(other),
     };
-    Connect { common, addr: ip(r.family, &r.addr), port: r.port, sock_type: r.sock_type, source }
+    Connect {
+        common,
+        addr: ip(r.family, &r.addr),
+        port: r.port,
+        sock_type: r.sock_type,
+        source,
+    }
 }
 
 /// Turns the kernel's leaf-first "c/b/a" into "/a/b/c".
@@ -284,15 +318,29 @@ fn unreverse(components: &[u8]) -> Vec<u8> {
 
 fn file(r: abi::File, common: Common) -> File {
     let raw_path = until_nul(prefix(&r.path, r.path_len as usize));
-    let path = if r.h.flags & abi::F_PATH_REVERSED != 0 { unreverse(raw_path) } else { raw_path.to_vec() };
+    let path = if r.h.flags & abi::F_PATH_REVERSED != 0 {
+        unreverse(raw_path)
+    } else {
+        raw_path.to_vec()
+    };
     let base_dir = (r.h.flags & abi::F_CWD_REVERSED != 0)
         .then(|| unreverse(until_nul(prefix(&r.cwd, r.cwd_len as usize))));
-    File { common, hook: r.hook, dirfd: r.dirfd, open_flags: r.open_flags, path, base_dir }
+    File {
+        common,
+        hook: r.hook,
+        dirfd: r.dirfd,
+        open_flags: r.open_flags,
+        path,
+        base_dir,
+    }
 }
 
 fn dns(r: abi::Dns, common: Common) -> Dns {
     let count = (r.naddrs as usize).min(abi::DNS_ADDRS);
-    let addrs = r.addrs[..count].iter().map(|a| ip(a.family, &a.addr)).collect();
+    let addrs = r.addrs[..count]
+        .iter()
+        .map(|a| ip(a.family, &a.addr))
+        .collect();
     Dns {
         common,
         host: until_nul(prefix(&r.host, r.host_len as usize)).to_vec(),
@@ -309,7 +357,9 @@ pub(crate) mod tests {
     /// Serialises an abi struct the way the kernel lays it out.
     pub(crate) fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: T is a padding-free repr(C) abi struct; reading its bytes is sound.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+        unsafe {
+            std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()).to_vec()
+        }
     }
 
     pub(crate) fn header(kind: u16, size: usize) -> abi::Header {
@@ -367,9 +417,14 @@ pub(crate) mod tests {
     #[test]
     fn exec_round_trip() {
         let raw = exec_record(b"/usr/bin/curl", b"curl\0-s\0http://x\0");
-        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else { panic!("not exec") };
+        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not exec")
+        };
         assert_eq!(e.filename, b"/usr/bin/curl");
-        assert_eq!(e.argv, vec![b"curl".to_vec(), b"-s".to_vec(), b"http://x".to_vec()]);
+        assert_eq!(
+            e.argv,
+            vec![b"curl".to_vec(), b"-s".to_vec(), b"http://x".to_vec()]
+        );
         assert_eq!((e.common.pid, e.common.tgid, e.ppid), (4243, 4242, 4000));
         assert_eq!(e.common.comm, b"curl");
     }
@@ -377,20 +432,26 @@ pub(crate) mod tests {
     #[test]
     fn truncated_argv_keeps_the_partial_last_argument() {
         let raw = exec_record(b"/bin/echo", b"echo\0abc");
-        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else { panic!("not exec") };
+        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not exec")
+        };
         assert_eq!(e.argv, vec![b"echo".to_vec(), b"abc".to_vec()]);
     }
 
     #[test]
     fn connect_v4_and_v6() {
         let v4 = connect_record(2, &[127, 0, 0, 2], 8080);
-        let Record::Connect(c) = decode(&bytes_of(&v4)).unwrap() else { panic!("not connect") };
+        let Record::Connect(c) = decode(&bytes_of(&v4)).unwrap() else {
+            panic!("not connect")
+        };
         assert_eq!(c.addr, "127.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!(c.port, 8080);
         let mut loopback6 = [0u8; 16];
         loopback6[15] = 1;
         let v6 = connect_record(10, &loopback6, 443);
-        let Record::Connect(c) = decode(&bytes_of(&v6)).unwrap() else { panic!("not connect") };
+        let Record::Connect(c) = decode(&bytes_of(&v6)).unwrap() else {
+            panic!("not connect")
+        };
         assert_eq!(c.addr, "::1".parse::<IpAddr>().unwrap());
     }
 
@@ -426,7 +487,10 @@ pub(crate) mod tests {
         }
         let mut lying = full.clone();
         lying[4..8].copy_from_slice(&10u32.to_le_bytes());
-        assert!(matches!(decode(&lying), Err(DecodeError::SizeMismatch { .. })));
+        assert!(matches!(
+            decode(&lying),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
     }
 
     #[test]
@@ -441,7 +505,9 @@ pub(crate) mod tests {
         let mut raw = exec_record(b"/bin/x", b"x\0");
         raw.filename_len = u32::MAX;
         raw.args_len = u32::MAX;
-        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else { panic!("not exec") };
+        let Record::Exec(e) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not exec")
+        };
         assert_eq!(e.filename, b"/bin/x");
         let mut dns = abi::Dns {
             h: header(abi::KIND_DNS, size_of::<abi::Dns>()),
@@ -449,11 +515,18 @@ pub(crate) mod tests {
             naddrs: 500,
             host_len: 9000,
             latency_ns: 1,
-            addrs: [abi::DnsAddr { family: 2, _pad0: 0, _pad1: 0, addr: [0; 16] }; abi::DNS_ADDRS],
+            addrs: [abi::DnsAddr {
+                family: 2,
+                _pad0: 0,
+                _pad1: 0,
+                addr: [0; 16],
+            }; abi::DNS_ADDRS],
             host: [b'a'; abi::HOST_MAX],
         };
         dns.h.size = size_of::<abi::Dns>() as u32;
-        let Record::Dns(d) = decode(&bytes_of(&dns)).unwrap() else { panic!("not dns") };
+        let Record::Dns(d) = decode(&bytes_of(&dns)).unwrap() else {
+            panic!("not dns")
+        };
         assert_eq!(d.addrs.len(), abi::DNS_ADDRS);
         assert_eq!(d.host.len(), abi::HOST_MAX);
     }

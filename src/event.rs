@@ -217,7 +217,10 @@ pub struct Agent {
 
 impl Agent {
     pub fn this() -> Self {
-        Self { name: "ciwatch", version: env!("CARGO_PKG_VERSION") }
+        Self {
+            name: "ciwatch",
+            version: env!("CARGO_PKG_VERSION"),
+        }
     }
 }
 

@@ -27,7 +27,10 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     #[error("cannot listen on {addr} for /healthz, /readyz and /metrics: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Event kinds, in the order of docs/events.md.
@@ -42,7 +45,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Exec, Kind::Fork, Kind::Exit, Kind::Connect, Kind::File, Kind::Dns];
+    pub const ALL: [Kind; 6] = [
+        Kind::Exec,
+        Kind::Fork,
+        Kind::Exit,
+        Kind::Connect,
+        Kind::File,
+        Kind::Dns,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -74,8 +84,12 @@ pub enum OutputFailure {
 }
 
 impl OutputFailure {
-    const ALL: [OutputFailure; 4] =
-        [OutputFailure::NoSpace, OutputFailure::Unwritable, OutputFailure::Upload, OutputFailure::Other];
+    const ALL: [OutputFailure; 4] = [
+        OutputFailure::NoSpace,
+        OutputFailure::Unwritable,
+        OutputFailure::Upload,
+        OutputFailure::Other,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -153,7 +167,10 @@ impl Metrics {
     }
 
     pub fn output_error(&self, why: OutputFailure) {
-        let i = OutputFailure::ALL.iter().position(|f| *f == why).unwrap_or(3);
+        let i = OutputFailure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .unwrap_or(3);
         self.output_errors[i].fetch_add(1, Ordering::Relaxed);
         self.set_output_ok(false);
     }
@@ -176,8 +193,13 @@ impl Metrics {
 
     /// Records what a hook attached (or that it did not).
     pub fn set_hook(&self, hook: &str, implementation: &str, attached: bool) {
-        lock(&self.hooks)
-            .insert(hook.to_string(), HookState { implementation: implementation.to_string(), attached });
+        lock(&self.hooks).insert(
+            hook.to_string(),
+            HookState {
+                implementation: implementation.to_string(),
+                attached,
+            },
+        );
     }
 
     pub fn set_ready(&self) {
@@ -206,33 +228,116 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let r = Ordering::Relaxed;
-        family(&mut out, "ciwatch_events_total", "counter", "Events written, by kind.");
+        family(
+            &mut out,
+            "ciwatch_events_total",
+            "counter",
+            "Events written, by kind.",
+        );
         for k in Kind::ALL {
-            let _ = writeln!(out, "ciwatch_events_total{{kind=\"{}\"}} {}", k.name(), self.events[k as usize].load(r));
+            let _ = writeln!(
+                out,
+                "ciwatch_events_total{{kind=\"{}\"}} {}",
+                k.name(),
+                self.events[k as usize].load(r)
+            );
         }
-        family(&mut out, "ciwatch_lost_total", "counter", "Records the kernel could not queue (ring buffer full), by kind.");
+        family(
+            &mut out,
+            "ciwatch_lost_total",
+            "counter",
+            "Records the kernel could not queue (ring buffer full), by kind.",
+        );
         for k in Kind::ALL {
-            let _ = writeln!(out, "ciwatch_lost_total{{kind=\"{}\"}} {}", k.name(), self.lost[k as usize].load(r));
+            let _ = writeln!(
+                out,
+                "ciwatch_lost_total{{kind=\"{}\"}} {}",
+                k.name(),
+                self.lost[k as usize].load(r)
+            );
         }
         let lost_sum: u64 = self.lost.iter().map(|a| a.load(r)).sum();
-        simple(&mut out, "ciwatch_lost_all_total", "counter", "Sum of ciwatch_lost_total.", lost_sum);
-        simple(&mut out, "ciwatch_undecodable_total", "counter", "Records that could not be decoded.", self.undecodable.load(r));
-        simple(&mut out, "ciwatch_denied_total", "counter", "Connects refused by enforce mode.", self.denied.load(r));
-        simple(&mut out, "ciwatch_jobs_active", "gauge", "Jobs being recorded now.", self.jobs_active.load(r).max(0) as u64);
-        simple(&mut out, "ciwatch_jobs_completed_total", "counter", "Jobs whose trace was sealed.", self.jobs_completed.load(r));
-        family(&mut out, "ciwatch_output_errors_total", "counter", "Failed writes or uploads of traces, by reason.");
+        simple(
+            &mut out,
+            "ciwatch_lost_all_total",
+            "counter",
+            "Sum of ciwatch_lost_total.",
+            lost_sum,
+        );
+        simple(
+            &mut out,
+            "ciwatch_undecodable_total",
+            "counter",
+            "Records that could not be decoded.",
+            self.undecodable.load(r),
+        );
+        simple(
+            &mut out,
+            "ciwatch_denied_total",
+            "counter",
+            "Connects refused by enforce mode.",
+            self.denied.load(r),
+        );
+        simple(
+            &mut out,
+            "ciwatch_jobs_active",
+            "gauge",
+            "Jobs being recorded now.",
+            self.jobs_active.load(r).max(0) as u64,
+        );
+        simple(
+            &mut out,
+            "ciwatch_jobs_completed_total",
+            "counter",
+            "Jobs whose trace was sealed.",
+            self.jobs_completed.load(r),
+        );
+        family(
+            &mut out,
+            "ciwatch_output_errors_total",
+            "counter",
+            "Failed writes or uploads of traces, by reason.",
+        );
         for f in OutputFailure::ALL {
             let i = OutputFailure::ALL.iter().position(|x| *x == f).unwrap_or(3);
-            let _ = writeln!(out, "ciwatch_output_errors_total{{reason=\"{}\"}} {}", f.name(), self.output_errors[i].load(r));
+            let _ = writeln!(
+                out,
+                "ciwatch_output_errors_total{{reason=\"{}\"}} {}",
+                f.name(),
+                self.output_errors[i].load(r)
+            );
         }
         let output_ok = !self.output_ok_set.load(r) || self.output_ok.load(r);
-        simple(&mut out, "ciwatch_output_ok", "gauge", "1 when the last trace write or upload succeeded.", u64::from(output_ok));
-        simple(&mut out, "ciwatch_uploads_pending", "gauge", "Sealed traces not yet in the object store.", self.pending_uploads.load(r));
+        simple(
+            &mut out,
+            "ciwatch_output_ok",
+            "gauge",
+            "1 when the last trace write or upload succeeded.",
+            u64::from(output_ok),
+        );
+        simple(
+            &mut out,
+            "ciwatch_uploads_pending",
+            "gauge",
+            "Sealed traces not yet in the object store.",
+            self.pending_uploads.load(r),
+        );
         let kube = self.kube_api.load(r);
         if kube >= 0 {
-            simple(&mut out, "ciwatch_kube_api_up", "gauge", "1 when the Kubernetes API answered the last list or watch.", kube as u64);
+            simple(
+                &mut out,
+                "ciwatch_kube_api_up",
+                "gauge",
+                "1 when the Kubernetes API answered the last list or watch.",
+                kube as u64,
+            );
         }
-        family(&mut out, "ciwatch_hook_attached", "gauge", "1 when the hook is attached, with the implementation in use.");
+        family(
+            &mut out,
+            "ciwatch_hook_attached",
+            "gauge",
+            "1 when the hook is attached, with the implementation in use.",
+        );
         for (hook, state) in lock(&self.hooks).iter() {
             let _ = writeln!(
                 out,
@@ -242,7 +347,13 @@ impl Metrics {
                 u8::from(state.attached)
             );
         }
-        simple(&mut out, "ciwatch_ready", "gauge", "1 when every hook is attached and the daemon records.", u64::from(self.ready.load(Ordering::Acquire)));
+        simple(
+            &mut out,
+            "ciwatch_ready",
+            "gauge",
+            "1 when every hook is attached and the daemon records.",
+            u64::from(self.ready.load(Ordering::Acquire)),
+        );
         out
     }
 }
@@ -258,7 +369,10 @@ fn simple(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 
 /// Label values escape backslash, double quote and newline.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -267,7 +381,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The `[health]` section of the config file.
@@ -283,13 +399,18 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))), stall_after_secs: 30 }
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            stall_after_secs: 30,
+        }
     }
 }
 
 impl HealthConfig {
     pub fn options(&self) -> HealthOptions {
-        HealthOptions { stall_after: Duration::from_secs(self.stall_after_secs.max(1)) }
+        HealthOptions {
+            stall_after: Duration::from_secs(self.stall_after_secs.max(1)),
+        }
     }
 }
 
@@ -301,7 +422,9 @@ pub struct HealthOptions {
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        Self { stall_after: Duration::from_secs(30) }
+        Self {
+            stall_after: Duration::from_secs(30),
+        }
     }
 }
 
@@ -314,9 +437,17 @@ pub struct HealthServer {
 
 impl HealthServer {
     /// Binds `addr` (port 0 picks a free port) and serves in a background task.
-    pub async fn start(addr: SocketAddr, metrics: Arc<Metrics>, options: HealthOptions) -> Result<Self, HealthError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| HealthError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| HealthError::Bind { addr, source })?;
+    pub async fn start(
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        options: HealthOptions,
+    ) -> Result<Self, HealthError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HealthError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| HealthError::Bind { addr, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
@@ -350,7 +481,11 @@ impl HealthServer {
                 });
             }
         });
-        Ok(Self { local_addr, stop, task })
+        Ok(Self {
+            local_addr,
+            stop,
+            task,
+        })
     }
 
     pub async fn shutdown(self) {
@@ -359,9 +494,17 @@ impl HealthServer {
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics, options: &HealthOptions) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    options: &HealthOptions,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET and HEAD\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".into(),
+        );
     }
     let stalled = metrics.stalled_for().filter(|d| *d > options.stall_after);
     match req.uri().path() {
@@ -381,21 +524,40 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, options: &HealthOptions) 
                     format!("not ready: no pipeline heartbeat for {} s\n", d.as_secs()),
                 )
             } else if metrics.ready.load(Ordering::Acquire) {
-                reply(StatusCode::OK, "text/plain; charset=utf-8", "ready\n".into())
+                reply(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    "ready\n".into(),
+                )
             } else {
                 let why = lock(&metrics.not_ready).clone();
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", format!("not ready: {why}\n"))
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("not ready: {why}\n"),
+                )
             }
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found: try /healthz, /readyz or /metrics\n".into()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
     }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -407,19 +569,25 @@ mod tests {
     /// A raw HTTP/1.1 request over loopback, so the test client shares no code with the server.
     async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
         let text = String::from_utf8(buf).unwrap();
         let status = text[9..12].parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
     async fn server(options: HealthOptions) -> (Arc<Metrics>, HealthServer) {
         let metrics = Metrics::new();
-        let server = HealthServer::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), options).await.unwrap();
+        let server = HealthServer::start("127.0.0.1:0".parse().unwrap(), metrics.clone(), options)
+            .await
+            .unwrap();
         (metrics, server)
     }
 
@@ -431,9 +599,16 @@ mod tests {
         let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let health: HealthConfig = table["health"].clone().try_into().unwrap();
         assert_eq!(health.listen, Some("127.0.0.1:9090".parse().unwrap()));
-        let output: crate::sink::object_store::OutputConfig = table["output"].clone().try_into().unwrap();
-        assert_eq!(output.dir.as_deref(), Some(std::path::Path::new("/var/lib/ciwatch/traces")));
-        assert_eq!(HealthConfig::default().options().stall_after, Duration::from_secs(30));
+        let output: crate::sink::object_store::OutputConfig =
+            table["output"].clone().try_into().unwrap();
+        assert_eq!(
+            output.dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/ciwatch/traces"))
+        );
+        assert_eq!(
+            HealthConfig::default().options().stall_after,
+            Duration::from_secs(30)
+        );
     }
 
     #[tokio::test]
@@ -444,18 +619,30 @@ mod tests {
         let (code, body) = get(addr, "GET", "/readyz").await;
         assert_eq!((code, body.as_str()), (503, "not ready: starting\n"));
         metrics.set_not_ready("attaching hooks");
-        assert!(get(addr, "GET", "/readyz").await.1.contains("attaching hooks"));
+        assert!(get(addr, "GET", "/readyz")
+            .await
+            .1
+            .contains("attaching hooks"));
         metrics.set_ready();
-        assert_eq!(get(addr, "GET", "/readyz").await, (200, "ready\n".to_string()));
+        assert_eq!(
+            get(addr, "GET", "/readyz").await,
+            (200, "ready\n".to_string())
+        );
         assert_eq!(get(addr, "GET", "/nope").await.0, 404);
         assert_eq!(get(addr, "POST", "/healthz").await.0, 405);
         server.shutdown().await;
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after shutdown");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening after shutdown"
+        );
     }
 
     #[tokio::test]
     async fn a_stalled_pipeline_fails_liveness() {
-        let (metrics, server) = server(HealthOptions { stall_after: Duration::from_millis(50) }).await;
+        let (metrics, server) = server(HealthOptions {
+            stall_after: Duration::from_millis(50),
+        })
+        .await;
         metrics.set_ready();
         metrics.heartbeat();
         assert_eq!(get(server.local_addr, "GET", "/healthz").await.0, 200);

@@ -20,16 +20,53 @@ pub enum CaptureArgs {
 
 /// Token prefixes of well-known credential formats.
 const TOKEN_PREFIXES: &[&str] = &[
-    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "gldt-", "glrt-", "xoxb-", "xoxp-", "xoxa-",
-    "xapp-", "sk_live_", "rk_live_", "npm_", "pypi-", "AKIA", "ASIA", "hf_", "dop_v1_", "-----BEGIN",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "gldt-",
+    "glrt-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xapp-",
+    "sk_live_",
+    "rk_live_",
+    "npm_",
+    "pypi-",
+    "AKIA",
+    "ASIA",
+    "hf_",
+    "dop_v1_",
+    "-----BEGIN",
 ];
 
 /// Option or variable names whose value is a secret.
-const SECRET_NAMES: &[&str] =
-    &["pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "auth", "credential", "private", "key"];
+const SECRET_NAMES: &[&str] = &[
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "auth",
+    "credential",
+    "private",
+    "key",
+];
 
 /// Header names whose value is a secret (`-H 'Authorization: Bearer …'`).
-const SECRET_HEADERS: &[&str] = &["authorization:", "proxy-authorization:", "x-api-key:", "private-token:", "cookie:"];
+const SECRET_HEADERS: &[&str] = &[
+    "authorization:",
+    "proxy-authorization:",
+    "x-api-key:",
+    "private-token:",
+    "cookie:",
+];
 
 pub fn apply(policy: CaptureArgs, argv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     match policy {
@@ -57,14 +94,18 @@ fn redact_all(argv: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 
 /// `--password` or `-p`-like flags whose value is the next argument.
 fn is_secret_flag(arg: &str) -> bool {
-    let Some(name) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { return false };
+    let Some(name) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+        return false;
+    };
     !name.contains('=') && name_is_secret(name)
 }
 
 fn name_is_secret(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     let last = lower.rsplit(['.', '-', '_']).next().unwrap_or(&lower);
-    SECRET_NAMES.iter().any(|s| lower.ends_with(s) || last == *s || lower.contains(&format!("{s}word")))
+    SECRET_NAMES
+        .iter()
+        .any(|s| lower.ends_with(s) || last == *s || lower.contains(&format!("{s}word")))
 }
 
 /// The redacted form of one argument, or None when it is kept as is.
@@ -124,7 +165,11 @@ fn mask_json_values(arg: &str) -> Option<String> {
         let Some(close) = after.find('"') else { break };
         let key = &after[..close];
         let tail = &after[close + 1..];
-        let value = tail.trim_start().strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"'));
+        let value = tail
+            .trim_start()
+            .strip_prefix(':')
+            .map(str::trim_start)
+            .and_then(|v| v.strip_prefix('"'));
         match value {
             Some(v) if name_is_secret(key) => {
                 let Some(end) = v.find('"') else { break };
@@ -154,7 +199,11 @@ fn mask_url_password(arg: &str) -> Option<String> {
         return None;
     }
     let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-    let masked = if userinfo.contains(':') { format!("{user}:{MASK}") } else { MASK.to_string() };
+    let masked = if userinfo.contains(':') {
+        format!("{user}:{MASK}")
+    } else {
+        MASK.to_string()
+    };
     Some(format!("{}{masked}{}", &arg[..scheme_end], &rest[at..]))
 }
 
@@ -164,31 +213,70 @@ mod tests {
 
     fn redact(args: &[&str]) -> Vec<String> {
         let argv = args.iter().map(|a| a.as_bytes().to_vec()).collect();
-        apply(CaptureArgs::Redacted, argv).into_iter().map(|a| String::from_utf8(a).unwrap()).collect()
+        apply(CaptureArgs::Redacted, argv)
+            .into_iter()
+            .map(|a| String::from_utf8(a).unwrap())
+            .collect()
     }
 
     #[test]
     fn credentials_are_masked() {
-        assert_eq!(redact(&["curl", "-H", "Authorization: Bearer abc"]), ["curl", "-H", "Authorization: [REDACTED]"]);
-        assert_eq!(redact(&["login", "--password", "hunter2", "x"]), ["login", "--password", "[REDACTED]", "x"]);
-        assert_eq!(redact(&["tool", "--api-key=abc123"]), ["tool", "--api-key=[REDACTED]"]);
-        assert_eq!(redact(&["git", "clone", "https://u:tok@github.com/a/b"]), ["git", "clone", "https://u:[REDACTED]@github.com/a/b"]);
-        assert_eq!(redact(&["echo", "ghp_abcdefghijklmnop"]), ["echo", "[REDACTED]"]);
-        assert_eq!(redact(&["env", "GITHUB_TOKEN=xyz"]), ["env", "GITHUB_TOKEN=[REDACTED]"]);
         assert_eq!(
-            redact(&["client", r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "eyJabc", "n": 1}"#]),
-            ["client", r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "[REDACTED]", "n": 1}"#]
+            redact(&["curl", "-H", "Authorization: Bearer abc"]),
+            ["curl", "-H", "Authorization: [REDACTED]"]
+        );
+        assert_eq!(
+            redact(&["login", "--password", "hunter2", "x"]),
+            ["login", "--password", "[REDACTED]", "x"]
+        );
+        assert_eq!(
+            redact(&["tool", "--api-key=abc123"]),
+            ["tool", "--api-key=[REDACTED]"]
+        );
+        assert_eq!(
+            redact(&["git", "clone", "https://u:tok@github.com/a/b"]),
+            ["git", "clone", "https://u:[REDACTED]@github.com/a/b"]
+        );
+        assert_eq!(
+            redact(&["echo", "ghp_abcdefghijklmnop"]),
+            ["echo", "[REDACTED]"]
+        );
+        assert_eq!(
+            redact(&["env", "GITHUB_TOKEN=xyz"]),
+            ["env", "GITHUB_TOKEN=[REDACTED]"]
+        );
+        assert_eq!(
+            redact(&[
+                "client",
+                r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "eyJabc", "n": 1}"#
+            ]),
+            [
+                "client",
+                r#"{"HOME": "/root", "ACTIONS_RUNTIME_TOKEN": "[REDACTED]", "n": 1}"#
+            ]
         );
     }
 
     #[test]
     fn ordinary_arguments_are_kept() {
-        let args = ["gcc", "-O2", "-o", "main", "main.c", "--keep-going", "PATH=/usr/bin", "https://example.com/x"];
+        let args = [
+            "gcc",
+            "-O2",
+            "-o",
+            "main",
+            "main.c",
+            "--keep-going",
+            "PATH=/usr/bin",
+            "https://example.com/x",
+        ];
         assert_eq!(redact(&args), args);
     }
 
     #[test]
     fn none_keeps_argv0_only() {
-        assert_eq!(apply(CaptureArgs::None, vec![b"a".to_vec(), b"b".to_vec()]), vec![b"a".to_vec()]);
+        assert_eq!(
+            apply(CaptureArgs::None, vec![b"a".to_vec(), b"b".to_vec()]),
+            vec![b"a".to_vec()]
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Serialize for Text {
             Ok(s) => serializer.serialize_str(s),
             Err(_) => {
                 let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                map.serialize_entry(
+                    "base64",
+                    &base64::engine::general_purpose::STANDARD.encode(&self.0),
+                )?;
                 map.end()
             }
         }
@@ -43,7 +46,13 @@ mod tests {
 
     #[test]
     fn utf8_is_a_string_and_other_bytes_are_base64() {
-        assert_eq!(serde_json::to_string(&Text::from("/tmp/é")).unwrap(), r#""/tmp/é""#);
-        assert_eq!(serde_json::to_string(&Text::new(vec![0x66, 0xff, 0x6f])).unwrap(), r#"{"base64":"Zv9v"}"#);
+        assert_eq!(
+            serde_json::to_string(&Text::from("/tmp/é")).unwrap(),
+            r#""/tmp/é""#
+        );
+        assert_eq!(
+            serde_json::to_string(&Text::new(vec![0x66, 0xff, 0x6f])).unwrap(),
+            r#"{"base64":"Zv9v"}"#
+        );
     }
 }

@@ -20,16 +20,27 @@ fn tcp(port: u16) -> String {
 }
 
 fn start(out: &Path) -> String {
-    format!("{CIWATCH} start --out {} > {}.start.json", out.display(), out.display())
+    format!(
+        "{CIWATCH} start --out {} > {}.start.json",
+        out.display(),
+        out.display()
+    )
 }
 
 fn finish(out: &Path) -> String {
-    format!("{CIWATCH} finish --out {} --json > {}.finish.json", out.display(), out.display())
+    format!(
+        "{CIWATCH} finish --out {} --json > {}.finish.json",
+        out.display(),
+        out.display()
+    )
 }
 
 fn env(pairs: &[(&str, &str)]) -> Value {
     let mut map = serde_json::Map::new();
-    map.insert("PATH".into(), std::env::var("PATH").unwrap_or_default().into());
+    map.insert(
+        "PATH".into(),
+        std::env::var("PATH").unwrap_or_default().into(),
+    );
     map.insert("HOME".into(), "/root".into());
     for (k, v) in pairs {
         map.insert(k.to_string(), Value::from(*v));
@@ -43,27 +54,50 @@ fn run_launcher(tmp: &Path, name: &str, steps: Vec<Value>, extra: &[&str]) {
     python_as(&bin);
     let scenario = tmp.join(format!("{name}.json"));
     write(&scenario, &json!({ "steps": steps }).to_string());
-    let status = common::spawn(Command::new(&bin).arg(emulator("launcher.py")).arg(&scenario).args(extra)).wait().unwrap();
+    let status = common::spawn(
+        Command::new(&bin)
+            .arg(emulator("launcher.py"))
+            .arg(&scenario)
+            .args(extra),
+    )
+    .wait()
+    .unwrap();
     assert!(status.success(), "the emulated {name} job failed");
 }
 
 fn read_trace(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("events.ndjson")).unwrap_or_else(|e| {
         let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-        panic!("no sealed trace in {} ({e}); agent.log:\n{log}", dir.display())
+        panic!(
+            "no sealed trace in {} ({e}); agent.log:\n{log}",
+            dir.display()
+        )
     });
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The (step id, name, stage) every connect to `port` carries; all must agree.
 fn step_for_port(lines: &[Value], port: u16) -> (String, Option<String>, Option<String>) {
-    let hits: Vec<&Value> = lines.iter().filter(|e| e["type"] == "connect" && e["port"] == port).collect();
+    let hits: Vec<&Value> = lines
+        .iter()
+        .filter(|e| e["type"] == "connect" && e["port"] == port)
+        .collect();
     assert!(!hits.is_empty(), "no connect to port {port} was recorded");
     let (id, name, stage) = step_of(hits[0]);
     for h in &hits {
-        assert_eq!(step_of(h), (id, name, stage), "connects to {port} are split across steps");
+        assert_eq!(
+            step_of(h),
+            (id, name, stage),
+            "connects to {port} are split across steps"
+        );
     }
-    (id.to_string(), name.map(String::from), stage.map(String::from))
+    (
+        id.to_string(),
+        name.map(String::from),
+        stage.map(String::from),
+    )
 }
 
 #[test]
@@ -93,11 +127,20 @@ fn gitlab_shell_executor_stages() {
     assert_eq!(lines[0]["job"]["id"], "https://gitlab.example/-/jobs/1337");
     let script = step_for_port(&lines, ports.port("script"));
     let after = step_for_port(&lines, ports.port("after"));
-    assert_eq!(script.0, "start", "the rest of the script that ran ciwatch start");
-    assert_eq!(after.0, "step-1", "the next stage, numbered: the shell executor hides stage names");
+    assert_eq!(
+        script.0, "start",
+        "the rest of the script that ran ciwatch start"
+    );
+    assert_eq!(
+        after.0, "step-1",
+        "the next stage, numbered: the shell executor hides stage names"
+    );
     let steps = lines[0]["steps"].as_array().unwrap();
     let numbered = steps.iter().find(|s| s["id"] == "step-1").unwrap();
-    assert!(numbered["degraded"][0].as_str().unwrap().contains("stdin"), "the missing name is explained: {numbered}");
+    assert!(
+        numbered["degraded"][0].as_str().unwrap().contains("stdin"),
+        "the missing name is explained: {numbered}"
+    );
 }
 
 #[test]
@@ -130,18 +173,34 @@ fn jenkins_durable_sh_steps() {
         tmp.path(),
         "java",
         vec![
-            sh_step("0a1b2c3d", "Build", format!("{}\n{}", start(&out), connect("build"))),
+            sh_step(
+                "0a1b2c3d",
+                "Build",
+                format!("{}\n{}", start(&out), connect("build")),
+            ),
             sh_step("11111111", "Test", connect("test")),
-            sh_step("22222222", "Deploy", format!("{}\n{}", connect("deploy"), finish(&out))),
+            sh_step(
+                "22222222",
+                "Deploy",
+                format!("{}\n{}", connect("deploy"), finish(&out)),
+            ),
         ],
         &["-jar", "agent.jar"],
     );
     let lines = read_trace(&out);
     assert_eq!(lines[0]["job"]["platform"], "jenkins");
     assert_eq!(lines[0]["job"]["id"], "jenkins-app-42");
-    for (port, id, stage) in [("build", "durable-0a1b2c3d", "Build"), ("test", "durable-11111111", "Test"), ("deploy", "durable-22222222", "Deploy")] {
+    for (port, id, stage) in [
+        ("build", "durable-0a1b2c3d", "Build"),
+        ("test", "durable-11111111", "Test"),
+        ("deploy", "durable-22222222", "Deploy"),
+    ] {
         let (got_id, _, got_stage) = step_for_port(&lines, ports.port(port));
-        assert_eq!((got_id.as_str(), got_stage.as_deref()), (id, Some(stage)), "port {port}");
+        assert_eq!(
+            (got_id.as_str(), got_stage.as_deref()),
+            (id, Some(stage)),
+            "port {port}"
+        );
     }
 }
 
@@ -153,7 +212,17 @@ fn circleci_steps_are_numbered() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("trace");
     let ports = Ports::new(&["one", "two", "three"]);
-    let job_env = env(&[("CIRCLECI", "true"), ("CI", "true"), ("CIRCLE_WORKFLOW_JOB_ID", "5e2a9f0c-1111-2222-3333-444455556666"), ("CIRCLE_NODE_INDEX", "0"), ("CIRCLE_JOB", "build"), ("CIRCLE_BUILD_NUM", "7")]);
+    let job_env = env(&[
+        ("CIRCLECI", "true"),
+        ("CI", "true"),
+        (
+            "CIRCLE_WORKFLOW_JOB_ID",
+            "5e2a9f0c-1111-2222-3333-444455556666",
+        ),
+        ("CIRCLE_NODE_INDEX", "0"),
+        ("CIRCLE_JOB", "build"),
+        ("CIRCLE_BUILD_NUM", "7"),
+    ]);
     let step = |cmd: String| json!({ "argv": ["/bin/bash", "-eo", "pipefail", "-c", cmd], "env": job_env });
     run_launcher(
         tmp.path(),
@@ -166,7 +235,10 @@ fn circleci_steps_are_numbered() {
         &[],
     );
     let lines = read_trace(&out);
-    assert_eq!(lines[0]["job"]["id"], "5e2a9f0c-1111-2222-3333-444455556666/0");
+    assert_eq!(
+        lines[0]["job"]["id"],
+        "5e2a9f0c-1111-2222-3333-444455556666/0"
+    );
     assert_eq!(step_for_port(&lines, ports.port("one")).0, "start");
     assert_eq!(step_for_port(&lines, ports.port("two")).0, "step-1");
     assert_eq!(step_for_port(&lines, ports.port("three")).0, "step-2");
@@ -193,17 +265,39 @@ fn azure_pipelines_tasks() {
         tmp.path(),
         "Agent.Worker",
         vec![
-            task("a0000000-0000-0000-0000-000000000001", "Start ciwatch", start(&out)),
-            task("a0000000-0000-0000-0000-000000000002", "Install deps", tcp(ports.port("install"))),
-            task("a0000000-0000-0000-0000-000000000003", "Build", tcp(ports.port("build"))),
-            task("a0000000-0000-0000-0000-000000000004", "Finish ciwatch", finish(&out)),
+            task(
+                "a0000000-0000-0000-0000-000000000001",
+                "Start ciwatch",
+                start(&out),
+            ),
+            task(
+                "a0000000-0000-0000-0000-000000000002",
+                "Install deps",
+                tcp(ports.port("install")),
+            ),
+            task(
+                "a0000000-0000-0000-0000-000000000003",
+                "Build",
+                tcp(ports.port("build")),
+            ),
+            task(
+                "a0000000-0000-0000-0000-000000000004",
+                "Finish ciwatch",
+                finish(&out),
+            ),
         ],
         &["spawnclient", "3", "4"],
     );
     let lines = read_trace(&out);
     assert_eq!(lines[0]["job"]["platform"], "azure-pipelines");
-    assert_eq!(step_for_port(&lines, ports.port("install")).1.as_deref(), Some("Install deps"));
-    assert_eq!(step_for_port(&lines, ports.port("build")).1.as_deref(), Some("Build"));
+    assert_eq!(
+        step_for_port(&lines, ports.port("install")).1.as_deref(),
+        Some("Install deps")
+    );
+    assert_eq!(
+        step_for_port(&lines, ports.port("build")).1.as_deref(),
+        Some("Build")
+    );
 }
 
 #[test]
@@ -216,9 +310,18 @@ fn buildkite_hook_phases() {
     let ports = Ports::new(&["command", "post"]);
     let hooks = tmp.path().join("hooks");
     write(&hooks.join("environment"), "true\n");
-    write(&hooks.join("post-command"), &format!("{}\n", tcp(ports.port("post"))));
+    write(
+        &hooks.join("post-command"),
+        &format!("{}\n", tcp(ports.port("post"))),
+    );
     write(&hooks.join("pre-exit"), &format!("{}\n", finish(&out)));
-    let job_env = env(&[("BUILDKITE", "true"), ("CI", "true"), ("BUILDKITE_JOB_ID", "018f-job"), ("BUILDKITE_LABEL", "Build"), ("BUILDKITE_BUILD_NUMBER", "12")]);
+    let job_env = env(&[
+        ("BUILDKITE", "true"),
+        ("CI", "true"),
+        ("BUILDKITE_JOB_ID", "018f-job"),
+        ("BUILDKITE_LABEL", "Build"),
+        ("BUILDKITE_BUILD_NUMBER", "12"),
+    ]);
     let bootstrap = json!({ "steps": [
         { "argv": ["/bin/bash", hooks.join("environment")], "env": job_env },
         { "argv": ["/bin/bash", "-e", "-c", format!("{}\n{}", start(&out), tcp(ports.port("command")))], "env": job_env },
@@ -273,12 +376,19 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let found = std::fs::read_dir(&self.state).ok().and_then(|d| {
-                d.flatten().map(|e| e.path()).find(|p| p.join("events.ndjson").exists() && p.file_name().unwrap().to_string_lossy().contains(job))
+                d.flatten().map(|e| e.path()).find(|p| {
+                    p.join("events.ndjson").exists()
+                        && p.file_name().unwrap().to_string_lossy().contains(job)
+                })
             });
             if let Some(dir) = found {
                 return read_trace(&dir);
             }
-            assert!(Instant::now() < deadline, "no sealed trace for job {job} in {}", self.state.display());
+            assert!(
+                Instant::now() < deadline,
+                "no sealed trace for job {job} in {}",
+                self.state.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -320,8 +430,22 @@ fn bitbucket_container_step_is_the_job() {
     let daemon = Daemon::start(tmp.path());
     let ports = Ports::new(&["a", "b"]);
     let uuid = "{9f8e7d6c-0000-1111-2222-333344445555}";
-    let build_env = env(&[("BITBUCKET_STEP_UUID", uuid), ("BITBUCKET_PIPELINE_UUID", "{p}"), ("BITBUCKET_BUILD_NUMBER", "5"), ("BITBUCKET_REPO_FULL_NAME", "acme/app"), ("CI", "true")]);
-    let mut c = in_container(&shim, build_env, bash(format!("{}; sleep 0.1; {}", tcp(ports.port("a")), tcp(ports.port("b")))));
+    let build_env = env(&[
+        ("BITBUCKET_STEP_UUID", uuid),
+        ("BITBUCKET_PIPELINE_UUID", "{p}"),
+        ("BITBUCKET_BUILD_NUMBER", "5"),
+        ("BITBUCKET_REPO_FULL_NAME", "acme/app"),
+        ("CI", "true"),
+    ]);
+    let mut c = in_container(
+        &shim,
+        build_env,
+        bash(format!(
+            "{}; sleep 0.1; {}",
+            tcp(ports.port("a")),
+            tcp(ports.port("b"))
+        )),
+    );
     assert!(c.wait().unwrap().success());
     let lines = daemon.trace("9f8e7d6c");
     assert_eq!(lines[0]["job"]["platform"], "bitbucket-pipelines");
@@ -344,15 +468,33 @@ fn tekton_step_containers() {
     let entrypoint = tmp.path().join("tekton/bin/entrypoint");
     python_as(&entrypoint);
     let step = |i: u32, port: u16| {
-        let mut argv: Vec<String> = vec![entrypoint.display().to_string(), emulator("entrypoint.py").display().to_string()];
-        for a in ["-wait_file", &format!("/tekton/run/{}/out", i - 1), "-post_file", &format!("/tekton/run/{i}/out"), "-termination_path", "/tekton/termination", "-entrypoint", "/usr/bin/bash", "--", "-c", &tcp(port)] {
+        let mut argv: Vec<String> = vec![
+            entrypoint.display().to_string(),
+            emulator("entrypoint.py").display().to_string(),
+        ];
+        for a in [
+            "-wait_file",
+            &format!("/tekton/run/{}/out", i - 1),
+            "-post_file",
+            &format!("/tekton/run/{i}/out"),
+            "-termination_path",
+            "/tekton/termination",
+            "-entrypoint",
+            "/usr/bin/bash",
+            "--",
+            "-c",
+            &tcp(port),
+        ] {
             argv.push(a.to_string());
         }
         argv
     };
     let pod_env = env(&[("HOSTNAME", "build-run-x7k2-pod")]);
     for (i, port) in [(1, ports.port("clone")), (2, ports.port("build"))] {
-        assert!(in_container(&shim, pod_env.clone(), step(i, port)).wait().unwrap().success());
+        assert!(in_container(&shim, pod_env.clone(), step(i, port))
+            .wait()
+            .unwrap()
+            .success());
     }
     let lines = daemon.trace("build-run-x7k2");
     assert_eq!(lines[0]["job"]["platform"], "tekton");
@@ -370,10 +512,26 @@ fn drone_parallel_step_containers() {
     let daemon = Daemon::start(tmp.path());
     let ports = Ports::new(&["build", "test"]);
     let step_env = |name: &str, number: &str| {
-        env(&[("DRONE", "true"), ("CI", "true"), ("DRONE_REPO", "acme/app"), ("DRONE_BUILD_NUMBER", "9"), ("DRONE_STAGE_NUMBER", "1"), ("DRONE_STAGE_NAME", "default"), ("DRONE_STEP_NAME", name), ("DRONE_STEP_NUMBER", number)])
+        env(&[
+            ("DRONE", "true"),
+            ("CI", "true"),
+            ("DRONE_REPO", "acme/app"),
+            ("DRONE_BUILD_NUMBER", "9"),
+            ("DRONE_STAGE_NUMBER", "1"),
+            ("DRONE_STAGE_NAME", "default"),
+            ("DRONE_STEP_NAME", name),
+            ("DRONE_STEP_NUMBER", number),
+        ])
     };
     // Steps run in parallel, one container each.
-    let loop_on = |port: u16| bash((0..4).map(|_| format!("{}; sleep 0.05", tcp(port))).collect::<Vec<_>>().join("; "));
+    let loop_on = |port: u16| {
+        bash(
+            (0..4)
+                .map(|_| format!("{}; sleep 0.05", tcp(port)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
     let mut a = in_container(&shim, step_env("build", "2"), loop_on(ports.port("build")));
     let mut b = in_container(&shim, step_env("test", "3"), loop_on(ports.port("test")));
     assert!(a.wait().unwrap().success() && b.wait().unwrap().success());

@@ -8,19 +8,36 @@ use common::{require_root, write, Trace, CIWATCH};
 
 fn ciwatch(args: &[&str]) -> (Option<i32>, String, tempfile::TempDir) {
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(CIWATCH).arg("run").arg("--quiet").arg("--out").arg(out.path()).args(args).output().unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), out)
+    let o = Command::new(CIWATCH)
+        .arg("run")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(out.path())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        out,
+    )
 }
 
 fn no_log_written(dir: &std::path::Path) {
-    assert!(!dir.join("events.ndjson").exists(), "no log may be written on a setup failure");
+    assert!(
+        !dir.join("events.ndjson").exists(),
+        "no log may be written on a setup failure"
+    );
 }
 
 #[test]
 fn command_not_found_exits_127_before_loading_anything() {
     let (code, err, out) = ciwatch(&["--", "definitely-not-a-command-ciwatch"]);
     assert_eq!(code, Some(127), "{err}");
-    assert!(err.contains("definitely-not-a-command-ciwatch: command not found"), "{err}");
+    assert!(
+        err.contains("definitely-not-a-command-ciwatch: command not found"),
+        "{err}"
+    );
     no_log_written(out.path());
 }
 
@@ -38,7 +55,10 @@ fn command_not_executable_exits_126() {
 fn malformed_config_names_the_line() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("bad.toml");
-    write(&config, "capture_args = \"redacted\"\n[ring]\nsize_bytes = \"big\"\n");
+    write(
+        &config,
+        "capture_args = \"redacted\"\n[ring]\nsize_bytes = \"big\"\n",
+    );
     let (code, err, out) = ciwatch(&["--config", config.to_str().unwrap(), "--", "true"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
@@ -62,13 +82,30 @@ fn without_capabilities_the_missing_ones_are_named() {
     }
     // Drop to an unprivileged user, the way a misconfigured runner would run ciwatch.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", CIWATCH, "run", "--out", "/tmp", "--", "true"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            CIWATCH,
+            "run",
+            "--out",
+            "/tmp",
+            "--",
+            "true",
+        ])
         .output()
         .expect("setpriv (util-linux)");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{err}");
-    assert!(err.contains("CAP_BPF") && err.contains("CAP_PERFMON"), "{err}");
-    assert!(err.contains("sudo") || err.contains("setcap"), "says what to do: {err}");
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sudo") || err.contains("setcap"),
+        "says what to do: {err}"
+    );
 }
 
 #[test]
@@ -78,7 +115,10 @@ fn missing_btf_is_a_clear_error() {
     }
     let (code, err, out) = ciwatch(&["--btf", "/nonexistent/vmlinux", "--", "true"]);
     assert_eq!(code, Some(71), "{err}");
-    assert!(err.contains("BTF") && err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    assert!(
+        err.contains("BTF") && err.contains("CONFIG_DEBUG_INFO_BTF"),
+        "{err}"
+    );
     no_log_written(out.path());
 }
 
@@ -87,7 +127,17 @@ fn unwritable_output_directory_exits_73() {
     if !require_root() {
         return;
     }
-    let o = Command::new(CIWATCH).args(["run", "--quiet", "--out", "/proc/version/ciwatch", "--", "true"]).output().unwrap();
+    let o = Command::new(CIWATCH)
+        .args([
+            "run",
+            "--quiet",
+            "--out",
+            "/proc/version/ciwatch",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(73), "{err}");
     assert!(err.contains("/proc/version/ciwatch"), "{err}");
@@ -106,7 +156,11 @@ fn unmounted_tracefs_is_mounted_by_ciwatch() {
          exec {CIWATCH} run --quiet --out {} -- true",
         out.path().display()
     );
-    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).env("CIWATCH_LOG", "info").output().unwrap();
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("CIWATCH_LOG", "info")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("mounted tracefs"), "{err}");
@@ -121,10 +175,22 @@ fn argv_that_is_not_utf8_is_stored_losslessly() {
     use std::os::unix::ffi::OsStrExt;
     let weird = std::ffi::OsStr::from_bytes(b"caf\xe9");
     let out = tempfile::tempdir().unwrap();
-    let o = Command::new(CIWATCH).arg("run").arg("--quiet").arg("--out").arg(out.path()).args(["--", "/bin/echo"]).arg(weird).output().unwrap();
+    let o = Command::new(CIWATCH)
+        .arg("run")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(out.path())
+        .args(["--", "/bin/echo"])
+        .arg(weird)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0));
     let log = std::fs::read_to_string(out.path().join("events.ndjson")).unwrap();
-    let exec: serde_json::Value = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|e| e["type"] == "exec").unwrap();
+    let exec: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["type"] == "exec")
+        .unwrap();
     assert_eq!(exec["argv"][1], serde_json::json!({"base64": "Y2Fm6Q=="}));
 }
 
@@ -146,8 +212,16 @@ fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
     if !require_root() {
         return;
     }
-    let o = Command::new(CIWATCH).args(["check", "--json"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(CIWATCH)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let hooks = report["hooks"].as_array().unwrap();
     let names: Vec<&str> = hooks.iter().map(|h| h["hook"].as_str().unwrap()).collect();
@@ -157,8 +231,20 @@ fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
     let kernel_hook = file["implementation"].as_str().unwrap();
     if kernel_hook.starts_with("tracepoint/") {
         // This kernel has no kprobes and refuses fentry: both are reported as skipped, with reasons.
-        let skipped: Vec<&str> = file["skipped"].as_array().unwrap().iter().map(|s| s["implementation"].as_str().unwrap()).collect();
-        assert_eq!(skipped, ["kprobe/security_file_open", "fentry/security_file_open"]);
-        assert!(file["skipped"].as_array().unwrap().iter().all(|s| !s["reason"].as_str().unwrap().is_empty()));
+        let skipped: Vec<&str> = file["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["implementation"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            skipped,
+            ["kprobe/security_file_open", "fentry/security_file_open"]
+        );
+        assert!(file["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["reason"].as_str().unwrap().is_empty()));
     }
 }

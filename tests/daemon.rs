@@ -68,7 +68,9 @@ fn job_with(tmp: &Path, name: &str, extra: Value) -> (Command, Ports) {
         "runner_root": root, "work": tmp.join(name).join("work"), "ports": ports.by_name,
         "results": tmp.join(name).join("results.json"),
     });
-    cfg.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     write(&config, &cfg.to_string());
     let mut cmd = Command::new(root.join("bin/Runner.Worker"));
     cmd.arg(emulator("github_worker.py")).arg(&config);
@@ -77,7 +79,12 @@ fn job_with(tmp: &Path, name: &str, extra: Value) -> (Command, Ports) {
 
 fn sealed_traces(state: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(state)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.join("events.ndjson").exists()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("events.ndjson").exists())
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs
@@ -88,7 +95,9 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
     if !require_root() {
         return;
     }
-    let _serial = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = ONE_DAEMON_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let _daemon = start_daemon(&state);
@@ -114,7 +123,11 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
 
     let mut job_ids = Vec::new();
     for trace in &traces {
-        let lines: Vec<Value> = std::fs::read_to_string(trace.join("events.ndjson")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = std::fs::read_to_string(trace.join("events.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let end = lines.last().unwrap();
         assert_eq!(end["type"], "trace_end");
         assert_eq!(end["agent_status"], "ok", "{end}");
@@ -122,11 +135,21 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
         let job_id = lines[0]["job"]["id"].as_str().unwrap().to_string();
         let connects: Vec<&Value> = lines.iter().filter(|e| e["type"] == "connect").collect();
         // Which emulated job is this? The one whose ports its connects hit.
-        let owner = all_ports.iter().position(|p| connects.iter().any(|c| c["port"] == p.port("build"))).expect("a job's build connect");
-        let own: Vec<u16> = ["build", "test"].iter().map(|n| all_ports[owner].port(n)).collect();
+        let owner = all_ports
+            .iter()
+            .position(|p| connects.iter().any(|c| c["port"] == p.port("build")))
+            .expect("a job's build connect");
+        let own: Vec<u16> = ["build", "test"]
+            .iter()
+            .map(|n| all_ports[owner].port(n))
+            .collect();
         for c in &connects {
             let port = c["port"].as_u64().unwrap() as u16;
-            assert!(own.contains(&port), "trace {} holds another job's connect to {port}", trace.display());
+            assert!(
+                own.contains(&port),
+                "trace {} holds another job's connect to {port}",
+                trace.display()
+            );
             let expected = if port == own[0] { "Build" } else { "Test" };
             assert_eq!(step_of(c).1, Some(expected));
             assert_eq!(c["job"]["id"], job_id.as_str());
@@ -143,12 +166,22 @@ fn trace_of(state: &Path, port: u16) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for dir in sealed_traces(state) {
-            let lines: Vec<Value> = std::fs::read_to_string(dir.join("events.ndjson")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-            if lines.iter().any(|e| e["type"] == "connect" && e["port"] == port) {
+            let lines: Vec<Value> = std::fs::read_to_string(dir.join("events.ndjson"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines
+                .iter()
+                .any(|e| e["type"] == "connect" && e["port"] == port)
+            {
                 return lines;
             }
         }
-        assert!(Instant::now() < deadline, "no sealed trace holds a connect to {port}");
+        assert!(
+            Instant::now() < deadline,
+            "no sealed trace holds a connect to {port}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -158,27 +191,69 @@ fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
     if !require_root() {
         return;
     }
-    let _serial = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serial = ONE_DAEMON_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let _daemon = start_daemon(&state);
 
-    let (mut orphan, op) = job_with(tmp.path(), "orphan", serde_json::json!({ "scenario": "orphan" }));
+    let (mut orphan, op) = job_with(
+        tmp.path(),
+        "orphan",
+        serde_json::json!({ "scenario": "orphan" }),
+    );
     assert!(common::spawn(&mut orphan).wait().unwrap().success());
     let lines = trace_of(&state, op.port("build"));
-    let hit = lines.iter().find(|e| e["type"] == "connect" && e["port"] == op.port("build")).unwrap();
-    assert_eq!(step_of(hit).1, Some("Orphan"), "the step outlived its Worker and kept its attribution");
+    let hit = lines
+        .iter()
+        .find(|e| e["type"] == "connect" && e["port"] == op.port("build"))
+        .unwrap();
+    assert_eq!(
+        step_of(hit).1,
+        Some("Orphan"),
+        "the step outlived its Worker and kept its attribution"
+    );
     assert_eq!(lines[0]["job"]["launcher_exited"], true);
 
-    let (mut blind, bp) = job_with(tmp.path(), "blind", serde_json::json!({ "scenario": "short", "no_diag": true }));
+    let (mut blind, bp) = job_with(
+        tmp.path(),
+        "blind",
+        serde_json::json!({ "scenario": "short", "no_diag": true }),
+    );
     assert!(common::spawn(&mut blind).wait().unwrap().success());
     let lines = trace_of(&state, bp.port("build"));
-    let hit = lines.iter().find(|e| e["type"] == "connect" && e["port"] == bp.port("build")).unwrap();
+    let hit = lines
+        .iter()
+        .find(|e| e["type"] == "connect" && e["port"] == bp.port("build"))
+        .unwrap();
     let (id, name, _) = step_of(hit);
     assert_eq!(name, None, "no name is guessed without the runner's log");
     assert_eq!(id.len(), 36, "the step keeps its file-command GUID: {id}");
-    let step = lines[0]["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
-    assert!(step["degraded"][0].as_str().unwrap().starts_with("no display name"), "{step}");
-    let summary = std::fs::read_to_string(sealed_traces(&state).iter().find(|d| std::fs::read_to_string(d.join("events.ndjson")).unwrap().contains(id)).unwrap().join("summary.md")).unwrap();
+    let step = lines[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap();
+    assert!(
+        step["degraded"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("no display name"),
+        "{step}"
+    );
+    let summary = std::fs::read_to_string(
+        sealed_traces(&state)
+            .iter()
+            .find(|d| {
+                std::fs::read_to_string(d.join("events.ndjson"))
+                    .unwrap()
+                    .contains(id)
+            })
+            .unwrap()
+            .join("summary.md"),
+    )
+    .unwrap();
     assert!(summary.contains("no display name"), "{summary}");
 }

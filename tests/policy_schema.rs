@@ -55,7 +55,14 @@ fn validate(tool: &Path, files: &[PathBuf]) -> (bool, String) {
         .args(files)
         .output()
         .expect("run check-jsonschema");
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -63,16 +70,29 @@ fn doc_examples_parse_with_ciwatch() {
     let examples = doc_examples();
     assert!(examples.len() >= 2, "docs/policy.md lost its examples");
     for e in &examples {
-        let parsed = ciwatch::policy::parse(e.as_bytes(), "docs/policy.md").unwrap_or_else(|err| panic!("{err}\n{e}"));
-        parsed.policy.validate().unwrap_or_else(|err| panic!("{err}\n{e}"));
+        let parsed = ciwatch::policy::parse(e.as_bytes(), "docs/policy.md")
+            .unwrap_or_else(|err| panic!("{err}\n{e}"));
+        parsed
+            .policy
+            .validate()
+            .unwrap_or_else(|err| panic!("{err}\n{e}"));
     }
 }
 
 #[test]
 fn the_schema_is_valid_json_schema() {
     let Some(tool) = validator() else { return };
-    let o = Command::new(&tool).arg("--check-metaschema").arg(root().join("docs/policy.schema.json")).output().unwrap();
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(&tool)
+        .arg("--check-metaschema")
+        .arg(root().join("docs/policy.schema.json"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -85,7 +105,10 @@ fn examples_fixtures_and_learned_policies_validate_against_the_schema() {
         std::fs::write(&f, e).unwrap();
         files.push(f);
     }
-    for (name, extra) in [("learned.yml", &[][..]), ("learned-per-step.yml", &["--per-step"][..])] {
+    for (name, extra) in [
+        ("learned.yml", &[][..]),
+        ("learned-per-step.yml", &["--per-step"][..]),
+    ] {
         let out = dir.path().join(name);
         let o = Command::new(CIWATCH)
             .args(["learn", "--dir"])
@@ -105,7 +128,11 @@ fn examples_fixtures_and_learned_policies_validate_against_the_schema() {
 #[test]
 fn the_schema_rejects_what_it_can_see_is_wrong() {
     let Some(tool) = validator() else { return };
-    for bad in ["wildcard-middle.yml", "unknown-field.yml", "empty-enforce.yml"] {
+    for bad in [
+        "wildcard-middle.yml",
+        "unknown-field.yml",
+        "empty-enforce.yml",
+    ] {
         let (ok, text) = validate(&tool, &[root().join("tests/fixtures/policy/bad").join(bad)]);
         assert!(!ok, "{bad} should fail the schema: {text}");
     }
@@ -127,7 +154,8 @@ fn the_schema_rejects_what_it_can_see_is_wrong() {
         let (ok, out) = validate(&tool, &[f]);
         assert!(!ok, "should fail the schema:\n{text}\n{out}");
         // ciwatch refuses each of these too.
-        let accepted = ciwatch::policy::parse(text.as_bytes(), "x").is_ok_and(|p| p.policy.validate().is_ok());
+        let accepted =
+            ciwatch::policy::parse(text.as_bytes(), "x").is_ok_and(|p| p.policy.validate().is_ok());
         assert!(!accepted, "{text}");
     }
 }

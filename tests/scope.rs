@@ -13,8 +13,16 @@ fn processes_outside_the_job_are_never_recorded() {
     if !require_root() {
         return;
     }
-    let inside = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let outside = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let inside = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let outside = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let secret = tempfile::tempdir().unwrap();
     let creds = secret.path().join(".aws/credentials");
     write(&creds, "x");
@@ -26,15 +34,31 @@ fn processes_outside_the_job_are_never_recorded() {
          \x20   time.sleep(0.05)\n",
         creds = creds.display()
     );
-    let mut outsider = Command::new("python3").args(["-c", &outsider_code]).spawn().unwrap();
+    let mut outsider = Command::new("python3")
+        .args(["-c", &outsider_code])
+        .spawn()
+        .unwrap();
     let job = format!("python3 -c \"import socket,time; s=socket.socket(); s.connect_ex(('127.0.0.1', {inside})); time.sleep(0.8)\"");
     let t = Trace::sh(&job);
     outsider.wait().unwrap();
 
-    assert!(t.events("connect").iter().any(|e| e["port"] == inside), "the job's own connect is recorded");
-    let leaked: Vec<_> = t.lines.iter().filter(|e| e["proc"]["tgid"] == outsider.id() || e["port"] == outside).collect();
-    assert!(leaked.is_empty(), "events of a process outside the job leaked in: {leaked:#?}");
-    assert!(t.events("file").is_empty(), "the outsider's credential reads are not the job's");
+    assert!(
+        t.events("connect").iter().any(|e| e["port"] == inside),
+        "the job's own connect is recorded"
+    );
+    let leaked: Vec<_> = t
+        .lines
+        .iter()
+        .filter(|e| e["proc"]["tgid"] == outsider.id() || e["port"] == outside)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events of a process outside the job leaked in: {leaked:#?}"
+    );
+    assert!(
+        t.events("file").is_empty(),
+        "the outsider's credential reads are not the job's"
+    );
 }
 
 #[test]
@@ -42,16 +66,28 @@ fn a_double_forked_daemon_is_still_recorded() {
     if !require_root() {
         return;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // The daemon setsid()s, outlives its parents and connects after the job's main process exited.
     let script = format!(
         "(setsid python3 -c \"import socket,time; time.sleep(0.4); socket.socket().connect_ex(('127.0.0.1', {port}))\" &) ; exit 0"
     );
     let t = Trace::sh(&script);
     assert_eq!(t.code(), Some(0));
-    let hit = t.events("connect").into_iter().find(|e| e["port"] == port).unwrap_or_else(|| panic!("daemon connect missing; {}", t.stderr()));
+    let hit = t
+        .events("connect")
+        .into_iter()
+        .find(|e| e["port"] == port)
+        .unwrap_or_else(|| panic!("daemon connect missing; {}", t.stderr()));
     assert_eq!(hit["proc"]["comm"], "python3");
-    assert_eq!(t.end()["still_running"], 0, "the run lingered until the daemon exited");
+    assert_eq!(
+        t.end()["still_running"],
+        0,
+        "the run lingered until the daemon exited"
+    );
 }
 
 #[test]
@@ -61,15 +97,33 @@ fn a_flood_into_a_tiny_ring_counts_lost_events() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("tiny.toml");
-    write(&config, "[ring]\nsize_bytes = 4096\ndrain_interval_ms = 200\n");
+    write(
+        &config,
+        "[ring]\nsize_bytes = 4096\ndrain_interval_ms = 200\n",
+    );
     let t = Trace::run(
         &["--config", config.to_str().unwrap()],
-        &["sh", "-c", "i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done",
+        ],
     );
-    assert_eq!(t.code(), Some(0), "the command's exit code, not a crash: {}", t.stderr());
+    assert_eq!(
+        t.code(),
+        Some(0),
+        "the command's exit code, not a crash: {}",
+        t.stderr()
+    );
     let end = t.end();
-    assert!(end["lost_total"].as_u64().unwrap() > 0, "a 4 KiB ring cannot hold 400 execs: {end}");
+    assert!(
+        end["lost_total"].as_u64().unwrap() > 0,
+        "a 4 KiB ring cannot hold 400 execs: {end}"
+    );
     assert!(end["lost"]["exec"].as_u64().unwrap() > 0 || end["lost"]["fork"].as_u64().unwrap() > 0);
     assert_eq!(end["complete"], false);
-    assert!(t.summary().contains("events were lost"), "the summary says so");
+    assert!(
+        t.summary().contains("events were lost"),
+        "the summary says so"
+    );
 }

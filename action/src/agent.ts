@@ -80,14 +80,14 @@ export type StartResult = ReturnType<typeof startResult>;
 const signing = object({
   method: literal('keyless', 'key', 'none'),
   fallback: nullable(str),
-  identity: str,
-  verify_command: str,
+  identity: nullable(str),
+  verify_command: nullable(str),
 });
 
 const step = object({
   id: str,
   name: str,
-  stage: str,
+  stage: nullable(str),
   execs: count,
   connects: count,
   dns: count,

@@ -20591,13 +20591,13 @@ var startResult = object({ pid: count, out: str, hooks: array(hookStatus) });
 var signing = object({
   method: literal("keyless", "key", "none"),
   fallback: nullable(str),
-  identity: str,
-  verify_command: str
+  identity: nullable(str),
+  verify_command: nullable(str)
 });
 var step = object({
   id: str,
   name: str,
-  stage: str,
+  stage: nullable(str),
   execs: count,
   connects: count,
   dns: count,

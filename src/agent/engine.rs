@@ -22,7 +22,12 @@ pub enum Outputs {
     /// One job (run, start): events of any other job are not ours.
     Single { job: String, output: JobOutput },
     /// Every job on the host (daemon): a directory per job under `root`.
-    PerJob { root: PathBuf, header: TraceStart, open: HashMap<String, JobOutput>, errors: Vec<SinkError> },
+    PerJob {
+        root: PathBuf,
+        header: TraceStart,
+        open: HashMap<String, JobOutput>,
+        errors: Vec<SinkError>,
+    },
 }
 
 pub struct Engine {
@@ -63,7 +68,14 @@ pub struct DaemonState {
 }
 
 impl DaemonState {
-    pub fn new(tasks: crate::bpf::loader::Tasks, lost: crate::bpf::loader::Lost, hooks: Vec<HookStatus>, linger: Duration, idle: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        tasks: crate::bpf::loader::Tasks,
+        lost: crate::bpf::loader::Lost,
+        hooks: Vec<HookStatus>,
+        linger: Duration,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             tasks,
             lost,
@@ -90,7 +102,15 @@ struct RunnerLog {
 
 impl Engine {
     pub fn new(attributor: Attributor, outputs: Outputs) -> Self {
-        Self { attributor, outputs, undecodable: 0, other_jobs: 0, runner_logs: Vec::new(), daemon: None, scopes: None }
+        Self {
+            attributor,
+            outputs,
+            undecodable: 0,
+            other_jobs: 0,
+            runner_logs: Vec::new(),
+            daemon: None,
+            scopes: None,
+        }
     }
 
     pub fn with_scopes(
@@ -99,7 +119,11 @@ impl Engine {
         map: std::sync::Arc<std::sync::Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
     ) -> Self {
         if !scopes.is_empty() {
-            self.scopes = Some(StepScopes { scopes, map, written: HashMap::new() });
+            self.scopes = Some(StepScopes {
+                scopes,
+                map,
+                written: HashMap::new(),
+            });
         }
         self
     }
@@ -107,11 +131,21 @@ impl Engine {
     /// Tells the kernel which step groups each newly named step is in.
     fn update_step_groups(&mut self) {
         let Some(s) = &mut self.scopes else { return };
-        let mut map = s.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = s
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (kernel_step, step) in self.attributor.registry.kernel_steps() {
             // The workflow's step id (GITHUB_ACTION) is known at exec; a display name may come later.
-            let by_action = step.action.as_deref().map_or(0, |a| s.scopes.groups_of(&crate::policy::StepMatch { id: a, name: None }));
-            let groups = by_action | s.scopes.groups_of(&crate::policy::StepMatch { id: &step.id, name: step.name.as_deref() });
+            let by_action = step.action.as_deref().map_or(0, |a| {
+                s.scopes
+                    .groups_of(&crate::policy::StepMatch { id: a, name: None })
+            });
+            let groups = by_action
+                | s.scopes.groups_of(&crate::policy::StepMatch {
+                    id: &step.id,
+                    name: step.name.as_deref(),
+                });
             if s.written.get(&kernel_step) != Some(&groups) {
                 if let Err(e) = map.insert(kernel_step, groups, 0) {
                     tracing::error!("cannot scope step {}: {e}", step.id);
@@ -130,7 +164,11 @@ impl Engine {
     /// Reads step names and stages from a GitHub runner's `_diag` directory.
     pub fn follow_runner_log(&mut self, diag: &Path) {
         if !self.runner_logs.iter().any(|r| r.dir == diag) {
-            self.runner_logs.push(RunnerLog { dir: diag.to_path_buf(), log: WorkerLog::new(diag), failure: None });
+            self.runner_logs.push(RunnerLog {
+                dir: diag.to_path_buf(),
+                log: WorkerLog::new(diag),
+                failure: None,
+            });
         }
     }
 
@@ -152,7 +190,12 @@ impl Engine {
                     self.other_jobs += 1;
                 }
             }
-            Outputs::PerJob { root, header, open, errors } => {
+            Outputs::PerJob {
+                root,
+                header,
+                open,
+                errors,
+            } => {
                 if !open.contains_key(job) {
                     let dir = fresh_dir(root, &job_dir_name(&event.job));
                     let mut h = header.clone();
@@ -188,8 +231,14 @@ impl Engine {
                 continue;
             }
             // <runner>/bin/Runner.Worker → <runner>/_diag; the Worker may already be gone.
-            let from_argv = Path::new(&launcher.program).parent().and_then(Path::parent).map(|root| root.join("_diag"));
-            if let Some(diag) = from_argv.filter(|_| launcher.program.starts_with('/')).or_else(|| runner_diag(launcher.tgid)) {
+            let from_argv = Path::new(&launcher.program)
+                .parent()
+                .and_then(Path::parent)
+                .map(|root| root.join("_diag"));
+            if let Some(diag) = from_argv
+                .filter(|_| launcher.program.starts_with('/'))
+                .or_else(|| runner_diag(launcher.tgid))
+            {
                 self.follow_runner_log(&diag);
             }
         }
@@ -203,8 +252,13 @@ impl Engine {
                     runner.failure = None;
                     for fact in facts {
                         match fact {
-                            LogFact::ProcessStarted { pid, display_name } => self.attributor.registry.display_name(pid, &display_name),
-                            LogFact::Job { display_name: Some(name), .. } => {
+                            LogFact::ProcessStarted { pid, display_name } => {
+                                self.attributor.registry.display_name(pid, &display_name)
+                            }
+                            LogFact::Job {
+                                display_name: Some(name),
+                                ..
+                            } => {
                                 if let Some(job) = &single_job {
                                     self.attributor.registry.set_job_name(job, &name);
                                 }
@@ -225,8 +279,12 @@ impl Engine {
 
     /// Daemon: seals every job whose launcher exited (or that went idle) once its processes are gone.
     fn seal_finished(&mut self, stopping: bool) {
-        let Some(daemon) = &mut self.daemon else { return };
-        let Outputs::PerJob { open, .. } = &mut self.outputs else { return };
+        let Some(daemon) = &mut self.daemon else {
+            return;
+        };
+        let Outputs::PerJob { open, .. } = &mut self.outputs else {
+            return;
+        };
         let mut alive: HashMap<String, u64> = HashMap::new();
         for (_, tag) in crate::agent::live_tags(&daemon.tasks) {
             if let Some(job) = self.attributor.registry.job_of(&tag) {
@@ -240,7 +298,11 @@ impl Engine {
             let live = alive.get(job).copied().unwrap_or(0);
             let ended = match info {
                 Some(j) if j.has_launcher => j.launcher_exited,
-                _ => live == 0 && now.duration_since(*daemon.idle_since.entry(job.clone()).or_insert(now)) >= daemon.idle,
+                _ => {
+                    live == 0
+                        && now.duration_since(*daemon.idle_since.entry(job.clone()).or_insert(now))
+                            >= daemon.idle
+                }
             };
             if live > 0 {
                 daemon.idle_since.remove(job);
@@ -258,14 +320,18 @@ impl Engine {
             }
         }
         for (job, live, status) in done {
-            let Some(output) = open.remove(&job) else { continue };
+            let Some(output) = open.remove(&job) else {
+                continue;
+            };
             daemon.ended_since.remove(&job);
             daemon.idle_since.remove(&job);
             self.attributor.registry.finalize(&job, None);
             let mut totals = self.attributor.totals_base();
             totals.undecodable = self.undecodable;
             crate::agent::read_lost(&daemon.lost, &mut totals);
-            let complete = status == "ok" && totals.lost_total == 0 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
+            let complete = status == "ok"
+                && totals.lost_total == 0
+                && daemon.hooks.iter().all(|h| h.attached || h.disabled);
             let end = crate::cli::run::trace_end(totals, None, live, complete, status);
             let input = super::seal::SealInput {
                 registry: &self.attributor.registry,
@@ -314,7 +380,11 @@ impl Consumer for Engine {
             match decode(&bytes) {
                 Ok(record) => {
                     if let Some((placement, event)) = self.attributor.event(record) {
-                        if let Some(kind) = self.daemon.as_ref().and_then(|_| Kind::from_type(event.body.kind())) {
+                        if let Some(kind) = self
+                            .daemon
+                            .as_ref()
+                            .and_then(|_| Kind::from_type(event.body.kind()))
+                        {
                             self.daemon.as_ref().map(|d| d.metrics.count_event(kind));
                         }
                         self.route(&placement.job, &event);
@@ -338,7 +408,8 @@ impl Consumer for Engine {
             let mut totals = crate::event::Totals::default();
             crate::agent::read_lost(&d.lost, &mut totals);
             for kind in Kind::ALL {
-                d.metrics.set_lost(kind, totals.lost.get(kind.name()).copied().unwrap_or(0));
+                d.metrics
+                    .set_lost(kind, totals.lost.get(kind.name()).copied().unwrap_or(0));
             }
         }
     }
@@ -350,12 +421,24 @@ fn fresh_dir(root: &Path, name: &str) -> PathBuf {
     if !first.exists() {
         return first;
     }
-    (2..).map(|n| root.join(format!("{name}-{n}"))).find(|p| !p.exists()).unwrap_or(first)
+    (2..)
+        .map(|n| root.join(format!("{name}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }
 
 /// `github-actions-<id>` with anything unsafe in a file name replaced.
 pub fn job_dir_name(job: &JobRef) -> String {
     let raw = format!("{}-{}", job.platform, job.id);
-    let clean: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     clean.chars().take(120).collect()
 }

@@ -20,11 +20,20 @@ pub struct JobOutput {
 
 impl JobOutput {
     pub fn create(dir: &Path, header: &TraceStart) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError::Create { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| SinkError::Create {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut log = NdjsonLog::create(dir)?;
         log.write(header)?;
         log.flush()?;
-        Ok(Self { dir: dir.to_path_buf(), log, summary: Summary::default(), write_error: None, unwritten: 0 })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            log,
+            summary: Summary::default(),
+            write_error: None,
+            unwritten: 0,
+        })
     }
 
     pub fn write(&mut self, event: &Event) {

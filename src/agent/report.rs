@@ -79,9 +79,19 @@ pub struct ReportFile {
 }
 
 impl Report {
+    /// The per-kind counts every report carries, zero included.
+    pub fn counts(events: &BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
+        ["exec", "connect", "dns", "file"]
+            .iter()
+            .map(|k| (k.to_string(), events.get(k).copied().unwrap_or(0)))
+            .collect()
+    }
+
     pub fn from_sealed(job: &SealedJob) -> Self {
         let names = StepNames(&job.steps);
-        let step_names = |ids: &std::collections::BTreeSet<String>| ids.iter().map(|id| names.name(id)).collect::<Vec<_>>();
+        let step_names = |ids: &std::collections::BTreeSet<String>| {
+            ids.iter().map(|id| names.name(id)).collect::<Vec<_>>()
+        };
         let s = &job.data;
         let count = |k: &str| s.totals.events.get(k).copied().unwrap_or(0);
         Report {
@@ -90,7 +100,7 @@ impl Report {
             events: job.log.path.clone(),
             summary: job.dir.join("summary.md"),
             log_sha256: job.log.sha256.clone(),
-            counts: ["exec", "connect", "dns", "file"].iter().map(|k| (k.to_string(), count(k))).collect(),
+            counts: Self::counts(&s.totals.events),
             lost: s.totals.lost_total,
             denied: count("denied"),
             steps: job
@@ -161,10 +171,18 @@ pub fn write_pid_file(dir: &Path) -> std::io::Result<()> {
 
 /// The agent's pid, if it is still the same process that wrote the pid file.
 pub fn live_agent(dir: &Path) -> Result<Option<u32>, String> {
-    let text = std::fs::read_to_string(dir.join(PID_FILE))
-        .map_err(|e| format!("no agent was started for {} ({}: {e}); did `ciwatch start` run?", dir.display(), PID_FILE))?;
+    let text = std::fs::read_to_string(dir.join(PID_FILE)).map_err(|e| {
+        format!(
+            "no agent was started for {} ({}: {e}); did `ciwatch start` run?",
+            dir.display(),
+            PID_FILE
+        )
+    })?;
     let mut parts = text.split_whitespace();
-    let pid: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| format!("{PID_FILE} is malformed"))?;
+    let pid: u32 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("{PID_FILE} is malformed"))?;
     let start: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     Ok((process_start(pid) == Some(start)).then_some(pid))
 }

@@ -4,6 +4,7 @@
 //! runner's log may have supplied only after the event was written. Lines
 //! whose references did not change are copied byte for byte. Memory stays flat.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,15 +41,23 @@ pub struct SealedJob {
     pub end: TraceEnd,
 }
 
-/// The fields of a logged event that sealing may change.
+/// The fields of a logged event that sealing reads or may change.
 #[derive(Deserialize)]
-struct LineRefs {
+struct LineRefs<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
     job: Option<JobRef>,
     step: Option<StepRef>,
 }
 
 pub fn seal(output: JobOutput, input: SealInput<'_>) -> Result<SealedJob, SinkError> {
-    let JobOutput { dir, mut log, summary, write_error, unwritten } = output;
+    let JobOutput {
+        dir,
+        mut log,
+        summary,
+        write_error,
+        unwritten,
+    } = output;
     if let Some(e) = write_error {
         return Err(e);
     }
@@ -61,9 +70,21 @@ pub fn seal(output: JobOutput, input: SealInput<'_>) -> Result<SealedJob, SinkEr
     let mut end = input.end;
     end.totals.events = summary.totals.events.clone();
     end.unwritten = unwritten;
-    let sealed = rewrite(&dir, &live, &header, &end, |step_id| {
-        refs(input.registry, &Placement { job: input.job.to_string(), step: step_id.to_string() })
-    })?;
+    let (sealed, end) = rewrite(
+        &dir,
+        &live,
+        &header,
+        |_| end,
+        |step_id| {
+            refs(
+                input.registry,
+                &Placement {
+                    job: input.job.to_string(),
+                    step: step_id.to_string(),
+                },
+            )
+        },
+    )?;
 
     let rows: Vec<StepRow> = steps.iter().map(|s| step_row(s)).collect();
     let mut summary = summary;
@@ -78,29 +99,61 @@ pub fn seal(output: JobOutput, input: SealInput<'_>) -> Result<SealedJob, SinkEr
         notes: &notes(input.registry, input.job, &end),
     });
     crate::sink::write_atomically(&dir.join("summary.md"), markdown.as_bytes())?;
-    Ok(SealedJob { dir, log: sealed, summary: markdown, data: summary, steps: rows, end })
+    Ok(SealedJob {
+        dir,
+        log: sealed,
+        summary: markdown,
+        data: summary,
+        steps: rows,
+        end,
+    })
 }
 
 /// Seals a live log left behind by an agent that died: lines are kept as
-/// written, and the trace ends by saying the agent died.
-pub fn recover(dir: &Path, end: &TraceEnd) -> Result<Sealed, SinkError> {
+/// written, and the trace ends by saying the agent died, with the events
+/// counted from the log since the agent's own totals died with it.
+pub fn recover(dir: &Path, mut end: TraceEnd) -> Result<(Sealed, TraceEnd), SinkError> {
     let live = dir.join(crate::sink::ndjson::LIVE_NAME);
     let note = json!({"agent_status": "died", "note": "the agent died before sealing: steps and names are as first written"});
-    rewrite(dir, &live, &note, end, |_| (JobRef { platform: String::new(), id: String::new() }, StepRef { id: String::new(), stage: None, name: None }))
+    let no_change = |_: &str| {
+        (
+            JobRef {
+                platform: String::new(),
+                id: String::new(),
+            },
+            StepRef {
+                id: String::new(),
+                stage: None,
+                name: None,
+            },
+        )
+    };
+    let counted = |events: &BTreeMap<&'static str, u64>| {
+        end.totals.events = events.clone();
+        end
+    };
+    rewrite(dir, &live, &note, counted, no_change)
 }
+
+/// Event kinds that can appear in a log, as the static names totals use.
+const KINDS: [&str; 7] = ["exec", "fork", "exit", "connect", "file", "dns", "denied"];
 
 fn rewrite(
     dir: &Path,
     live: &Path,
     header_patch: &Value,
-    end: &TraceEnd,
+    end: impl FnOnce(&BTreeMap<&'static str, u64>) -> TraceEnd,
     final_refs: impl Fn(&str) -> (JobRef, StepRef),
-) -> Result<Sealed, SinkError> {
-    let read_err = |source| SinkError::Write { path: live.display().to_string(), source };
+) -> Result<(Sealed, TraceEnd), SinkError> {
+    let read_err = |source| SinkError::Write {
+        path: live.display().to_string(),
+        source,
+    };
     let mut reader = BufReader::with_capacity(1 << 16, File::open(live).map_err(read_err)?);
     let mut out = NdjsonLog::create_final(dir)?;
     let mut line = Vec::with_capacity(4096);
     let mut first = true;
+    let mut events = BTreeMap::new();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).map_err(read_err)? == 0 {
@@ -119,21 +172,35 @@ fn rewrite(
             out.write(&header)?;
             continue;
         }
-        match updated(&line, &final_refs)? {
+        let refs: LineRefs = serde_json::from_slice(&line)?;
+        if let Some(kind) = refs
+            .kind
+            .as_deref()
+            .and_then(|k| KINDS.iter().find(|s| **s == k))
+        {
+            *events.entry(*kind).or_default() += 1;
+        }
+        match updated(&line, refs, &final_refs)? {
             Some(value) => out.write(&value)?,
             None => out.write_line(&line)?,
         }
     }
-    out.write(end)?;
+    let end = end(&events);
+    out.write(&end)?;
     let sealed = out.seal()?;
     std::fs::remove_file(live).map_err(read_err)?;
-    Ok(sealed)
+    Ok((sealed, end))
 }
 
 /// The event with final references, or None when they did not change.
-fn updated(line: &[u8], final_refs: &impl Fn(&str) -> (JobRef, StepRef)) -> Result<Option<Value>, SinkError> {
-    let refs: LineRefs = serde_json::from_slice(line)?;
-    let Some(step) = refs.step else { return Ok(None) };
+fn updated(
+    line: &[u8],
+    refs: LineRefs<'_>,
+    final_refs: &impl Fn(&str) -> (JobRef, StepRef),
+) -> Result<Option<Value>, SinkError> {
+    let Some(step) = refs.step else {
+        return Ok(None);
+    };
     let (job, new_step) = final_refs(&step.id);
     if new_step.id.is_empty() || (Some(&job) == refs.job.as_ref() && new_step == step) {
         return Ok(None);
@@ -196,15 +263,25 @@ fn step_row(s: &StepInfo) -> StepRow {
 fn title(registry: &Registry, job: &str) -> String {
     match registry.job(job) {
         Some(j) if j.identity.platform != crate::attribute::platform::Platform::None => {
-            format!("ciwatch: {} job {}", j.identity.platform.name(), j.identity.name.as_deref().unwrap_or(job))
+            format!(
+                "ciwatch: {} job {}",
+                j.identity.platform.name(),
+                j.identity.name.as_deref().unwrap_or(job)
+            )
         }
         _ => "ciwatch: job summary".to_string(),
     }
 }
 
 fn notes(registry: &Registry, job: &str, end: &TraceEnd) -> Vec<String> {
-    let mut notes: Vec<String> = registry.job(job).map(|j| j.notes.clone()).unwrap_or_default();
-    if registry.job(job).is_some_and(|j| j.launcher_exited && end.still_running > 0) {
+    let mut notes: Vec<String> = registry
+        .job(job)
+        .map(|j| j.notes.clone())
+        .unwrap_or_default();
+    if registry
+        .job(job)
+        .is_some_and(|j| j.launcher_exited && end.still_running > 0)
+    {
         notes.push("the runner's step launcher exited while steps were still running".into());
     }
     for s in registry.steps_of(job) {

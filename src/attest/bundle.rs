@@ -17,10 +17,15 @@ pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot read bundle {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bundle {path} is malformed: {message}")]
     Malformed { path: String, message: String },
-    #[error("bundle {path} carries a message signature, not a DSSE envelope: it is not an attestation")]
+    #[error(
+        "bundle {path} carries a message signature, not a DSSE envelope: it is not an attestation"
+    )]
     NotDsse { path: String },
     #[error(transparent)]
     Dsse(#[from] DsseError),
@@ -29,8 +34,13 @@ pub enum BundleError {
 /// A v0.3 bundle for an envelope signed with a local key.
 pub fn key_bundle(envelope: &Envelope, key_id: &str) -> Result<Bundle, DsseError> {
     let dsse = envelope.to_sigstore()?;
-    Ok(BundleV03::new(VerificationMaterialV03::PublicKey { hint: key_id.to_string() }, SignatureContent::DsseEnvelope(dsse))
-        .into_bundle())
+    Ok(BundleV03::new(
+        VerificationMaterialV03::PublicKey {
+            hint: key_id.to_string(),
+        },
+        SignatureContent::DsseEnvelope(dsse),
+    )
+    .into_bundle())
 }
 
 pub fn to_json(bundle: &Bundle) -> String {
@@ -40,15 +50,26 @@ pub fn to_json(bundle: &Bundle) -> String {
 /// Reads and structurally validates a bundle; malformed input is an error, never a panic.
 pub fn read(path: &Path) -> Result<(Bundle, Envelope), BundleError> {
     let p = path.display().to_string();
-    let text = std::fs::read(path).map_err(|source| BundleError::Read { path: p.clone(), source })?;
-    let text = String::from_utf8(text).map_err(|e| BundleError::Malformed { path: p.clone(), message: e.to_string() })?;
-    parse(&text).map_err(|message| BundleError::Malformed { path: p.clone(), message }).and_then(|bundle| {
-        let SignatureContent::DsseEnvelope(dsse) = &bundle.content else {
-            return Err(BundleError::NotDsse { path: p });
-        };
-        let envelope = Envelope::from_sigstore(dsse);
-        Ok((bundle, envelope))
-    })
+    let text = std::fs::read(path).map_err(|source| BundleError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let text = String::from_utf8(text).map_err(|e| BundleError::Malformed {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    parse(&text)
+        .map_err(|message| BundleError::Malformed {
+            path: p.clone(),
+            message,
+        })
+        .and_then(|bundle| {
+            let SignatureContent::DsseEnvelope(dsse) = &bundle.content else {
+                return Err(BundleError::NotDsse { path: p });
+            };
+            let envelope = Envelope::from_sigstore(dsse);
+            Ok((bundle, envelope))
+        })
 }
 
 fn parse(text: &str) -> Result<Bundle, String> {
@@ -59,11 +80,17 @@ fn parse(text: &str) -> Result<Bundle, String> {
         .map_err(|e| e.to_string())?;
     let vm = &bundle.verification_material;
     let keyed = matches!(vm.content, VerificationMaterialContent::PublicKey(_));
-    if keyed && vm.tlog_entries.is_empty() && vm.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+    if keyed
+        && vm.tlog_entries.is_empty()
+        && vm.timestamp_verification_data.rfc3161_timestamps.is_empty()
+    {
         // A local-key bundle: the key is the trust anchor, no log entry or
         // timestamp is expected (sigstore-bundle's validator insists on one).
         if bundle.media_type().as_str() != MEDIA_TYPE {
-            return Err(format!("media type {} is not {MEDIA_TYPE}", bundle.media_type().as_str()));
+            return Err(format!(
+                "media type {} is not {MEDIA_TYPE}",
+                bundle.media_type().as_str()
+            ));
         }
         return Ok(bundle);
     }
@@ -77,10 +104,16 @@ mod tests {
     use serde_json::Value;
     use sigstore_sign::bundle::TlogEntryBuilder;
     use sigstore_sign::types::bundle::{CheckpointData, KindVersion};
-    use sigstore_sign::types::{CanonicalizedBody, DerCertificate, LogIndex, LogKeyId, Sha256Hash, SignedTimestamp};
+    use sigstore_sign::types::{
+        CanonicalizedBody, DerCertificate, LogIndex, LogKeyId, Sha256Hash, SignedTimestamp,
+    };
 
     fn envelope() -> Envelope {
-        Envelope::new(br#"{"_type":"https://in-toto.io/Statement/v1"}"#, "KID=", &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01])
+        Envelope::new(
+            br#"{"_type":"https://in-toto.io/Statement/v1"}"#,
+            "KID=",
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+        )
     }
 
     #[test]
@@ -90,7 +123,10 @@ mod tests {
         assert_eq!(v["mediaType"], MEDIA_TYPE);
         assert_eq!(v["verificationMaterial"]["publicKey"]["hint"], "KID=");
         assert!(v["verificationMaterial"].get("certificate").is_none());
-        assert_eq!(v["dsseEnvelope"]["payloadType"], "application/vnd.in-toto+json");
+        assert_eq!(
+            v["dsseEnvelope"]["payloadType"],
+            "application/vnd.in-toto+json"
+        );
         assert_eq!(v["dsseEnvelope"]["signatures"][0]["keyid"], "KID=");
         assert_eq!(v["dsseEnvelope"]["signatures"][0]["sig"], "MAYCAQECAQE=");
         assert_eq!(v["dsseEnvelope"]["payload"], envelope().payload);
@@ -116,7 +152,9 @@ mod tests {
         )
         .build();
         let dsse = envelope().to_sigstore().unwrap();
-        let b = BundleV03::with_certificate_and_dsse(DerCertificate::new(vec![0x30, 0x00]), dsse).with_tlog_entry(entry).into_bundle();
+        let b = BundleV03::with_certificate_and_dsse(DerCertificate::new(vec![0x30, 0x00]), dsse)
+            .with_tlog_entry(entry)
+            .into_bundle();
         let v: Value = serde_json::from_str(&to_json(&b)).unwrap();
         let vm = &v["verificationMaterial"];
         assert_eq!(vm["certificate"]["rawBytes"], "MAA=");
@@ -128,10 +166,19 @@ mod tests {
         assert_eq!(e["inclusionProof"]["treeSize"], "93750515");
         assert_eq!(e["kindVersion"]["kind"], "dsse");
         assert_eq!(e["kindVersion"]["version"], "0.0.1");
-        assert_eq!(e["logId"]["keyId"], "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
+        assert_eq!(
+            e["logId"]["keyId"],
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="
+        );
         assert_eq!(e["inclusionPromise"]["signedEntryTimestamp"], "AQID");
-        assert_eq!(e["inclusionProof"]["rootHash"], "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=");
-        assert!(e["inclusionProof"]["checkpoint"]["envelope"].as_str().unwrap().starts_with("rekor.example"));
+        assert_eq!(
+            e["inclusionProof"]["rootHash"],
+            "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk="
+        );
+        assert!(e["inclusionProof"]["checkpoint"]["envelope"]
+            .as_str()
+            .unwrap()
+            .starts_with("rekor.example"));
         assert_eq!(e["canonicalizedBody"], "eyJraW5kIjoiZHNzZSJ9");
     }
 
@@ -141,16 +188,31 @@ mod tests {
         for (name, text) in [
             ("empty", ""),
             ("not-json", "{"),
-            ("wrong-shape", r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}"#),
-            ("bad-media", r#"{"mediaType":"x","verificationMaterial":{},"dsseEnvelope":{}}"#),
-            ("two-sigs", r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{"hint":"a"},"tlogEntries":[]},"dsseEnvelope":{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="},{"sig":"AA=="}]}}"#),
+            (
+                "wrong-shape",
+                r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}"#,
+            ),
+            (
+                "bad-media",
+                r#"{"mediaType":"x","verificationMaterial":{},"dsseEnvelope":{}}"#,
+            ),
+            (
+                "two-sigs",
+                r#"{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"publicKey":{"hint":"a"},"tlogEntries":[]},"dsseEnvelope":{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="},{"sig":"AA=="}]}}"#,
+            ),
             ("binary", "\u{0}\u{ff}"),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             let err = read(&path).unwrap_err();
-            assert!(matches!(err, BundleError::Malformed { .. }), "{name}: {err}");
+            assert!(
+                matches!(err, BundleError::Malformed { .. }),
+                "{name}: {err}"
+            );
         }
-        assert!(matches!(read(&dir.path().join("missing")), Err(BundleError::Read { .. })));
+        assert!(matches!(
+            read(&dir.path().join("missing")),
+            Err(BundleError::Read { .. })
+        ));
     }
 }

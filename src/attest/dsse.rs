@@ -61,7 +61,10 @@ impl Envelope {
         Self {
             payload_type: PAYLOAD_TYPE.to_string(),
             payload: STANDARD.encode(payload),
-            signatures: vec![Signature { keyid: keyid.to_string(), sig: STANDARD.encode(der_signature) }],
+            signatures: vec![Signature {
+                keyid: keyid.to_string(),
+                sig: STANDARD.encode(der_signature),
+            }],
         }
     }
 
@@ -103,18 +106,25 @@ impl Envelope {
     /// For a Sigstore bundle, which carries exactly one signature.
     pub fn to_sigstore(&self) -> Result<DsseEnvelope, DsseError> {
         let sig = self.signatures.first().ok_or(DsseError::NoSignature)?;
-        let sig_bytes = decode_any(&sig.sig).ok_or(DsseError::Base64 { field: "signatures[0].sig" })?;
+        let sig_bytes = decode_any(&sig.sig).ok_or(DsseError::Base64 {
+            field: "signatures[0].sig",
+        })?;
         Ok(DsseEnvelope::new(
             self.payload_type.clone(),
             PayloadBytes::from_bytes(&self.payload_bytes()?),
-            DsseSignature::new(SignatureBytes::new(sig_bytes), KeyId::new(sig.keyid.clone())),
+            DsseSignature::new(
+                SignatureBytes::new(sig_bytes),
+                KeyId::new(sig.keyid.clone()),
+            ),
         ))
     }
 }
 
 /// DSSE verifiers must accept standard and URL-safe base64, padded or not.
 pub fn decode_any(text: &str) -> Option<Vec<u8>> {
-    [&STANDARD, &URL_SAFE, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD].iter().find_map(|engine| engine.decode(text).ok())
+    [&STANDARD, &URL_SAFE, &STANDARD_NO_PAD, &URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
 }
 
 #[cfg(test)]
@@ -123,8 +133,14 @@ mod tests {
 
     #[test]
     fn pae_matches_the_dsse_spec_vector() {
-        assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world");
-        assert_eq!(pae(PAYLOAD_TYPE, b"{}"), b"DSSEv1 28 application/vnd.in-toto+json 2 {}");
+        assert_eq!(
+            pae("http://example.com/HelloWorld", b"hello world"),
+            b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+        );
+        assert_eq!(
+            pae(PAYLOAD_TYPE, b"{}"),
+            b"DSSEv1 28 application/vnd.in-toto+json 2 {}"
+        );
         assert_eq!(pae("", b""), b"DSSEv1 0  0 ");
     }
 
@@ -138,7 +154,10 @@ mod tests {
         );
         let back = Envelope::parse(&line).unwrap();
         assert_eq!(back, e);
-        let url_safe = Envelope { payload: "eyJhIjoi_z8-In0".into(), ..e.clone() };
+        let url_safe = Envelope {
+            payload: "eyJhIjoi_z8-In0".into(),
+            ..e.clone()
+        };
         assert_eq!(url_safe.payload_bytes().unwrap(), b"{\"a\":\"\xff?>\"}");
         let sigstore = e.to_sigstore().unwrap();
         assert_eq!(Envelope::from_sigstore(&sigstore), e);
@@ -147,11 +166,28 @@ mod tests {
     #[test]
     fn malformed_envelopes_are_errors() {
         assert!(matches!(Envelope::parse("{"), Err(DsseError::Malformed(_))));
-        assert!(matches!(Envelope::parse(r#"{"payload":"x"}"#), Err(DsseError::Malformed(_))));
-        let e = Envelope { payload_type: "text/plain".into(), payload: String::new(), signatures: vec![] };
-        assert_eq!(e.check_in_toto(), Err(DsseError::PayloadType("text/plain".into())));
-        let e = Envelope { payload_type: PAYLOAD_TYPE.into(), payload: "!!".into(), signatures: vec![] };
+        assert!(matches!(
+            Envelope::parse(r#"{"payload":"x"}"#),
+            Err(DsseError::Malformed(_))
+        ));
+        let e = Envelope {
+            payload_type: "text/plain".into(),
+            payload: String::new(),
+            signatures: vec![],
+        };
+        assert_eq!(
+            e.check_in_toto(),
+            Err(DsseError::PayloadType("text/plain".into()))
+        );
+        let e = Envelope {
+            payload_type: PAYLOAD_TYPE.into(),
+            payload: "!!".into(),
+            signatures: vec![],
+        };
         assert_eq!(e.check_in_toto(), Err(DsseError::NoSignature));
-        assert_eq!(e.payload_bytes(), Err(DsseError::Base64 { field: "payload" }));
+        assert_eq!(
+            e.payload_bytes(),
+            Err(DsseError::Base64 { field: "payload" })
+        );
     }
 }

@@ -115,7 +115,10 @@ impl SignOptions {
             key: KeySource::Default,
             subjects: Vec::new(),
             predicates: PredicateChoice::Ciwatch,
-            keyless: KeylessOptions { env: oidc::AmbientEnv::from_process(), ..KeylessOptions::default() },
+            keyless: KeylessOptions {
+                env: oidc::AmbientEnv::from_process(),
+                ..KeylessOptions::default()
+            },
             expected_log_sha256: None,
         }
     }
@@ -170,7 +173,10 @@ pub enum AttestError {
     #[error(transparent)]
     Sign(#[from] SignError),
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("signing task failed: {0}")]
     Task(String),
 }
@@ -194,7 +200,12 @@ fn load_local(source: &KeySource) -> Result<(SigningKey, bool), KeyError> {
 }
 
 fn key_info(key: &SigningKey, created: bool) -> KeyInfo {
-    KeyInfo { key_id: key.public().key_id.clone(), private_path: key.path.clone(), public_path: key.public_path(), created }
+    KeyInfo {
+        key_id: key.public().key_id.clone(),
+        private_path: key.path.clone(),
+        public_path: key.public_path(),
+        created,
+    }
 }
 
 /// Reads `dir/events.ndjson` (sealed and complete), hashes and summarises it in
@@ -220,17 +231,26 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
     let (predicate, subjects) = summarise(dir, opts).await?;
     outcome.log_sha256 = Some(predicate.event_log.digest.sha256.clone());
     // A bad local key fails now, before any network traffic.
-    let mut local = if opts.preloads_key() { Some(load_local(&opts.key)?) } else { None };
+    let mut local = if opts.preloads_key() {
+        Some(load_local(&opts.key)?)
+    } else {
+        None
+    };
 
     let signed = match opts.mode {
-        SignMode::Keyless => sign_keyless(&predicate, &subjects, opts, &mut outcome).await.map_err(AttestError::KeylessRequired)?,
+        SignMode::Keyless => sign_keyless(&predicate, &subjects, opts, &mut outcome)
+            .await
+            .map_err(AttestError::KeylessRequired)?,
         SignMode::Auto => match sign_keyless(&predicate, &subjects, opts, &mut outcome).await {
             Ok(signed) => signed,
             Err(e) => {
                 let reason = crate::bpf::loader::chain(&e);
                 tracing::warn!("keyless signing failed, falling back to the local key: {reason}");
                 outcome.keyless = None;
-                outcome.fallback = Some(Fallback { from: "keyless".into(), reason });
+                outcome.fallback = Some(Fallback {
+                    from: "keyless".into(),
+                    reason,
+                });
                 let (key, created) = match local.take() {
                     Some(loaded) => loaded,
                     None => load_local(&opts.key)?,
@@ -248,15 +268,24 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
         SignMode::None => unreachable!("handled above"),
     };
     outcome.files = write_outputs(dir, &signed)?;
-    outcome.predicate_types = kinds(opts.predicates).iter().map(|k| k.predicate_type()).collect();
+    outcome.predicate_types = kinds(opts.predicates)
+        .iter()
+        .map(|k| k.predicate_type())
+        .collect();
     Ok(outcome)
 }
 
-async fn summarise(dir: &Path, opts: &SignOptions) -> Result<(Predicate, Vec<Subject>), AttestError> {
+async fn summarise(
+    dir: &Path,
+    opts: &SignOptions,
+) -> Result<(Predicate, Vec<Subject>), AttestError> {
     let log = dir.join(LOG_FILE);
     if !log.is_file() {
         let partial = dir.join(format!("{LOG_FILE}.partial")).exists();
-        return Err(AttestError::NotSealed { path: log.display().to_string(), partial });
+        return Err(AttestError::NotSealed {
+            path: log.display().to_string(),
+            partial,
+        });
     }
     let patterns = opts.subjects.clone();
     let (scanned, extra) = tokio::task::spawn_blocking(move || {
@@ -268,7 +297,10 @@ async fn summarise(dir: &Path, opts: &SignOptions) -> Result<(Predicate, Vec<Sub
     .map_err(|e| AttestError::Task(e.to_string()))??;
     if let Some(sealed) = &opts.expected_log_sha256 {
         if !sealed.eq_ignore_ascii_case(&scanned.sha256) {
-            return Err(AttestError::LogChanged { now: scanned.sha256, sealed: sealed.clone() });
+            return Err(AttestError::LogChanged {
+                now: scanned.sha256,
+                sealed: sealed.clone(),
+            });
         }
     }
     let mut subjects = vec![Subject::sha256(LOG_FILE, &scanned.sha256)];
@@ -292,7 +324,10 @@ async fn sign_keyless(
     };
     let signed = sign_all(&signer, predicate, signing, subjects, opts.predicates).await?;
     outcome.method = Some(Method::Keyless);
-    outcome.keyless = Some(keyless_info(&signed[0].1, opts.keyless.trusted_root.clone()));
+    outcome.keyless = Some(keyless_info(
+        &signed[0].1,
+        opts.keyless.trusted_root.clone(),
+    ));
     Ok(signed)
 }
 
@@ -356,9 +391,11 @@ async fn sign_all(
     for &kind in kinds(choice) {
         let bytes = match kind {
             Kind::Ciwatch => statement::to_bytes(subjects, kind.predicate_type(), &predicate),
-            Kind::RuntimeTrace => {
-                statement::to_bytes(subjects, kind.predicate_type(), &runtime_trace::from_predicate(&predicate))
-            }
+            Kind::RuntimeTrace => statement::to_bytes(
+                subjects,
+                kind.predicate_type(),
+                &runtime_trace::from_predicate(&predicate),
+            ),
         }
         .map_err(|e| SignError::Bundle(e.to_string()))?;
         out.push((kind, signer.sign(&bytes).await?));
@@ -368,14 +405,24 @@ async fn sign_all(
 
 fn keyless_info(signed: &Signed, trusted_root: Option<PathBuf>) -> KeylessInfo {
     let cert = match &signed.bundle.verification_material.content {
-        VerificationMaterialContent::Certificate(c) => Some(sigstore_sign::crypto::parse_certificate_info(&c.raw_bytes)),
+        VerificationMaterialContent::Certificate(c) => {
+            Some(sigstore_sign::crypto::parse_certificate_info(&c.raw_bytes))
+        }
         _ => None,
     };
     let cert = cert.and_then(Result::ok);
     KeylessInfo {
-        identity: cert.as_ref().and_then(|c| c.identity.as_ref()).map(ToString::to_string),
+        identity: cert
+            .as_ref()
+            .and_then(|c| c.identity.as_ref())
+            .map(ToString::to_string),
         issuer: cert.as_ref().and_then(|c| c.issuer.clone()),
-        log_index: signed.bundle.verification_material.tlog_entries.first().map(|e| u64::from(e.log_index)),
+        log_index: signed
+            .bundle
+            .verification_material
+            .tlog_entries
+            .first()
+            .map(|e| u64::from(e.log_index)),
         trusted_root,
     }
 }
@@ -393,7 +440,12 @@ fn remove_outputs(dir: &Path) -> Result<(), AttestError> {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!("removed stale {}", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(AttestError::Write { path: path.display().to_string(), source }),
+            Err(source) => {
+                return Err(AttestError::Write {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
         }
     }
     Ok(())
@@ -401,21 +453,40 @@ fn remove_outputs(dir: &Path) -> Result<(), AttestError> {
 
 /// Every file is written as `.partial`, synced, then all are renamed into place.
 fn write_outputs(dir: &Path, signed: &[(Kind, Signed)]) -> Result<Vec<PathBuf>, AttestError> {
-    let choice = if signed.len() > 1 { PredicateChoice::Both } else { PredicateChoice::Ciwatch };
+    let choice = if signed.len() > 1 {
+        PredicateChoice::Both
+    } else {
+        PredicateChoice::Ciwatch
+    };
     let mut files: Vec<(PathBuf, String)> = Vec::new();
-    let lines: String = signed.iter().map(|(_, s)| s.envelope.to_line() + "\n").collect();
+    let lines: String = signed
+        .iter()
+        .map(|(_, s)| s.envelope.to_line() + "\n")
+        .collect();
     files.push((dir.join(ENVELOPE_FILE), lines));
     for (kind, s) in signed {
-        files.push((dir.join(bundle_file(*kind, choice)), bundle::to_json(&s.bundle) + "\n"));
+        files.push((
+            dir.join(bundle_file(*kind, choice)),
+            bundle::to_json(&s.bundle) + "\n",
+        ));
     }
     let mut partials = Vec::new();
     for (path, text) in &files {
-        let partial = path.with_extension(format!("{}.partial", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-        write_synced(&partial, text.as_bytes()).map_err(|source| AttestError::Write { path: partial.display().to_string(), source })?;
+        let partial = path.with_extension(format!(
+            "{}.partial",
+            path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        ));
+        write_synced(&partial, text.as_bytes()).map_err(|source| AttestError::Write {
+            path: partial.display().to_string(),
+            source,
+        })?;
         partials.push((partial, path.clone()));
     }
     for (partial, path) in &partials {
-        std::fs::rename(partial, path).map_err(|source| AttestError::Write { path: path.display().to_string(), source })?;
+        std::fs::rename(partial, path).map_err(|source| AttestError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }
@@ -447,7 +518,12 @@ pub fn summary_markdown(result: &Result<SignOutcome, AttestError>, dir: &Path) -
     };
     match (method, &outcome.key, &outcome.keyless) {
         (Method::Key, Some(k), _) => {
-            let _ = writeln!(md, "Signed with the local key `{}` (key id `{}`).", k.private_path.display(), k.key_id);
+            let _ = writeln!(
+                md,
+                "Signed with the local key `{}` (key id `{}`).",
+                k.private_path.display(),
+                k.key_id
+            );
         }
         (Method::Keyless, _, Some(k)) => {
             let _ = writeln!(
@@ -455,7 +531,8 @@ pub fn summary_markdown(result: &Result<SignOutcome, AttestError>, dir: &Path) -
                 "Signed keylessly as `{}` (issuer `{}`){}.",
                 k.identity.as_deref().unwrap_or("?"),
                 k.issuer.as_deref().unwrap_or("?"),
-                k.log_index.map_or(String::new(), |i| format!(", Rekor log index {i}"))
+                k.log_index
+                    .map_or(String::new(), |i| format!(", Rekor log index {i}"))
             );
         }
         _ => {}
@@ -463,10 +540,18 @@ pub fn summary_markdown(result: &Result<SignOutcome, AttestError>, dir: &Path) -
     if let Some(f) = &outcome.fallback {
         let _ = writeln!(md, "\n> **Fallback:** keyless signing failed ({}); the local key signed instead. The fallback is recorded in the signed predicate.", f.reason.replace('\n', " "));
     }
-    let names: Vec<String> =
-        outcome.files.iter().filter_map(|f| f.file_name()).map(|f| format!("`{}`", f.to_string_lossy())).collect();
+    let names: Vec<String> = outcome
+        .files
+        .iter()
+        .filter_map(|f| f.file_name())
+        .map(|f| format!("`{}`", f.to_string_lossy()))
+        .collect();
     let _ = writeln!(md, "\nFiles: {}.\n", names.join(", "));
-    let _ = writeln!(md, "Verify:\n\n```sh\n{}\n```\n", verify_command(outcome, dir));
+    let _ = writeln!(
+        md,
+        "Verify:\n\n```sh\n{}\n```\n",
+        verify_command(outcome, dir)
+    );
     md
 }
 
@@ -477,7 +562,10 @@ pub fn verify_command(outcome: &SignOutcome, dir: &Path) -> String {
     let mut cmd = String::from("ciwatch verify");
     match (outcome.method, &outcome.key, &outcome.keyless) {
         (Some(Method::Key), Some(k), _) => {
-            let public = k.public_path.clone().unwrap_or_else(|| PathBuf::from("PUBLIC_KEY.pem"));
+            let public = k
+                .public_path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("PUBLIC_KEY.pem"));
             let _ = write!(cmd, " --key {}", shell_quote(&public.to_string_lossy()));
         }
         (Some(Method::Keyless), _, Some(k)) => {
@@ -488,17 +576,28 @@ pub fn verify_command(outcome: &SignOutcome, dir: &Path) -> String {
                 shell_quote(k.issuer.as_deref().unwrap_or("ISSUER"))
             );
             if let Some(root) = &k.trusted_root {
-                let _ = write!(cmd, " --trusted-root {}", shell_quote(&root.to_string_lossy()));
+                let _ = write!(
+                    cmd,
+                    " --trusted-root {}",
+                    shell_quote(&root.to_string_lossy())
+                );
             }
         }
         _ => {}
     }
-    let _ = write!(cmd, " --bundle {} {}", shell_quote(&bundle.to_string_lossy()), shell_quote(&log.to_string_lossy()));
+    let _ = write!(
+        cmd,
+        " --bundle {} {}",
+        shell_quote(&bundle.to_string_lossy()),
+        shell_quote(&log.to_string_lossy())
+    );
     cmd
 }
 
 fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./:@=+-,%".contains(&b));
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:@=+-,%".contains(&b));
     if safe {
         s.to_string()
     } else {
@@ -518,7 +617,10 @@ pub(crate) mod test_http {
     }
 
     /// Returns the base URL and a handle yielding the first request.
-    pub async fn serve_once(status: u16, body: &'static str) -> (String, tokio::task::JoinHandle<Captured>) {
+    pub async fn serve_once(
+        status: u16,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<Captured>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let handle = tokio::spawn(async move {
@@ -534,7 +636,11 @@ pub(crate) mod test_http {
             };
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
                 .unwrap_or(0);
             while buf.len() < body_start + len {
                 let n = sock.read(&mut chunk).await.unwrap();
@@ -542,7 +648,10 @@ pub(crate) mod test_http {
             }
             let reply = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
             sock.write_all(reply.as_bytes()).await.unwrap();
-            Captured { head, body: buf[body_start..body_start + len].to_vec() }
+            Captured {
+                head,
+                body: buf[body_start..body_start + len].to_vec(),
+            }
         });
         (url, handle)
     }
@@ -555,7 +664,10 @@ mod tests {
     #[test]
     fn shell_quoting() {
         assert_eq!(shell_quote("/a/b.pub"), "/a/b.pub");
-        assert_eq!(shell_quote("https://github.com/acme/app/.github/workflows/ci.yml@refs/heads/main"), "https://github.com/acme/app/.github/workflows/ci.yml@refs/heads/main");
+        assert_eq!(
+            shell_quote("https://github.com/acme/app/.github/workflows/ci.yml@refs/heads/main"),
+            "https://github.com/acme/app/.github/workflows/ci.yml@refs/heads/main"
+        );
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");

@@ -210,7 +210,10 @@ pub struct AttestorVersion {
 
 impl AttestorVersion {
     pub fn this() -> Self {
-        Self { name: "ciwatch", version: env!("CARGO_PKG_VERSION") }
+        Self {
+            name: "ciwatch",
+            version: env!("CARGO_PKG_VERSION"),
+        }
     }
 }
 
@@ -236,7 +239,10 @@ pub enum SummaryError {
     #[error("the log has no trace_end record: it is incomplete (not sealed)")]
     NoTraceEnd,
     #[error("malformed {record} record: {message}")]
-    BadRecord { record: &'static str, message: String },
+    BadRecord {
+        record: &'static str,
+        message: String,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -429,7 +435,11 @@ impl Summariser {
     pub fn line(&mut self, line: &[u8], first: bool) -> Result<(), SummaryError> {
         let record = match Record::parse(line) {
             Ok(r) => r,
-            Err(e) if first => return Err(SummaryError::NoTraceStart { found: format!("not a record: {e}") }),
+            Err(e) if first => {
+                return Err(SummaryError::NoTraceStart {
+                    found: format!("not a record: {e}"),
+                })
+            }
             Err(e) => {
                 tracing::warn!("unparsed event log line: {e}");
                 self.unparsed += 1;
@@ -438,7 +448,9 @@ impl Summariser {
         };
         match (first, record.kind.as_ref()) {
             (true, "trace_start") => self.trace_start(line),
-            (true, other) => Err(SummaryError::NoTraceStart { found: format!("a {other:?} record") }),
+            (true, other) => Err(SummaryError::NoTraceStart {
+                found: format!("a {other:?} record"),
+            }),
             (false, "trace_end") => self.trace_end(line),
             _ => {
                 self.event(&record);
@@ -453,15 +465,20 @@ impl Summariser {
     }
 
     fn trace_start(&mut self, line: &[u8]) -> Result<(), SummaryError> {
-        let start: TraceStart = serde_json::from_slice(line)
-            .map_err(|e| SummaryError::BadRecord { record: "trace_start", message: e.to_string() })?;
+        let start: TraceStart =
+            serde_json::from_slice(line).map_err(|e| SummaryError::BadRecord {
+                record: "trace_start",
+                message: e.to_string(),
+            })?;
         self.start = Some(start);
         Ok(())
     }
 
     fn trace_end(&mut self, line: &[u8]) -> Result<(), SummaryError> {
-        let end: TraceEnd = serde_json::from_slice(line)
-            .map_err(|e| SummaryError::BadRecord { record: "trace_end", message: e.to_string() })?;
+        let end: TraceEnd = serde_json::from_slice(line).map_err(|e| SummaryError::BadRecord {
+            record: "trace_end",
+            message: e.to_string(),
+        })?;
         self.end = Some(end);
         Ok(())
     }
@@ -488,7 +505,9 @@ impl Summariser {
     }
 
     fn flush_last_job(&mut self) {
-        let Some((job, n)) = self.last_job.take() else { return };
+        let Some((job, n)) = self.last_job.take() else {
+            return;
+        };
         let full = self.jobs.len() >= MAX_JOBS;
         match self.jobs.get_mut(&job) {
             Some(m) => *m += n,
@@ -500,7 +519,9 @@ impl Summariser {
     }
 
     fn event_body(&mut self, r: &Record<'_>) {
-        let step = r.step.and_then(|raw| self.step(raw, r.seq.unwrap_or(u64::MAX)));
+        let step = r
+            .step
+            .and_then(|raw| self.step(raw, r.seq.unwrap_or(u64::MAX)));
         match r.kind.as_ref() {
             "exec" => self.exec(r, step),
             "connect" => self.connect(r, step),
@@ -533,7 +554,13 @@ impl Summariser {
         Some(i)
     }
 
-    fn register_step(&mut self, id: String, object: Map<String, Value>, events: u64, first_seq: u64) -> Option<u16> {
+    fn register_step(
+        &mut self,
+        id: String,
+        object: Map<String, Value>,
+        events: u64,
+        first_seq: u64,
+    ) -> Option<u16> {
         if let Some(&i) = self.step_by_id.get(&id) {
             let s = &mut self.steps[usize::from(i)];
             s.events += events;
@@ -546,20 +573,33 @@ impl Summariser {
         }
         let i = u16::try_from(self.steps.len()).ok()?;
         self.step_by_id.insert(id.clone(), i);
-        self.steps.push(StepAgg { id, object, events, first_seq });
+        self.steps.push(StepAgg {
+            id,
+            object,
+            events,
+            first_seq,
+        });
         Some(i)
     }
 
     fn exec(&mut self, r: &Record<'_>, step: Option<u16>) {
         let Some(filename) = &r.filename else { return };
-        let first_arg = r.argv.as_ref().and_then(|a| a.0.as_ref()).map(TextRef::bytes);
+        let first_arg = r
+            .argv
+            .as_ref()
+            .and_then(|a| a.0.as_ref())
+            .map(TextRef::bytes);
         let digest = exec_digest(filename.bytes(), first_arg);
         let full = self.execs.len() >= MAX_ENTRIES;
         match self.execs.get_mut(&digest) {
             Some(agg) => bump(&mut agg.count, &mut agg.steps, step),
             None if full => self.truncated.execs += 1,
             None => {
-                let mut agg = ExecAgg { binary: filename.bytes().to_vec(), count: 0, steps: BTreeSet::new() };
+                let mut agg = ExecAgg {
+                    binary: filename.bytes().to_vec(),
+                    count: 0,
+                    steps: BTreeSet::new(),
+                };
                 bump(&mut agg.count, &mut agg.steps, step);
                 self.execs.insert(digest, agg);
             }
@@ -567,12 +607,18 @@ impl Summariser {
     }
 
     fn connect(&mut self, r: &Record<'_>, step: Option<u16>) {
-        let (Some(addr), Some(port)) = (&r.addr, r.port) else { return };
+        let (Some(addr), Some(port)) = (&r.addr, r.port) else {
+            return;
+        };
         let Ok(ip) = addr.parse::<IpAddr>() else {
             self.unparsed += 1;
             return;
         };
-        let key = DestKey { ip, port, protocol: Proto::of(r.protocol.as_deref().unwrap_or("unknown")) };
+        let key = DestKey {
+            ip,
+            port,
+            protocol: Proto::of(r.protocol.as_deref().unwrap_or("unknown")),
+        };
         let full = self.egress.len() >= MAX_ENTRIES;
         let agg = match self.egress.get_mut(&key) {
             Some(agg) => agg,
@@ -654,9 +700,17 @@ impl Summariser {
         }
         self.jobs_overflow += other.jobs_overflow;
         // Re-number the other side's steps into ours.
-        let remap: Vec<Option<u16>> =
-            other.steps.into_iter().map(|s| self.register_step(s.id, s.object, s.events, s.first_seq)).collect();
-        let map = |steps: BTreeSet<u16>| -> BTreeSet<u16> { steps.into_iter().filter_map(|i| remap[usize::from(i)]).collect() };
+        let remap: Vec<Option<u16>> = other
+            .steps
+            .into_iter()
+            .map(|s| self.register_step(s.id, s.object, s.events, s.first_seq))
+            .collect();
+        let map = |steps: BTreeSet<u16>| -> BTreeSet<u16> {
+            steps
+                .into_iter()
+                .filter_map(|i| remap[usize::from(i)])
+                .collect()
+        };
         for (k, a) in other.egress {
             let full = self.egress.len() >= MAX_ENTRIES;
             match self.egress.get_mut(&k) {
@@ -671,7 +725,14 @@ impl Summariser {
                 }
                 None if full => self.truncated.egress += a.count,
                 None => {
-                    self.egress.insert(k, EgressAgg { hosts: a.hosts, steps: map(a.steps), count: a.count });
+                    self.egress.insert(
+                        k,
+                        EgressAgg {
+                            hosts: a.hosts,
+                            steps: map(a.steps),
+                            count: a.count,
+                        },
+                    );
                 }
             }
         }
@@ -685,7 +746,14 @@ impl Summariser {
                 }
                 None if full => self.truncated.dns += a.count,
                 None => {
-                    self.dns.insert(k, DnsAgg { count: a.count, failed: a.failed, steps: map(a.steps) });
+                    self.dns.insert(
+                        k,
+                        DnsAgg {
+                            count: a.count,
+                            failed: a.failed,
+                            steps: map(a.steps),
+                        },
+                    );
                 }
             }
         }
@@ -698,7 +766,14 @@ impl Summariser {
                 }
                 None if full => self.truncated.execs += a.count,
                 None => {
-                    self.execs.insert(k, ExecAgg { binary: a.binary, count: a.count, steps: map(a.steps) });
+                    self.execs.insert(
+                        k,
+                        ExecAgg {
+                            binary: a.binary,
+                            count: a.count,
+                            steps: map(a.steps),
+                        },
+                    );
                 }
             }
         }
@@ -715,7 +790,15 @@ impl Summariser {
                 }
                 None if full => self.truncated.files += a.count,
                 None => {
-                    self.files.insert(k, FileAgg { access: a.access, rule: a.rule, count: a.count, steps: map(a.steps) });
+                    self.files.insert(
+                        k,
+                        FileAgg {
+                            access: a.access,
+                            rule: a.rule,
+                            count: a.count,
+                            steps: map(a.steps),
+                        },
+                    );
                 }
             }
         }
@@ -731,17 +814,26 @@ impl Summariser {
     /// Builds the predicate; `signing` is filled in by the signer.
     pub fn finish(mut self, log: LogFacts) -> Result<Summary, SummaryError> {
         self.flush_last_job();
-        let start = self.start.take().ok_or(SummaryError::NoTraceStart { found: "nothing (empty log)".into() })?;
+        let start = self.start.take().ok_or(SummaryError::NoTraceStart {
+            found: "nothing (empty log)".into(),
+        })?;
         let end = self.end.take().ok_or(SummaryError::NoTraceEnd)?;
         let job_raw = start.job.as_ref().map(|j| j.get().as_bytes().to_vec());
         let own_job_events: u64 = match &job_raw {
-            Some(expected) => {
-                self.jobs.iter().filter(|(raw, _)| *raw == expected || same_json(raw, expected)).map(|(_, n)| n).sum()
-            }
+            Some(expected) => self
+                .jobs
+                .iter()
+                .filter(|(raw, _)| *raw == expected || same_json(raw, expected))
+                .map(|(_, n)| n)
+                .sum(),
             None => 0,
         };
         let with_job: u64 = self.jobs.values().sum::<u64>() + self.jobs_overflow;
-        let foreign_job_events = if job_raw.is_some() { with_job - own_job_events } else { 0 };
+        let foreign_job_events = if job_raw.is_some() {
+            with_job - own_job_events
+        } else {
+            0
+        };
 
         // Steps in order of first appearance; entries refer to them by index.
         let mut order: Vec<usize> = (0..self.steps.len()).collect();
@@ -751,17 +843,27 @@ impl Summariser {
             v.sort_by_key(|s| s.first_seq);
             v.into_iter().map(|s| s.id.clone()).collect()
         };
-        let job: Value = start.job.as_ref().and_then(|j| serde_json::from_str(j.get()).ok()).unwrap_or(Value::Null);
-        let platform = job.get("platform").and_then(Value::as_str).map(str::to_string);
+        let job: Value = start
+            .job
+            .as_ref()
+            .and_then(|j| serde_json::from_str(j.get()).ok())
+            .unwrap_or(Value::Null);
+        let platform = job
+            .get("platform")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let policy = start.policy.as_ref();
 
-        let mut egress: Vec<(DestKey, EgressAgg)> = std::mem::take(&mut self.egress).into_iter().collect();
+        let mut egress: Vec<(DestKey, EgressAgg)> =
+            std::mem::take(&mut self.egress).into_iter().collect();
         egress.sort_by(|a, b| a.0.cmp(&b.0));
         let mut dns: Vec<(Vec<u8>, DnsAgg)> = std::mem::take(&mut self.dns).into_iter().collect();
         dns.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut execs: Vec<([u8; 32], ExecAgg)> = std::mem::take(&mut self.execs).into_iter().collect();
+        let mut execs: Vec<([u8; 32], ExecAgg)> =
+            std::mem::take(&mut self.execs).into_iter().collect();
         execs.sort_by(|a, b| (&a.1.binary, a.0).cmp(&(&b.1.binary, b.0)));
-        let mut files: Vec<(Vec<u8>, FileAgg)> = std::mem::take(&mut self.files).into_iter().collect();
+        let mut files: Vec<(Vec<u8>, FileAgg)> =
+            std::mem::take(&mut self.files).into_iter().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
 
         let predicate = Predicate {
@@ -779,7 +881,11 @@ impl Summariser {
             },
             started_on: start.time,
             finished_on: end.time,
-            recording: Recording { host: start.host, kernel: start.kernel, capture_args: start.capture_args },
+            recording: Recording {
+                host: start.host,
+                kernel: start.kernel,
+                capture_args: start.capture_args,
+            },
             ci: Ci {
                 platform,
                 job,
@@ -795,8 +901,12 @@ impl Summariser {
             },
             policy: Policy {
                 mode: policy.and_then(|p| p.mode.clone()).or(start.mode),
-                version: policy.and_then(|p| p.version.as_ref()).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)),
-                digest: policy.and_then(|p| p.sha256.clone()).map(|sha256| Sha256Digest { sha256 }),
+                version: policy
+                    .and_then(|p| p.version.as_ref())
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)),
+                digest: policy
+                    .and_then(|p| p.sha256.clone())
+                    .map(|sha256| Sha256Digest { sha256 }),
                 source: policy.and_then(|p| p.source.clone()),
                 requested_mode: start.requested_mode.clone(),
                 mode_fallback: start.mode_fallback.clone(),
@@ -823,7 +933,12 @@ impl Summariser {
                 .collect(),
             dns: dns
                 .into_iter()
-                .map(|(host, a)| DnsName { host: Text(host), count: a.count, failed: a.failed, steps: names(&a.steps) })
+                .map(|(host, a)| DnsName {
+                    host: Text(host),
+                    count: a.count,
+                    failed: a.failed,
+                    steps: names(&a.steps),
+                })
                 .collect(),
             execs: execs
                 .into_iter()
@@ -881,7 +996,10 @@ fn bump(count: &mut u64, steps: &mut BTreeSet<u16>, step: Option<u16>) {
 /// The writer always serialises `job` the same way; compare as values only
 /// when the bytes differ (a log written by something else).
 fn same_json(a: &[u8], b: &[u8]) -> bool {
-    match (serde_json::from_slice::<Value>(a), serde_json::from_slice::<Value>(b)) {
+    match (
+        serde_json::from_slice::<Value>(a),
+        serde_json::from_slice::<Value>(b),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
@@ -892,7 +1010,12 @@ mod tests {
     use super::*;
 
     fn facts() -> LogFacts {
-        LogFacts { name: "events.ndjson".into(), sha256: "00".repeat(32), bytes: 1, lines: 1 }
+        LogFacts {
+            name: "events.ndjson".into(),
+            sha256: "00".repeat(32),
+            bytes: 1,
+            lines: 1,
+        }
     }
 
     fn summarise(lines: &[&str]) -> Result<Predicate, SummaryError> {
@@ -915,10 +1038,19 @@ mod tests {
     #[test]
     fn exec_digest_covers_binary_and_first_argument_only() {
         let expected = hex::encode(Sha256::digest(b"/usr/bin/npm\0install"));
-        assert_eq!(hex::encode(exec_digest(b"/usr/bin/npm", Some(b"install"))), expected);
+        assert_eq!(
+            hex::encode(exec_digest(b"/usr/bin/npm", Some(b"install"))),
+            expected
+        );
         // No first argument: the binary alone, no separator.
-        assert_eq!(hex::encode(exec_digest(b"/bin/true", None)), hex::encode(Sha256::digest(b"/bin/true")));
-        assert_ne!(exec_digest(b"/bin/true", None), exec_digest(b"/bin/true", Some(b"")));
+        assert_eq!(
+            hex::encode(exec_digest(b"/bin/true", None)),
+            hex::encode(Sha256::digest(b"/bin/true"))
+        );
+        assert_ne!(
+            exec_digest(b"/bin/true", None),
+            exec_digest(b"/bin/true", Some(b""))
+        );
     }
 
     #[test]
@@ -927,14 +1059,38 @@ mod tests {
         let test = r#"{"id":"3","name":"Test"}"#;
         let lines = [
             START.to_string(),
-            ev(r#""type":"exec","filename":"/usr/bin/npm","argv":["npm","install","--token=[REDACTED]"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#, build),
-            ev(r#""type":"exec","filename":"/usr/bin/npm","argv":["npm","install"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#, test),
-            ev(r#""type":"exec","filename":{"base64":"L3RtcC9m/28="},"argv":["x"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#, test),
-            ev(r#""type":"connect","family":"ipv4","protocol":"tcp","addr":"140.82.112.3","port":443,"source":"syscall","hosts":["github.com"]"#, build),
-            ev(r#""type":"connect","family":"ipv4","protocol":"tcp","addr":"140.82.112.3","port":443,"source":"syscall""#, test),
-            ev(r#""type":"dns","host":"github.com","addrs":["140.82.112.3"],"ret":0,"latency_us":5,"host_truncated":false"#, build),
-            ev(r#""type":"dns","host":"nope.invalid","addrs":[],"ret":-2,"error":"EAI_NONAME","latency_us":5,"host_truncated":false"#, build),
-            ev(r#""type":"file","path":"/root/.ssh/id_rsa","access":"read","open_flags":0,"hook":"kprobe/security_file_open","rule":"**/.ssh/id_*","path_truncated":false"#, test),
+            ev(
+                r#""type":"exec","filename":"/usr/bin/npm","argv":["npm","install","--token=[REDACTED]"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#,
+                build,
+            ),
+            ev(
+                r#""type":"exec","filename":"/usr/bin/npm","argv":["npm","install"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#,
+                test,
+            ),
+            ev(
+                r#""type":"exec","filename":{"base64":"L3RtcC9m/28="},"argv":["x"],"argv_truncated":false,"argv_policy":"redacted","ppid":1,"parent_start_ns":1"#,
+                test,
+            ),
+            ev(
+                r#""type":"connect","family":"ipv4","protocol":"tcp","addr":"140.82.112.3","port":443,"source":"syscall","hosts":["github.com"]"#,
+                build,
+            ),
+            ev(
+                r#""type":"connect","family":"ipv4","protocol":"tcp","addr":"140.82.112.3","port":443,"source":"syscall""#,
+                test,
+            ),
+            ev(
+                r#""type":"dns","host":"github.com","addrs":["140.82.112.3"],"ret":0,"latency_us":5,"host_truncated":false"#,
+                build,
+            ),
+            ev(
+                r#""type":"dns","host":"nope.invalid","addrs":[],"ret":-2,"error":"EAI_NONAME","latency_us":5,"host_truncated":false"#,
+                build,
+            ),
+            ev(
+                r#""type":"file","path":"/root/.ssh/id_rsa","access":"read","open_flags":0,"hook":"kprobe/security_file_open","rule":"**/.ssh/id_*","path_truncated":false"#,
+                test,
+            ),
             ev(r#""type":"fork","child_tgid":2,"child_start_ns":2"#, test),
             ev(r#""type":"future_kind","whatever":[1,2,3]"#, test),
             END.to_string(),
@@ -961,21 +1117,45 @@ mod tests {
         assert_eq!(p.egress[0].steps, vec!["2", "3"]);
         // npm install counted twice (redacted third argument does not matter), the raw-bytes path once.
         assert_eq!(p.execs.len(), 2);
-        let npm = p.execs.iter().find(|e| e.binary == Text::from("/usr/bin/npm")).unwrap();
+        let npm = p
+            .execs
+            .iter()
+            .find(|e| e.binary == Text::from("/usr/bin/npm"))
+            .unwrap();
         assert_eq!(npm.count, 2);
-        assert_eq!(npm.sha256, hex::encode(Sha256::digest(b"/usr/bin/npm\0install")));
-        let raw = p.execs.iter().find(|e| e.binary.0 == b"/tmp/f\xffo").unwrap();
+        assert_eq!(
+            npm.sha256,
+            hex::encode(Sha256::digest(b"/usr/bin/npm\0install"))
+        );
+        let raw = p
+            .execs
+            .iter()
+            .find(|e| e.binary.0 == b"/tmp/f\xffo")
+            .unwrap();
         assert_eq!(raw.sha256, hex::encode(Sha256::digest(b"/tmp/f\xffo")));
         assert_eq!(p.dns.len(), 2);
-        assert_eq!(p.dns.iter().find(|d| d.host == Text::from("nope.invalid")).unwrap().failed, 1);
+        assert_eq!(
+            p.dns
+                .iter()
+                .find(|d| d.host == Text::from("nope.invalid"))
+                .unwrap()
+                .failed,
+            1
+        );
         assert_eq!(p.files[0].rule, "**/.ssh/id_*");
         assert_eq!(p.files[0].access, vec!["read"]);
     }
 
     #[test]
     fn rejects_logs_that_are_not_sealed_ciwatch_logs() {
-        assert!(matches!(summarise(&[END]), Err(SummaryError::NoTraceStart { .. })));
-        assert!(matches!(summarise(&["not json"]), Err(SummaryError::NoTraceStart { .. })));
+        assert!(matches!(
+            summarise(&[END]),
+            Err(SummaryError::NoTraceStart { .. })
+        ));
+        assert!(matches!(
+            summarise(&["not json"]),
+            Err(SummaryError::NoTraceStart { .. })
+        ));
         assert!(matches!(summarise(&[START]), Err(SummaryError::NoTraceEnd)));
     }
 
@@ -992,10 +1172,27 @@ mod tests {
         for i in 0..60u32 {
             let step = steps[(i as usize / 7) % 3];
             let body = match i % 4 {
-                0 => format!(r#""type":"dns","host":"h{}.example","ret":{}"#, i % 5, i % 2),
-                1 => format!(r#""type":"connect","protocol":"{}","addr":"10.0.0.{}","port":443,"hosts":["n{}"]"#, ["tcp", "sctp"][i as usize % 2], i % 3, i % 4),
-                2 => format!(r#""type":"exec","filename":"/bin/x{}","argv":["x","{}"]"#, i % 3, i % 2),
-                _ => format!(r#""type":"file","path":"/p{}","access":"{}","rule":"r""#, i % 2, ["read", "write"][i as usize % 2]),
+                0 => format!(
+                    r#""type":"dns","host":"h{}.example","ret":{}"#,
+                    i % 5,
+                    i % 2
+                ),
+                1 => format!(
+                    r#""type":"connect","protocol":"{}","addr":"10.0.0.{}","port":443,"hosts":["n{}"]"#,
+                    ["tcp", "sctp"][i as usize % 2],
+                    i % 3,
+                    i % 4
+                ),
+                2 => format!(
+                    r#""type":"exec","filename":"/bin/x{}","argv":["x","{}"]"#,
+                    i % 3,
+                    i % 2
+                ),
+                _ => format!(
+                    r#""type":"file","path":"/p{}","access":"{}","rule":"r""#,
+                    i % 2,
+                    ["read", "write"][i as usize % 2]
+                ),
             };
             lines.push(ev(&body, step).replace(r#""seq":1"#, &format!(r#""seq":{}"#, i + 1)));
         }
@@ -1016,7 +1213,15 @@ mod tests {
         let merged = serde_json::to_value(merged.finish(facts()).unwrap().predicate).unwrap();
         assert_eq!(merged, whole);
         assert_eq!(whole["ci"]["steps"][0]["id"], "a");
-        assert_eq!(whole["egress"].as_array().unwrap().iter().filter(|e| e["protocol"] == "sctp").count(), 3);
+        assert_eq!(
+            whole["egress"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["protocol"] == "sctp")
+                .count(),
+            3
+        );
     }
 
     #[test]
@@ -1025,7 +1230,9 @@ mod tests {
         s.line(START.as_bytes(), true).unwrap();
         for i in 0..(MAX_ENTRIES + 5) {
             let l = ev(
-                &format!(r#""type":"dns","host":"h{i}.example","addrs":[],"ret":0,"latency_us":1,"host_truncated":false"#),
+                &format!(
+                    r#""type":"dns","host":"h{i}.example","addrs":[],"ret":0,"latency_us":1,"host_truncated":false"#
+                ),
                 r#"{"id":"1"}"#,
             );
             s.line(l.as_bytes(), false).unwrap();

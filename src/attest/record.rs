@@ -65,7 +65,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for TextRef<'a> {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                bytes.map(TextRef::Bytes).ok_or_else(|| de::Error::missing_field("base64"))
+                bytes
+                    .map(TextRef::Bytes)
+                    .ok_or_else(|| de::Error::missing_field("base64"))
             }
         }
         deserializer.deserialize_any(V)
@@ -245,14 +247,29 @@ fn skim(line: &[u8]) -> Option<Record<'_>> {
 
 /// The keys `skim` extracts; `type` first (bit 0).
 const KNOWN: [&[u8]; 15] = [
-    b"type", b"seq", b"job", b"step", b"filename", b"argv", b"addr", b"port", b"protocol", b"hosts", b"host", b"ret",
-    b"path", b"access", b"rule",
+    b"type",
+    b"seq",
+    b"job",
+    b"step",
+    b"filename",
+    b"argv",
+    b"addr",
+    b"port",
+    b"protocol",
+    b"hosts",
+    b"host",
+    b"ret",
+    b"path",
+    b"access",
+    b"rule",
 ];
 
 /// A JSON string value without escapes borrows; anything else goes through serde.
 fn string(value: &[u8]) -> Option<Cow<'_, str>> {
     if value.len() >= 2 && value[0] == b'"' && !value.contains(&b'\\') {
-        return std::str::from_utf8(&value[1..value.len() - 1]).ok().map(Cow::Borrowed);
+        return std::str::from_utf8(&value[1..value.len() - 1])
+            .ok()
+            .map(Cow::Borrowed);
     }
     from_json(value)
 }
@@ -285,7 +302,9 @@ fn unsigned(value: &[u8]) -> Option<u64> {
 fn signed(value: &[u8]) -> Option<i64> {
     match value.split_first() {
         Some((b'-', digits)) if digits.len() < 19 && digits.first().is_some_and(|d| *d != b'0') => {
-            unsigned(digits).and_then(|n| i64::try_from(n).ok()).map(|n| -n)
+            unsigned(digits)
+                .and_then(|n| i64::try_from(n).ok())
+                .map(|n| -n)
         }
         Some((b'-', _)) => from_json(value),
         _ => unsigned(value).and_then(|n| i64::try_from(n).ok()),
@@ -379,7 +398,10 @@ impl<'a> Parser<'a> {
             b'{' => self.skip_nested(b'{', b'}')?,
             b'[' => self.skip_nested(b'[', b']')?,
             _ => {
-                while !matches!(self.peek()?, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                while !matches!(
+                    self.peek()?,
+                    b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                ) {
                     self.i += 1;
                 }
                 if self.i == start {
@@ -394,7 +416,9 @@ impl<'a> Parser<'a> {
         self.expect(b'"')?;
         // Strings here are short: a plain loop beats memchr's set-up cost.
         loop {
-            let at = self.s[self.i..].iter().position(|&b| b == b'"' || b == b'\\')?;
+            let at = self.s[self.i..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')?;
             self.i += at;
             if self.next()? == b'\\' {
                 self.next()?; // the escaped byte, whatever it is
@@ -410,7 +434,9 @@ impl<'a> Parser<'a> {
         self.expect(open)?;
         let mut depth = 1usize;
         while depth > 0 {
-            let at = self.s[self.i..].iter().position(|&b| b == b'"' || b == open || b == close)?;
+            let at = self.s[self.i..]
+                .iter()
+                .position(|&b| b == b'"' || b == open || b == close)?;
             self.i += at;
             match self.peek()? {
                 b'"' => {
@@ -431,7 +457,10 @@ mod tests {
     use super::*;
 
     fn both(line: &str) -> (Option<Record<'_>>, Result<Record<'_>, String>) {
-        (skim(line.as_bytes()), Record::parse_serde(line.as_bytes()).map_err(|e| e.to_string()))
+        (
+            skim(line.as_bytes()),
+            Record::parse_serde(line.as_bytes()).map_err(|e| e.to_string()),
+        )
     }
 
     /// The skimmer either declines or agrees with serde exactly.
@@ -450,7 +479,10 @@ mod tests {
     fn skimmer_agrees_with_serde_on_every_fixture_line() {
         let fixture = include_str!("../../tests/fixtures/attest/events.ndjson");
         for line in fixture.lines() {
-            assert!(agrees(line), "skimmer declined a writer-shaped line: {line}");
+            assert!(
+                agrees(line),
+                "skimmer declined a writer-shaped line: {line}"
+            );
         }
     }
 
@@ -512,24 +544,47 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let strings = [r#""""#, r#""a""#, r#""tcp""#, r#""a\"b""#, r#""\u00e9\n""#, r#""}{][,:""#, r#""exec""#, r#""/usr/bin/npm""#];
-        let keys = ["type", "seq", "job", "step", "filename", "argv", "addr", "port", "protocol", "hosts", "host", "ret", "path", "access", "rule", "proc", "time", "x"];
+        let strings = [
+            r#""""#,
+            r#""a""#,
+            r#""tcp""#,
+            r#""a\"b""#,
+            r#""\u00e9\n""#,
+            r#""}{][,:""#,
+            r#""exec""#,
+            r#""/usr/bin/npm""#,
+        ];
+        let keys = [
+            "type", "seq", "job", "step", "filename", "argv", "addr", "port", "protocol", "hosts",
+            "host", "ret", "path", "access", "rule", "proc", "time", "x",
+        ];
         fn value(rnd: &mut dyn FnMut(u64) -> u64, strings: &[&str], depth: u32) -> String {
             match rnd(if depth > 2 { 6 } else { 9 }) {
                 0 => strings[rnd(strings.len() as u64) as usize].to_string(),
                 1 => rnd(70_000).to_string(),
                 2 => format!("-{}", rnd(1 << 40)),
-                3 => ["true", "false", "null", "1.5", "2e3", "18446744073709551615"][rnd(6) as usize].to_string(),
+                3 => [
+                    "true",
+                    "false",
+                    "null",
+                    "1.5",
+                    "2e3",
+                    "18446744073709551615",
+                ][rnd(6) as usize]
+                    .to_string(),
                 4 => r#"{"base64":"L3RtcC9m/28="}"#.to_string(),
                 5 => "[]".to_string(),
                 6 | 7 => {
                     let n = rnd(4);
-                    let items: Vec<String> = (0..n).map(|_| value(rnd, strings, depth + 1)).collect();
+                    let items: Vec<String> =
+                        (0..n).map(|_| value(rnd, strings, depth + 1)).collect();
                     format!("[{}]", items.join(if rnd(2) == 0 { "," } else { " , " }))
                 }
                 _ => {
                     let n = rnd(3);
-                    let items: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{}"#, value(rnd, strings, depth + 1))).collect();
+                    let items: Vec<String> = (0..n)
+                        .map(|i| format!(r#""k{i}":{}"#, value(rnd, strings, depth + 1)))
+                        .collect();
                     format!("{{{}}}", items.join(","))
                 }
             }
@@ -537,7 +592,10 @@ mod tests {
         let (mut accepted, mut valid) = (0, 0);
         for _ in 0..50_000 {
             let n = 1 + rnd(8);
-            let mut fields = vec![format!(r#""type":{}"#, strings[rnd(strings.len() as u64) as usize])];
+            let mut fields = vec![format!(
+                r#""type":{}"#,
+                strings[rnd(strings.len() as u64) as usize]
+            )];
             for _ in 0..n {
                 let k = keys[rnd(keys.len() as u64) as usize];
                 fields.push(format!(r#""{k}":{}"#, value(&mut rnd, &strings, 0)));
@@ -548,7 +606,10 @@ mod tests {
         }
         // The fast path must carry most lines serde accepts, not decline them all.
         eprintln!("skimmer took {accepted} of the {valid} lines serde accepts");
-        assert!(accepted * 10 > valid * 7, "skimmer took only {accepted} of the {valid} lines serde accepts");
+        assert!(
+            accepted * 10 > valid * 7,
+            "skimmer took only {accepted} of the {valid} lines serde accepts"
+        );
     }
 
     #[test]

@@ -10,12 +10,17 @@ use super::predicate::Predicate;
 pub const PREDICATE_TYPE: &str = "https://in-toto.io/attestation/runtime-trace/v0.2";
 
 /// `monitoredProcess.type` for GitHub Actions: the platform's SLSA build type, as v0.2 recommends.
-const GITHUB_BUILD_TYPE: &str = "https://slsa-framework.github.io/github-actions-buildtypes/workflow/v1";
+const GITHUB_BUILD_TYPE: &str =
+    "https://slsa-framework.github.io/github-actions-buildtypes/workflow/v1";
 /// `monitoredProcess.type` elsewhere: a CI job as ciwatch identifies it (docs/predicate.md).
 const CI_JOB_TYPE: &str = "https://dpndncy.io/agent/ci-job/v1";
 
 pub fn from_predicate(p: &Predicate) -> Value {
-    let agent_version = p.agent.get("version").and_then(Value::as_str).unwrap_or("unknown");
+    let agent_version = p
+        .agent
+        .get("version")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
     let mut network: Vec<Value> = p
         .egress
         .iter()
@@ -91,7 +96,10 @@ fn host_id(p: &Predicate) -> String {
     match p.ci.platform.as_deref() {
         Some("github") => "https://github.com".into(),
         Some("gitlab") => "https://gitlab.com".into(),
-        Some("none") | None => format!("urn:ciwatch:host:{}", p.recording.host.as_deref().unwrap_or("unknown")),
+        Some("none") | None => format!(
+            "urn:ciwatch:host:{}",
+            p.recording.host.as_deref().unwrap_or("unknown")
+        ),
         Some(other) => format!("urn:ciwatch:platform:{other}"),
     }
 }

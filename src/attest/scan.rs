@@ -27,7 +27,10 @@ const MAX_WORKERS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("cannot read event log {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("event log {path}: {source}")]
     Summary { path: String, source: SummaryError },
 }
@@ -59,13 +62,21 @@ struct ReadTotals {
 
 /// Hashes and summarises the log at `path`; `name` is how the statement names it.
 pub fn scan_log(path: &Path, name: &str) -> Result<Scanned, ScanError> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_WORKERS);
     scan_with(path, name, workers)
 }
 
 fn scan_with(path: &Path, name: &str, workers: usize) -> Result<Scanned, ScanError> {
-    let read_err = |source| ScanError::Read { path: path.display().to_string(), source };
-    let summary_err = |source| ScanError::Summary { path: path.display().to_string(), source };
+    let read_err = |source| ScanError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let summary_err = |source| ScanError::Summary {
+        path: path.display().to_string(),
+        source,
+    };
     let file = File::open(path).map_err(read_err)?;
     let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(workers);
     let work_rx = Arc::new(Mutex::new(work_rx));
@@ -84,7 +95,10 @@ fn scan_with(path: &Path, name: &str, workers: usize) -> Result<Scanned, ScanErr
             })
             .collect();
         drop(pool_tx);
-        let totals = reader.join().unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))).map_err(read_err)?;
+        let totals = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")))
+            .map_err(read_err)?;
         let mut merged = Summariser::new();
         let mut failure = None;
         let mut lines = totals.dropped_newlines + u64::from(totals.unterminated);
@@ -95,22 +109,41 @@ fn scan_with(path: &Path, name: &str, workers: usize) -> Result<Scanned, ScanErr
                     lines += newlines;
                 }
                 Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(_) => failure = failure.or(Some(SummaryError::BadRecord { record: "any", message: "worker panicked".into() })),
+                Err(_) => {
+                    failure = failure.or(Some(SummaryError::BadRecord {
+                        record: "any",
+                        message: "worker panicked".into(),
+                    }))
+                }
             }
         }
         if let Some(e) = failure {
             return Err(summary_err(e));
         }
-        let facts = LogFacts { name: name.to_string(), sha256: totals.sha256.clone(), bytes: totals.bytes, lines };
+        let facts = LogFacts {
+            name: name.to_string(),
+            sha256: totals.sha256.clone(),
+            bytes: totals.bytes,
+            lines,
+        };
         let summary = merged.finish(facts).map_err(summary_err)?;
-        Ok(Scanned { sha256: totals.sha256, bytes: totals.bytes, lines, summary })
+        Ok(Scanned {
+            sha256: totals.sha256,
+            bytes: totals.bytes,
+            lines,
+            summary,
+        })
     })
 }
 
 /// Reads the file in order, hashing every byte, and hands out whole-line
 /// chunks. It does as little else as possible: hashing is the one part that
 /// cannot run in parallel, so this thread bounds the throughput.
-fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::Receiver<Vec<u8>>) -> std::io::Result<ReadTotals> {
+fn read_hash_split(
+    mut file: File,
+    work: &mpsc::SyncSender<Chunk>,
+    pool: &mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<ReadTotals> {
     let mut hasher = Sha256::new();
     let (mut bytes, mut dropped_newlines) = (0u64, 0u64);
     let mut carry: Vec<u8> = Vec::new();
@@ -134,7 +167,11 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
                 buf.clear();
             }
             if !buf.is_empty() || skipped > 0 {
-                let _ = work.send(Chunk { data: buf, first, skipped });
+                let _ = work.send(Chunk {
+                    data: buf,
+                    first,
+                    skipped,
+                });
             }
             break;
         }
@@ -162,7 +199,14 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
             Some(last) => {
                 carry.extend_from_slice(&buf[last + 1..]);
                 buf.truncate(last + 1);
-                if work.send(Chunk { data: buf, first, skipped }).is_err() {
+                if work
+                    .send(Chunk {
+                        data: buf,
+                        first,
+                        skipped,
+                    })
+                    .is_err()
+                {
                     break;
                 }
                 first = false;
@@ -180,21 +224,37 @@ fn read_hash_split(mut file: File, work: &mpsc::SyncSender<Chunk>, pool: &mpsc::
             }
         }
     }
-    Ok(ReadTotals { sha256: hex::encode(hasher.finalize()), bytes, dropped_newlines, unterminated: bytes > 0 && last_byte != b'\n' })
+    Ok(ReadTotals {
+        sha256: hex::encode(hasher.finalize()),
+        bytes,
+        dropped_newlines,
+        unterminated: bytes > 0 && last_byte != b'\n',
+    })
 }
 
 /// Sends an empty chunk so that a worker hands the buffer back to the pool.
 fn return_buffer(buf: Vec<u8>, work: &mpsc::SyncSender<Chunk>) -> Result<(), ()> {
-    work.send(Chunk { data: buf, first: false, skipped: 0 }).map_err(|_| ())
+    work.send(Chunk {
+        data: buf,
+        first: false,
+        skipped: 0,
+    })
+    .map_err(|_| ())
 }
 
 /// Returns the summary of the chunks this worker got and the newlines in them.
-fn summarise_chunks(work: &Mutex<mpsc::Receiver<Chunk>>, pool: &mpsc::Sender<Vec<u8>>) -> Result<(Summariser, u64), SummaryError> {
+fn summarise_chunks(
+    work: &Mutex<mpsc::Receiver<Chunk>>,
+    pool: &mpsc::Sender<Vec<u8>>,
+) -> Result<(Summariser, u64), SummaryError> {
     let mut summariser = Summariser::new();
     let mut newlines = 0u64;
     let mut failed = None;
     loop {
-        let next = work.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+        let next = work
+            .lock()
+            .map_err(|_| ())
+            .and_then(|rx| rx.recv().map_err(|_| ()));
         let Ok(chunk) = next else { break };
         if failed.is_none() {
             match summarise_chunk(&chunk, &mut summariser) {
@@ -315,6 +375,15 @@ mod tests {
         let empty = dir.path().join("events.ndjson");
         std::fs::write(&empty, "").unwrap();
         let err = scan_log(&empty, "events.ndjson").unwrap_err();
-        assert!(matches!(err, ScanError::Summary { source: SummaryError::NoTraceStart { .. }, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ScanError::Summary {
+                    source: SummaryError::NoTraceStart { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

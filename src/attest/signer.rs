@@ -56,7 +56,10 @@ pub enum SignError {
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
     #[error("keyless signing failed after {tries} tries: {source}")]
-    Sigstore { tries: u32, source: sigstore_sign::Error },
+    Sigstore {
+        tries: u32,
+        source: sigstore_sign::Error,
+    },
     #[error("the signed bundle does not verify against the configured trusted root: {0}")]
     SelfCheck(String),
     #[error("cannot read trusted root {path}: {message}")]
@@ -85,11 +88,14 @@ impl LocalKeySigner {
         let signature = self.key.sign(&pae)?;
         // Cheap, and catches a broken key or encoding before anything is written.
         if !self.key.public().verify(&pae, &signature) {
-            return Err(SignError::SelfCheck("the signature does not verify with the key's own public key".into()));
+            return Err(SignError::SelfCheck(
+                "the signature does not verify with the key's own public key".into(),
+            ));
         }
         let key_id = &self.key.public().key_id;
         let envelope = Envelope::new(statement, key_id, &signature);
-        let bundle = bundle::key_bundle(&envelope, key_id).map_err(|e| SignError::Bundle(e.to_string()))?;
+        let bundle =
+            bundle::key_bundle(&envelope, key_id).map_err(|e| SignError::Bundle(e.to_string()))?;
         Ok(Signed { envelope, bundle })
     }
 }
@@ -149,10 +155,14 @@ impl KeylessSigner {
     /// Fetches the OIDC token; fails when the CI provides none.
     pub async fn connect(opts: &KeylessOptions) -> Result<Self, SignError> {
         let trusted_root = match &opts.trusted_root {
-            Some(path) => Some(TrustedRoot::from_file(path).map_err(|e| SignError::TrustedRoot {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?),
+            Some(path) => {
+                Some(
+                    TrustedRoot::from_file(path).map_err(|e| SignError::TrustedRoot {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
         let http = reqwest::Client::builder()
@@ -163,7 +173,8 @@ impl KeylessSigner {
             .map_err(|e| SignError::Http(e.to_string()))?;
         let token = oidc::fetch(&opts.env, &http, &opts.retry).await?;
         let token_issuer = token.token.issuer().to_string();
-        let context = SigningContext::new(SigningServices::new(&opts.fulcio_url, &opts.rekor_url)).with_http_client(http);
+        let context = SigningContext::new(SigningServices::new(&opts.fulcio_url, &opts.rekor_url))
+            .with_http_client(http);
         Ok(Self {
             signer: context.signer(token.token),
             retry: opts.retry,
@@ -176,11 +187,15 @@ impl KeylessSigner {
     async fn sign_now(&self, statement: &[u8]) -> Result<Signed, SignError> {
         let bundle = self
             .retry
-            .run("keyless signing", is_transient, || self.signer.sign_raw_statement(statement))
+            .run("keyless signing", is_transient, || {
+                self.signer.sign_raw_statement(statement)
+            })
             .await
             .map_err(|(source, tries)| SignError::Sigstore { tries, source })?;
         let SignatureContent::DsseEnvelope(dsse) = &bundle.content else {
-            return Err(SignError::Bundle("sigstore-sign returned a bundle without a DSSE envelope".into()));
+            return Err(SignError::Bundle(
+                "sigstore-sign returned a bundle without a DSSE envelope".into(),
+            ));
         };
         let envelope = Envelope::from_sigstore(dsse);
         if let Some(root) = &self.trusted_root {
@@ -206,9 +221,13 @@ fn is_transient(e: &sigstore_sign::Error) -> bool {
     let status_transient = |s: u16| s == 429 || s >= 500;
     match e {
         sigstore_sign::Error::Fulcio(sigstore_sign::fulcio::Error::Http(_)) => true,
-        sigstore_sign::Error::Fulcio(sigstore_sign::fulcio::Error::Status { status, .. }) => status_transient(*status),
+        sigstore_sign::Error::Fulcio(sigstore_sign::fulcio::Error::Status { status, .. }) => {
+            status_transient(*status)
+        }
         sigstore_sign::Error::Rekor(sigstore_sign::rekor::Error::Http(_)) => true,
-        sigstore_sign::Error::Rekor(sigstore_sign::rekor::Error::Status { status, .. }) => status_transient(*status),
+        sigstore_sign::Error::Rekor(sigstore_sign::rekor::Error::Status { status, .. }) => {
+            status_transient(*status)
+        }
         _ => false,
     }
 }
@@ -221,7 +240,9 @@ fn self_check(root: &TrustedRoot, bundle: &Bundle, statement: &[u8]) -> Result<(
         return Err(SignError::SelfCheck("no DSSE envelope".into()));
     };
     if dsse.payload.as_bytes() != statement {
-        return Err(SignError::SelfCheck("the envelope does not carry the statement that was signed".into()));
+        return Err(SignError::SelfCheck(
+            "the envelope does not carry the statement that was signed".into(),
+        ));
     }
     let parsed: super::statement::Statement =
         serde_json::from_slice(statement).map_err(|e| SignError::SelfCheck(e.to_string()))?;
@@ -233,7 +254,11 @@ fn self_check(root: &TrustedRoot, bundle: &Bundle, statement: &[u8]) -> Result<(
         .ok_or_else(|| SignError::SelfCheck("the statement has no sha256 subject".into()))?;
     let verifier = Verifier::new(root).map_err(|e| SignError::SelfCheck(e.to_string()))?;
     verifier
-        .verify(sigstore_sign::types::Artifact::from_digest(digest), bundle, &VerificationPolicy::any_identity())
+        .verify(
+            sigstore_sign::types::Artifact::from_digest(digest),
+            bundle,
+            &VerificationPolicy::any_identity(),
+        )
         .map(|_| ())
         .map_err(|e| SignError::SelfCheck(e.to_string()))
 }
@@ -247,12 +272,17 @@ mod tests {
 
     fn jwt(sub: &str) -> String {
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let claims = format!(r#"{{"iss":"https://token.actions.githubusercontent.com","aud":"sigstore","sub":"{sub}","exp":4102444800}}"#);
+        let claims = format!(
+            r#"{{"iss":"https://token.actions.githubusercontent.com","aud":"sigstore","sub":"{sub}","exp":4102444800}}"#
+        );
         format!("{}.{}.{}", e(r#"{"alg":"RS256"}"#), e(&claims), e("sig"))
     }
 
     fn fast(mut o: KeylessOptions) -> KeylessOptions {
-        o.retry = Retry { attempts: 1, ..Retry::default() };
+        o.retry = Retry {
+            attempts: 1,
+            ..Retry::default()
+        };
         o
     }
 
@@ -266,7 +296,10 @@ mod tests {
         let opts = fast(KeylessOptions {
             fulcio_url: url.clone(),
             rekor_url: url,
-            env: AmbientEnv { sigstore_id_token: Some(jwt(sub)), ..AmbientEnv::default() },
+            env: AmbientEnv {
+                sigstore_id_token: Some(jwt(sub)),
+                ..AmbientEnv::default()
+            },
             ..KeylessOptions::default()
         });
         let signer = KeylessSigner::connect(&opts).await.unwrap();
@@ -277,17 +310,33 @@ mod tests {
         let err = signer.sign(statement.as_bytes()).await.unwrap_err();
         assert!(err.to_string().contains("500"), "{err}");
         let captured = request.await.unwrap();
-        assert!(captured.head.starts_with("POST /api/v2/signingCert "), "{}", captured.head);
+        assert!(
+            captured.head.starts_with("POST /api/v2/signingCert "),
+            "{}",
+            captured.head
+        );
         let body: serde_json::Value = serde_json::from_slice(&captured.body).unwrap();
         assert_eq!(body["credentials"]["oidcIdentityToken"], jwt(sub));
-        let pem = body["publicKeyRequest"]["publicKey"]["content"].as_str().unwrap();
+        let pem = body["publicKeyRequest"]["publicKey"]["content"]
+            .as_str()
+            .unwrap();
         let key = DerPublicKey::from_pem(pem).unwrap();
         let pop = base64::engine::general_purpose::STANDARD
-            .decode(body["publicKeyRequest"]["proofOfPossession"].as_str().unwrap())
+            .decode(
+                body["publicKeyRequest"]["proofOfPossession"]
+                    .as_str()
+                    .unwrap(),
+            )
             .unwrap();
         let pop = SignatureBytes::new(pop);
-        let verify = |msg: &[u8]| sigstore_sign::crypto::verify_signature(&key, msg, &pop, SigningScheme::EcdsaP256Sha256).is_ok();
-        assert!(verify(sub.as_bytes()), "the proof of possession must be a signature over the token's sub");
+        let verify = |msg: &[u8]| {
+            sigstore_sign::crypto::verify_signature(&key, msg, &pop, SigningScheme::EcdsaP256Sha256)
+                .is_ok()
+        };
+        assert!(
+            verify(sub.as_bytes()),
+            "the proof of possession must be a signature over the token's sub"
+        );
         assert!(!verify(b"something else"));
     }
 
@@ -296,7 +345,8 @@ mod tests {
     #[tokio::test]
     async fn github_token_request_appends_the_audience_and_sends_the_bearer() {
         let token = jwt("repo:acme/app:ref:refs/heads/main");
-        let body: &'static str = Box::leak(format!(r#"{{"count":1,"value":"{token}"}}"#).into_boxed_str());
+        let body: &'static str =
+            Box::leak(format!(r#"{{"count":1,"value":"{token}"}}"#).into_boxed_str());
         let (url, request) = crate::attest::test_http::serve_once(200, body).await;
         let opts = fast(KeylessOptions {
             env: AmbientEnv {
@@ -308,19 +358,49 @@ mod tests {
         });
         let signer = KeylessSigner::connect(&opts).await.unwrap();
         assert_eq!(signer.token_source, "GitHub Actions");
-        assert_eq!(signer.token_issuer, "https://token.actions.githubusercontent.com");
+        assert_eq!(
+            signer.token_issuer,
+            "https://token.actions.githubusercontent.com"
+        );
         let captured = request.await.unwrap();
-        assert!(captured.head.starts_with("GET /token?api-version=2.0&audience=sigstore "), "{}", captured.head);
-        assert!(captured.head.to_ascii_lowercase().contains("authorization: bearer request-bearer"), "{}", captured.head);
+        assert!(
+            captured
+                .head
+                .starts_with("GET /token?api-version=2.0&audience=sigstore "),
+            "{}",
+            captured.head
+        );
+        assert!(
+            captured
+                .head
+                .to_ascii_lowercase()
+                .contains("authorization: bearer request-bearer"),
+            "{}",
+            captured.head
+        );
     }
 
     #[test]
     fn transient_errors_are_network_and_server_side_only() {
         use sigstore_sign::{fulcio, rekor, Error};
-        assert!(is_transient(&Error::Fulcio(fulcio::Error::Http("refused".into()))));
-        assert!(is_transient(&Error::Fulcio(fulcio::Error::Status { status: 503, message: String::new() })));
-        assert!(is_transient(&Error::Rekor(rekor::Error::Status { status: 429, message: String::new() })));
-        assert!(!is_transient(&Error::Fulcio(fulcio::Error::Status { status: 401, message: String::new() })));
-        assert!(!is_transient(&Error::Rekor(rekor::Error::Status { status: 409, message: String::new() })));
+        assert!(is_transient(&Error::Fulcio(fulcio::Error::Http(
+            "refused".into()
+        ))));
+        assert!(is_transient(&Error::Fulcio(fulcio::Error::Status {
+            status: 503,
+            message: String::new()
+        })));
+        assert!(is_transient(&Error::Rekor(rekor::Error::Status {
+            status: 429,
+            message: String::new()
+        })));
+        assert!(!is_transient(&Error::Fulcio(fulcio::Error::Status {
+            status: 401,
+            message: String::new()
+        })));
+        assert!(!is_transient(&Error::Rekor(rekor::Error::Status {
+            status: 409,
+            message: String::new()
+        })));
     }
 }

@@ -22,7 +22,10 @@ pub enum StatementError {
     #[error("--subject {0}: not a regular file")]
     NotAFile(String),
     #[error("cannot read subject {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot serialise the statement: {0}")]
     Serialize(#[from] serde_json::Error),
 }
@@ -37,7 +40,10 @@ pub struct Subject {
 
 impl Subject {
     pub fn sha256(name: impl Into<String>, hex: impl Into<String>) -> Self {
-        Self { name: name.into(), digest: BTreeMap::from([("sha256".to_string(), hex.into())]) }
+        Self {
+            name: name.into(),
+            digest: BTreeMap::from([("sha256".to_string(), hex.into())]),
+        }
     }
 
     pub fn sha256_hex(&self) -> Option<&str> {
@@ -56,8 +62,17 @@ struct StatementRef<'a, P: Serialize> {
 }
 
 /// The statement as signed: serialised once, compactly; never re-serialised after signing.
-pub fn to_bytes<P: Serialize>(subjects: &[Subject], predicate_type: &str, predicate: &P) -> Result<Vec<u8>, StatementError> {
-    Ok(serde_json::to_vec(&StatementRef { type_: STATEMENT_TYPE, subject: subjects, predicate_type, predicate })?)
+pub fn to_bytes<P: Serialize>(
+    subjects: &[Subject],
+    predicate_type: &str,
+    predicate: &P,
+) -> Result<Vec<u8>, StatementError> {
+    Ok(serde_json::to_vec(&StatementRef {
+        type_: STATEMENT_TYPE,
+        subject: subjects,
+        predicate_type,
+        predicate,
+    })?)
 }
 
 /// A statement read back from an envelope.
@@ -95,11 +110,16 @@ fn expand(pattern: &str) -> Result<Vec<PathBuf>, StatementError> {
         return match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(vec![path]),
             Ok(_) => Err(StatementError::NotAFile(pattern.to_string())),
-            Err(source) => Err(StatementError::Read { path: pattern.to_string(), source }),
+            Err(source) => Err(StatementError::Read {
+                path: pattern.to_string(),
+                source,
+            }),
         };
     }
-    let paths = glob::glob(pattern)
-        .map_err(|e| StatementError::BadPattern { pattern: pattern.to_string(), message: e.to_string() })?;
+    let paths = glob::glob(pattern).map_err(|e| StatementError::BadPattern {
+        pattern: pattern.to_string(),
+        message: e.to_string(),
+    })?;
     let mut files = Vec::new();
     for entry in paths {
         let path = entry.map_err(|e| StatementError::Read {
@@ -120,7 +140,10 @@ fn expand(pattern: &str) -> Result<Vec<PathBuf>, StatementError> {
 
 /// Lowercase hex SHA-256 of a file, read in fixed-size chunks.
 pub fn sha256_file(path: &Path) -> Result<String, StatementError> {
-    let err = |source| StatementError::Read { path: path.display().to_string(), source };
+    let err = |source| StatementError::Read {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = File::open(path).map_err(err)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -149,7 +172,12 @@ mod tests {
             Subject::sha256("events.ndjson", "a".repeat(64)),
             Subject::sha256("dist/app.tar.gz", "b".repeat(64)),
         ];
-        let bytes = to_bytes(&subjects, "https://dpndncy.io/agent/runtime-trace/v1", &P { x: 1 }).unwrap();
+        let bytes = to_bytes(
+            &subjects,
+            "https://dpndncy.io/agent/runtime-trace/v1",
+            &P { x: 1 },
+        )
+        .unwrap();
         let expected = format!(
             concat!(
                 r#"{{"_type":"https://in-toto.io/Statement/v1","#,
@@ -173,15 +201,34 @@ mod tests {
         let glob = format!("{}/dist/*.tar.gz", dir.path().display());
         let literal = format!("{}/dist/a.tar.gz", dir.path().display());
         let subjects = resolve_subjects(&[glob, literal]).unwrap();
-        assert_eq!(subjects.len(), 2, "directories skipped, duplicates merged: {subjects:?}");
-        assert_eq!(subjects[0].sha256_hex().unwrap(), hex::encode(Sha256::digest(b"hello")));
-        assert_eq!(subjects[1].sha256_hex().unwrap(), hex::encode(Sha256::digest(b"world")));
+        assert_eq!(
+            subjects.len(),
+            2,
+            "directories skipped, duplicates merged: {subjects:?}"
+        );
+        assert_eq!(
+            subjects[0].sha256_hex().unwrap(),
+            hex::encode(Sha256::digest(b"hello"))
+        );
+        assert_eq!(
+            subjects[1].sha256_hex().unwrap(),
+            hex::encode(Sha256::digest(b"world"))
+        );
 
         let none = format!("{}/dist/*.zip", dir.path().display());
-        assert!(matches!(resolve_subjects(&[none]), Err(StatementError::NoMatch(_))));
+        assert!(matches!(
+            resolve_subjects(&[none]),
+            Err(StatementError::NoMatch(_))
+        ));
         let missing = format!("{}/nope", dir.path().display());
-        assert!(matches!(resolve_subjects(&[missing]), Err(StatementError::Read { .. })));
+        assert!(matches!(
+            resolve_subjects(&[missing]),
+            Err(StatementError::Read { .. })
+        ));
         let a_dir = format!("{}/dist", dir.path().display());
-        assert!(matches!(resolve_subjects(&[a_dir]), Err(StatementError::NotAFile(_))));
+        assert!(matches!(
+            resolve_subjects(&[a_dir]),
+            Err(StatementError::NotAFile(_))
+        ));
     }
 }

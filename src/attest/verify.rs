@@ -27,8 +27,15 @@ pub enum Material {
 
 #[derive(Debug, Clone)]
 pub enum Trust {
-    Key { public_key: PathBuf, trusted_root: Option<PathBuf> },
-    Keyless { identity: String, issuer: String, trusted_root: Option<PathBuf> },
+    Key {
+        public_key: PathBuf,
+        trusted_root: Option<PathBuf>,
+    },
+    Keyless {
+        identity: String,
+        issuer: String,
+        trusted_root: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -41,8 +48,15 @@ pub struct Request {
 /// Who signed, as established by verification.
 #[derive(Debug, Clone)]
 pub enum SignedBy {
-    Key { key_id: String },
-    Keyless { identity: String, issuer: String, log_index: Option<u64>, integrated_time: Option<String> },
+    Key {
+        key_id: String,
+    },
+    Keyless {
+        identity: String,
+        issuer: String,
+        log_index: Option<u64>,
+        integrated_time: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -62,9 +76,16 @@ pub enum VerifyError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("cannot read envelope file {path}: {source}")]
-    EnvelopeRead { path: String, source: std::io::Error },
+    EnvelopeRead {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("envelope file {path}, line {line}: {source}")]
-    Envelope { path: String, line: usize, source: DsseError },
+    Envelope {
+        path: String,
+        line: usize,
+        source: DsseError,
+    },
     #[error("envelope file {path} holds no envelope")]
     EmptyEnvelopeFile { path: String },
     #[error("cannot read the event log: {0}")]
@@ -76,14 +97,21 @@ pub enum VerifyError {
 
     // The evidence does not hold.
     #[error("signature does not verify with the public key {given}{}", claimed_note(.claimed))]
-    BadSignature { given: String, claimed: Option<String> },
+    BadSignature {
+        given: String,
+        claimed: Option<String>,
+    },
     #[error("keyless verification failed: {0}")]
     Sigstore(String),
     #[error(
         "the event log does not match the attestation: sha256 of {log} is {log_sha256}, but the statement covers {subjects} \
          (the log was modified after signing, or it belongs to another attestation)"
     )]
-    LogMismatch { log: String, log_sha256: String, subjects: String },
+    LogMismatch {
+        log: String,
+        log_sha256: String,
+        subjects: String,
+    },
     #[error("the predicate records the event log's sha256 as {recorded}, but its subject is {subject}: the statement is inconsistent")]
     PredicateDigest { recorded: String, subject: String },
     #[error("the signed payload is not an in-toto Statement v1: {0}")]
@@ -93,7 +121,9 @@ pub enum VerifyError {
 }
 
 fn claimed_note(claimed: &Option<String>) -> String {
-    claimed.as_ref().map_or(String::new(), |c| format!(" (the signature names key {c}: wrong key, or the payload was altered)"))
+    claimed.as_ref().map_or(String::new(), |c| {
+        format!(" (the signature names key {c}: wrong key, or the payload was altered)")
+    })
 }
 
 impl VerifyError {
@@ -117,17 +147,30 @@ pub fn verify(req: &Request) -> Result<Verified, VerifyError> {
     let log_sha256 = statement::sha256_file(&req.log).map_err(VerifyError::Log)?;
     let (envelopes, bundle) = load_material(&req.material)?;
     let signed_by = match &req.trust {
-        Trust::Key { public_key, trusted_root } => {
+        Trust::Key {
+            public_key,
+            trusted_root,
+        } => {
             let key = keys::load_public_key(public_key)?;
             verify_with_key(&key, &envelopes, bundle.as_ref(), trusted_root.as_deref())?
         }
-        Trust::Keyless { identity, issuer, trusted_root } => {
+        Trust::Keyless {
+            identity,
+            issuer,
+            trusted_root,
+        } => {
             let Some(bundle) = &bundle else {
                 return Err(VerifyError::Usage(
                     "keyless verification needs the Sigstore bundle (--bundle): a bare envelope carries no certificate".into(),
                 ));
             };
-            verify_keyless(bundle, &envelopes[0], identity, issuer, trusted_root.as_deref())?
+            verify_keyless(
+                bundle,
+                &envelopes[0],
+                identity,
+                issuer,
+                trusted_root.as_deref(),
+            )?
         }
     };
     let mut statements = Vec::new();
@@ -137,7 +180,12 @@ pub fn verify(req: &Request) -> Result<Verified, VerifyError> {
         matched_subject = matched;
         statements.push(s);
     }
-    Ok(Verified { log_sha256, signed_by, matched_subject, statements })
+    Ok(Verified {
+        log_sha256,
+        signed_by,
+        matched_subject,
+        statements,
+    })
 }
 
 fn load_material(material: &Material) -> Result<(Vec<Envelope>, Option<Bundle>), VerifyError> {
@@ -149,10 +197,22 @@ fn load_material(material: &Material) -> Result<(Vec<Envelope>, Option<Bundle>),
         }
         Material::Envelope(path) => {
             let p = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| VerifyError::EnvelopeRead { path: p.clone(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| VerifyError::EnvelopeRead {
+                    path: p.clone(),
+                    source,
+                })?;
             let mut envelopes = Vec::new();
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let err = |source| VerifyError::Envelope { path: p.clone(), line: i + 1, source };
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let err = |source| VerifyError::Envelope {
+                    path: p.clone(),
+                    line: i + 1,
+                    source,
+                };
                 let envelope = Envelope::parse(line).map_err(err)?;
                 envelope.check_in_toto().map_err(err)?;
                 envelopes.push(envelope);
@@ -172,7 +232,10 @@ fn verify_with_key(
     trusted_root: Option<&Path>,
 ) -> Result<SignedBy, VerifyError> {
     if let Some(b) = bundle {
-        if !matches!(b.verification_material.content, VerificationMaterialContent::PublicKey(_)) {
+        if !matches!(
+            b.verification_material.content,
+            VerificationMaterialContent::PublicKey(_)
+        ) {
             return Err(VerifyError::Usage(
                 "this bundle was signed keylessly (it carries a certificate): verify it with \
                  --certificate-identity and --certificate-oidc-issuer instead of --key"
@@ -184,10 +247,20 @@ fn verify_with_key(
         let payload = envelope.payload_bytes().map_err(BundleError::from)?;
         let pae = dsse::pae(&envelope.payload_type, &payload);
         // DSSE: the envelope verifies if any of its signatures verifies; keyid is only a hint.
-        let ok = envelope.signatures.iter().any(|s| dsse::decode_any(&s.sig).is_some_and(|sig| key.verify(&pae, &sig)));
+        let ok = envelope
+            .signatures
+            .iter()
+            .any(|s| dsse::decode_any(&s.sig).is_some_and(|sig| key.verify(&pae, &sig)));
         if !ok {
-            let claimed = envelope.signatures.iter().map(|s| s.keyid.clone()).find(|k| !k.is_empty() && *k != key.key_id);
-            return Err(VerifyError::BadSignature { given: key.key_id.clone(), claimed });
+            let claimed = envelope
+                .signatures
+                .iter()
+                .map(|s| s.keyid.clone())
+                .find(|k| !k.is_empty() && *k != key.key_id);
+            return Err(VerifyError::BadSignature {
+                given: key.key_id.clone(),
+                claimed,
+            });
         }
     }
     // A keyed bundle that was also logged in Rekor: check the log entry too.
@@ -196,10 +269,16 @@ fn verify_with_key(
         let verifier = Verifier::new(&root).map_err(|e| VerifyError::Sigstore(e.to_string()))?;
         let digest = first_subject_digest(&envelopes[0])?;
         verifier
-            .verify(Artifact::from_digest(digest), b, &PublicKeyVerificationPolicy::new(key.spki.clone()))
+            .verify(
+                Artifact::from_digest(digest),
+                b,
+                &PublicKeyVerificationPolicy::new(key.spki.clone()),
+            )
             .map_err(|e| VerifyError::Sigstore(e.to_string()))?;
     }
-    Ok(SignedBy::Key { key_id: key.key_id.clone() })
+    Ok(SignedBy::Key {
+        key_id: key.key_id.clone(),
+    })
 }
 
 /// Chain to the trusted root, SCT, Rekor inclusion proof + checkpoint + SET,
@@ -216,16 +295,26 @@ fn verify_keyless(
 ) -> Result<SignedBy, VerifyError> {
     let root = load_root(trusted_root)?;
     let verifier = Verifier::new(&root).map_err(|e| VerifyError::TrustedRoot {
-        path: trusted_root.map_or("(embedded public-good root)".into(), |p| p.display().to_string()),
+        path: trusted_root.map_or("(embedded public-good root)".into(), |p| {
+            p.display().to_string()
+        }),
         message: e.to_string(),
     })?;
     let digest = first_subject_digest(envelope)?;
     let policy = VerificationPolicy::new(identity, issuer);
-    let result =
-        verifier.verify(Artifact::from_digest(digest), bundle, &policy).map_err(|e| VerifyError::Sigstore(e.to_string()))?;
-    let log_index = bundle.verification_material.tlog_entries.first().map(|e| u64::from(e.log_index));
+    let result = verifier
+        .verify(Artifact::from_digest(digest), bundle, &policy)
+        .map_err(|e| VerifyError::Sigstore(e.to_string()))?;
+    let log_index = bundle
+        .verification_material
+        .tlog_entries
+        .first()
+        .map(|e| u64::from(e.log_index));
     Ok(SignedBy::Keyless {
-        identity: result.identity().map(ToString::to_string).unwrap_or_default(),
+        identity: result
+            .identity()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         issuer: result.issuer().unwrap_or_default().to_string(),
         log_index,
         integrated_time: result.integrated_time().map(|t| t.to_string()),
@@ -234,21 +323,33 @@ fn verify_keyless(
 
 fn load_root(path: Option<&Path>) -> Result<TrustedRoot, VerifyError> {
     match path {
-        Some(p) => TrustedRoot::from_file(p)
-            .map_err(|e| VerifyError::TrustedRoot { path: p.display().to_string(), message: e.to_string() }),
-        None => TrustedRoot::from_json(SIGSTORE_PRODUCTION_TRUSTED_ROOT)
-            .map_err(|e| VerifyError::TrustedRoot { path: "(embedded public-good root)".into(), message: e.to_string() }),
+        Some(p) => TrustedRoot::from_file(p).map_err(|e| VerifyError::TrustedRoot {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        }),
+        None => TrustedRoot::from_json(SIGSTORE_PRODUCTION_TRUSTED_ROOT).map_err(|e| {
+            VerifyError::TrustedRoot {
+                path: "(embedded public-good root)".into(),
+                message: e.to_string(),
+            }
+        }),
     }
 }
 
 fn parse_statement(envelope: &Envelope) -> Result<Statement, VerifyError> {
     let payload = envelope.payload_bytes().map_err(BundleError::from)?;
-    let s: Statement = serde_json::from_slice(&payload).map_err(|e| VerifyError::BadStatement(e.to_string()))?;
+    let s: Statement =
+        serde_json::from_slice(&payload).map_err(|e| VerifyError::BadStatement(e.to_string()))?;
     if s.type_ != STATEMENT_TYPE {
-        return Err(VerifyError::BadStatement(format!("_type is {:?}, expected {STATEMENT_TYPE:?}", s.type_)));
+        return Err(VerifyError::BadStatement(format!(
+            "_type is {:?}, expected {STATEMENT_TYPE:?}",
+            s.type_
+        )));
     }
     // A valid signature over someone else's kind of attestation is not a runtime trace.
-    if ![predicate::PREDICATE_TYPE, runtime_trace::PREDICATE_TYPE].contains(&s.predicate_type.as_str()) {
+    if ![predicate::PREDICATE_TYPE, runtime_trace::PREDICATE_TYPE]
+        .contains(&s.predicate_type.as_str())
+    {
         return Err(VerifyError::BadStatement(format!(
             "predicateType {:?} is not a ciwatch trace ({} or {})",
             s.predicate_type,
@@ -269,21 +370,41 @@ fn first_subject_digest(envelope: &Envelope) -> Result<Sha256Hash, VerifyError> 
 
 /// The log must be a subject; when it is the event log, the predicate's own
 /// record of the log must agree.
-fn check_statement(envelope: &Envelope, log: &Path, log_sha256: &str) -> Result<(Statement, String), VerifyError> {
+fn check_statement(
+    envelope: &Envelope,
+    log: &Path,
+    log_sha256: &str,
+) -> Result<(Statement, String), VerifyError> {
     let s = parse_statement(envelope)?;
-    let Some(matched) = s.subject.iter().find(|sub| sub.sha256_hex().is_some_and(|h| h.eq_ignore_ascii_case(log_sha256))) else {
+    let Some(matched) = s.subject.iter().find(|sub| {
+        sub.sha256_hex()
+            .is_some_and(|h| h.eq_ignore_ascii_case(log_sha256))
+    }) else {
         let subjects = s
             .subject
             .iter()
-            .map(|sub| format!("{} sha256 {}", sub.name, sub.sha256_hex().unwrap_or("(none)")))
+            .map(|sub| {
+                format!(
+                    "{} sha256 {}",
+                    sub.name,
+                    sub.sha256_hex().unwrap_or("(none)")
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(VerifyError::LogMismatch { log: log.display().to_string(), log_sha256: log_sha256.to_string(), subjects });
+        return Err(VerifyError::LogMismatch {
+            log: log.display().to_string(),
+            log_sha256: log_sha256.to_string(),
+            subjects,
+        });
     };
     if let Some(recorded) = recorded_log_digest(&s) {
         let is_event_log = s.subject.first().is_some_and(|first| first == matched);
         if is_event_log && !recorded.eq_ignore_ascii_case(log_sha256) {
-            return Err(VerifyError::PredicateDigest { recorded, subject: log_sha256.to_string() });
+            return Err(VerifyError::PredicateDigest {
+                recorded,
+                subject: log_sha256.to_string(),
+            });
         }
     }
     let name = matched.name.clone();
@@ -293,7 +414,9 @@ fn check_statement(envelope: &Envelope, log: &Path, log_sha256: &str) -> Result<
 /// `eventLog.digest.sha256` of the ciwatch predicate (or its copy in the runtime-trace extension).
 fn recorded_log_digest(s: &Statement) -> Option<String> {
     let p = ciwatch_view(s)?;
-    p.pointer("/eventLog/digest/sha256").and_then(Value::as_str).map(str::to_string)
+    p.pointer("/eventLog/digest/sha256")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// The object holding ciwatch's fields, whichever predicate carries them.
@@ -308,22 +431,38 @@ fn ciwatch_view(s: &Statement) -> Option<&Value> {
 /// The human summary printed by `ciwatch verify`.
 pub fn headline(v: &Verified) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Verified OK: the event log (sha256 {}) matches subject {:?}.", v.log_sha256, v.matched_subject);
+    let _ = writeln!(
+        out,
+        "Verified OK: the event log (sha256 {}) matches subject {:?}.",
+        v.log_sha256, v.matched_subject
+    );
     match &v.signed_by {
         SignedBy::Key { key_id } => {
             let _ = writeln!(out, "  signed by      key {key_id}");
         }
-        SignedBy::Keyless { identity, issuer, log_index, integrated_time } => {
+        SignedBy::Keyless {
+            identity,
+            issuer,
+            log_index,
+            integrated_time,
+        } => {
             let _ = writeln!(out, "  signed by      {identity} (issuer {issuer})");
             if let Some(i) = log_index {
-                let _ = writeln!(out, "  transparency   Rekor log index {i}, integrated {}", integrated_time.as_deref().unwrap_or("?"));
+                let _ = writeln!(
+                    out,
+                    "  transparency   Rekor log index {i}, integrated {}",
+                    integrated_time.as_deref().unwrap_or("?")
+                );
             }
         }
     }
     for s in &v.statements {
         let _ = writeln!(out, "  predicate      {}", s.predicate_type);
     }
-    let full = v.statements.iter().find(|s| s.predicate_type == predicate::PREDICATE_TYPE);
+    let full = v
+        .statements
+        .iter()
+        .find(|s| s.predicate_type == predicate::PREDICATE_TYPE);
     if let Some(p) = full.map(|s| &s.predicate) {
         figures(&mut out, p);
     } else if let Some(p) = v.statements.iter().find_map(ciwatch_view) {
@@ -333,7 +472,12 @@ pub fn headline(v: &Verified) -> String {
 }
 
 fn figures(out: &mut String, p: &Value) {
-    let str_at = |ptr: &str| p.pointer(ptr).and_then(Value::as_str).unwrap_or("?").to_string();
+    let str_at = |ptr: &str| {
+        p.pointer(ptr)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
     let len_at = |ptr: &str| p.pointer(ptr).and_then(Value::as_array).map_or(0, Vec::len);
     if p.get("ci").is_some() {
         let steps = len_at("/ci/steps");
@@ -344,9 +488,21 @@ fn figures(out: &mut String, p: &Value) {
             str_at("/ci/job/id"),
             if steps == 1 { "" } else { "s" }
         );
-        let _ = writeln!(out, "  window         {} .. {}", str_at("/startedOn"), str_at("/finishedOn"));
-        let policy = p.pointer("/policy/version").and_then(Value::as_str).unwrap_or("none");
-        let _ = writeln!(out, "  mode           {} (policy: {policy})", str_at("/policy/mode"));
+        let _ = writeln!(
+            out,
+            "  window         {} .. {}",
+            str_at("/startedOn"),
+            str_at("/finishedOn")
+        );
+        let policy = p
+            .pointer("/policy/version")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+        let _ = writeln!(
+            out,
+            "  mode           {} (policy: {policy})",
+            str_at("/policy/mode")
+        );
     }
     if let Some(events) = p.pointer("/counts/events").and_then(Value::as_object) {
         let list: Vec<String> = events.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -362,17 +518,38 @@ fn figures(out: &mut String, p: &Value) {
             len_at("/files")
         );
     }
-    if let Some(status) = p.pointer("/eventLog/agentStatus").and_then(Value::as_str).filter(|s| *s != "ok") {
+    if let Some(status) = p
+        .pointer("/eventLog/agentStatus")
+        .and_then(Value::as_str)
+        .filter(|s| *s != "ok")
+    {
         let _ = writeln!(out, "  agent          {status} (the trace ends early)");
     }
-    let lost = p.pointer("/counts/lostTotal").and_then(Value::as_u64).unwrap_or(0);
-    let complete = p.pointer("/eventLog/complete").and_then(Value::as_bool).unwrap_or(false);
-    let _ = writeln!(out, "  lost events    {lost}{}", if complete { " (trace complete)" } else { " (trace INCOMPLETE: see hooks and lost counts)" });
+    let lost = p
+        .pointer("/counts/lostTotal")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let complete = p
+        .pointer("/eventLog/complete")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "  lost events    {lost}{}",
+        if complete {
+            " (trace complete)"
+        } else {
+            " (trace INCOMPLETE: see hooks and lost counts)"
+        }
+    );
     if let Some(signing) = p.get("signing") {
         let method = signing.get("method").and_then(Value::as_str).unwrap_or("?");
         match signing.pointer("/fallback/reason").and_then(Value::as_str) {
             Some(reason) => {
-                let _ = writeln!(out, "  signing        {method} (FALLBACK from keyless: {reason})");
+                let _ = writeln!(
+                    out,
+                    "  signing        {method} (FALLBACK from keyless: {reason})"
+                );
             }
             None => {
                 let _ = writeln!(out, "  signing        {method}");

@@ -11,7 +11,11 @@ pub struct BootClock {
 impl BootClock {
     pub fn now() -> Self {
         let since_boot = Duration::from_nanos(boottime_ns());
-        Self { boot: SystemTime::now().checked_sub(since_boot).unwrap_or(SystemTime::UNIX_EPOCH) }
+        Self {
+            boot: SystemTime::now()
+                .checked_sub(since_boot)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        }
     }
 
     pub fn wall(&self, ktime_ns: u64) -> SystemTime {
@@ -24,7 +28,10 @@ impl BootClock {
 }
 
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

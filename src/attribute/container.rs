@@ -22,7 +22,10 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("no cgroup2 file system is mounted (none in /proc/self/mountinfo); mount one, or on Kubernetes mount the host's /sys/fs/cgroup")]
     NoCgroup2,
 }
@@ -88,7 +91,9 @@ pub struct ContainerRef {
 /// sessions and layouts this parser does not know.
 pub fn parse(path: &str) -> Option<ContainerRef> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let kube_at = parts.iter().position(|p| *p == "kubepods" || *p == "kubepods.slice");
+    let kube_at = parts
+        .iter()
+        .position(|p| *p == "kubepods" || *p == "kubepods.slice");
     let mut pod_uid = None;
     let mut qos = None;
     let mut pod_at = None;
@@ -119,7 +124,9 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
     let inner = found.iter().skip(1).last().map(|(_, s)| s.id.clone());
     let placement = if pod_uid.is_some() || kube_at.is_some_and(|k| k < first_at) {
         Placement::Kubepods
-    } else if first_at > 0 && parts[first_at - 1] == "actions_job" || parts.first() == Some(&"actions_job.slice") {
+    } else if first_at > 0 && parts[first_at - 1] == "actions_job"
+        || parts.first() == Some(&"actions_job.slice")
+    {
         Placement::ActionsJob
     } else if first_at > 1 && parts[first_at - 1] == "buildx" && parts[first_at - 2] == "docker" {
         Placement::Buildx
@@ -127,7 +134,8 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
         Placement::Other
     };
     let mut runtime = first.runtime;
-    if runtime == Runtime::Unknown && matches!(placement, Placement::ActionsJob | Placement::Buildx) {
+    if runtime == Runtime::Unknown && matches!(placement, Placement::ActionsJob | Placement::Buildx)
+    {
         runtime = Runtime::Docker;
     }
     // A pod slice means kubelet runs the systemd driver even where the
@@ -142,7 +150,11 @@ pub fn parse(path: &str) -> Option<ContainerRef> {
         driver,
         placement,
         pod_uid,
-        qos: if placement == Placement::Kubepods { qos } else { None },
+        qos: if placement == Placement::Kubepods {
+            qos
+        } else {
+            None
+        },
         inner,
         monitor: first.monitor,
     })
@@ -160,7 +172,12 @@ fn segment(parts: &[&str], i: usize, part: &str) -> Option<Segment> {
     let unit = part.strip_suffix(".scope");
     let name = unit.unwrap_or(part);
     let seg = |id: &str, runtime, driver, monitor| {
-        hex64(id).map(|id| Segment { id, runtime, driver, monitor })
+        hex64(id).map(|id| Segment {
+            id,
+            runtime,
+            driver,
+            monitor,
+        })
     };
     // containerd's systemd-style cgroupsPath written verbatim by a cgroupfs
     // manager: `kubepods-…-pod<uid>.slice:cri-containerd:<id>`.
@@ -179,7 +196,11 @@ fn segment(parts: &[&str], i: usize, part: &str) -> Option<Segment> {
     for (prefix, runtime, monitor) in prefixed {
         if let Some(id) = name.strip_prefix(prefix) {
             // `crio-<id>` without `.scope` is CRI-O under cgroupfs.
-            let driver = if unit.is_some() { Driver::Systemd } else { Driver::Cgroupfs };
+            let driver = if unit.is_some() {
+                Driver::Systemd
+            } else {
+                Driver::Cgroupfs
+            };
             return seg(id, runtime, driver, monitor);
         }
     }
@@ -188,13 +209,26 @@ fn segment(parts: &[&str], i: usize, part: &str) -> Option<Segment> {
     }
     // A bare id: docker (`/docker/<id>`, and its `--cgroup-parent`s), or a
     // CRI runtime under kubelet's cgroupfs layout.
-    let runtime = if i > 0 && parts[i - 1] == "docker" { Runtime::Docker } else { Runtime::Unknown };
+    let runtime = if i > 0 && parts[i - 1] == "docker" {
+        Runtime::Docker
+    } else {
+        Runtime::Unknown
+    };
     if let Some(s) = seg(part, runtime, Driver::Cgroupfs, false) {
         return Some(s);
     }
     // BuildKit's runc worker puts each RUN step in `buildkit/<random id>`.
-    if i > 0 && parts[i - 1] == "buildkit" && part.len() >= 20 && part.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Some(Segment { id: part.to_string(), runtime: Runtime::Unknown, driver: Driver::Cgroupfs, monitor: false });
+    if i > 0
+        && parts[i - 1] == "buildkit"
+        && part.len() >= 20
+        && part.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Some(Segment {
+            id: part.to_string(),
+            runtime: Runtime::Unknown,
+            driver: Driver::Cgroupfs,
+            monitor: false,
+        });
     }
     None
 }
@@ -235,7 +269,9 @@ pub fn path_from_proc_cgroup(text: &str) -> Option<String> {
     let mut v1 = None;
     for line in text.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(id), Some(_controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(id), Some(_controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
         if id == "0" {
@@ -267,8 +303,10 @@ impl CgroupPaths {
     /// hybrid host it is `/sys/fs/cgroup/unified`; on pure v2, `/sys/fs/cgroup`).
     pub fn discover() -> Result<Self, ContainerError> {
         let path = "/proc/self/mountinfo";
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ContainerError::Read { path: path.to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ContainerError::Read {
+            path: path.to_string(),
+            source,
+        })?;
         Self::from_mountinfo(&text)
     }
 
@@ -277,12 +315,22 @@ impl CgroupPaths {
         // A root of `/..` means the mount shows cgroups above our own cgroup
         // namespace (a host bind mount in a pod): paths under it are taken as
         // the host's. A plain subtree root is prepended to what the walk finds.
-        let prefix = if root == "/" || root.starts_with("/..") { String::new() } else { root };
+        let prefix = if root == "/" || root.starts_with("/..") {
+            String::new()
+        } else {
+            root
+        };
         Ok(Self::at(PathBuf::from(mount), prefix))
     }
 
     pub fn at(mount: PathBuf, prefix: String) -> Self {
-        Self { mount, prefix, index: HashMap::new(), last_walk: None, min_rewalk: Duration::from_millis(100) }
+        Self {
+            mount,
+            prefix,
+            index: HashMap::new(),
+            last_walk: None,
+            min_rewalk: Duration::from_millis(100),
+        }
     }
 
     pub fn mount(&self) -> &Path {
@@ -295,7 +343,10 @@ impl CgroupPaths {
         if let Some(p) = self.index.get(&id) {
             return Some(p.clone());
         }
-        if self.last_walk.is_some_and(|t| t.elapsed() < self.min_rewalk) {
+        if self
+            .last_walk
+            .is_some_and(|t| t.elapsed() < self.min_rewalk)
+        {
             return None;
         }
         self.walk();
@@ -316,14 +367,20 @@ impl CgroupPaths {
     pub fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
         let mut index = HashMap::with_capacity(self.index.len().max(64));
-        let root_path = if self.prefix.is_empty() { "/".to_string() } else { self.prefix.clone() };
+        let root_path = if self.prefix.is_empty() {
+            "/".to_string()
+        } else {
+            self.prefix.clone()
+        };
         if let Ok(meta) = std::fs::metadata(&self.mount) {
             index.insert(meta.ino(), root_path);
         }
         let mut stack = vec![(self.mount.clone(), self.prefix.clone())];
         while let Some((dir, rel)) = stack.pop() {
             // A cgroup removed mid-walk is simply not indexed.
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
@@ -346,7 +403,9 @@ impl CgroupPaths {
 fn cgroup2_mount(mountinfo: &str) -> Option<(String, String)> {
     let mut best: Option<(u8, String, String)> = None;
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() != Some("cgroup2") {
             continue;
         }
@@ -376,7 +435,10 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -393,9 +455,20 @@ mod tests {
 
     const ID: &str = "c74b0f5062f0bc726cae1e9369ad4a95deed6b298d247f0407475adb23fa3190";
 
-    fn check(path: &str, id: &str, runtime: Runtime, driver: Driver, placement: Placement, pod: Option<&str>) -> ContainerRef {
+    fn check(
+        path: &str,
+        id: &str,
+        runtime: Runtime,
+        driver: Driver,
+        placement: Placement,
+        pod: Option<&str>,
+    ) -> ContainerRef {
         let c = parse(path).unwrap_or_else(|| panic!("no container in {path}"));
-        assert_eq!((c.id.as_str(), c.runtime, c.driver, c.placement), (id, runtime, driver, placement), "{path}");
+        assert_eq!(
+            (c.id.as_str(), c.runtime, c.driver, c.placement),
+            (id, runtime, driver, placement),
+            "{path}"
+        );
         assert_eq!(c.pod_uid.as_deref(), pod, "{path}");
         c
     }
@@ -481,7 +554,11 @@ mod tests {
     fn docker() {
         check(
             "/docker/63425c4a8b4291744a79dd9011fddc7a1f8ffda61f65d72196aa01d00cae2e2d",
-            "63425c4a8b4291744a79dd9011fddc7a1f8ffda61f65d72196aa01d00cae2e2d", Runtime::Docker, Driver::Cgroupfs, Placement::Other, None,
+            "63425c4a8b4291744a79dd9011fddc7a1f8ffda61f65d72196aa01d00cae2e2d",
+            Runtime::Docker,
+            Driver::Cgroupfs,
+            Placement::Other,
+            None,
         );
         check(
             "/system.slice/docker-cf87ba651579c9231db817909e7865e5747bd7abcac0c57ce23cf4abbaee046b.scope",
@@ -500,15 +577,42 @@ mod tests {
         // GitHub-hosted runners start job and service containers under the
         // `actions_job` cgroup parent (castai/kvisor cgroup.go; the
         // step-security/agent eventhandler.go reads the same segment).
-        check(&format!("/actions_job/{ID}"), ID, Runtime::Docker, Driver::Cgroupfs, Placement::ActionsJob, None);
+        check(
+            &format!("/actions_job/{ID}"),
+            ID,
+            Runtime::Docker,
+            Driver::Cgroupfs,
+            Placement::ActionsJob,
+            None,
+        );
         // buildx's docker-container driver uses `/docker/buildx` under
         // cgroupfs (docker/buildx driver/docker-container/driver.go).
-        check(&format!("/docker/buildx/{ID}"), ID, Runtime::Docker, Driver::Cgroupfs, Placement::Buildx, None);
+        check(
+            &format!("/docker/buildx/{ID}"),
+            ID,
+            Runtime::Docker,
+            Driver::Cgroupfs,
+            Placement::Buildx,
+            None,
+        );
         // A BuildKit RUN step inside that builder.
-        let c = parse(&format!("/docker/buildx/{ID}/buildkit/k2vq9x1tmb4lr0xw1z6o1mkdj")).unwrap();
-        assert_eq!((c.id.as_str(), c.inner.as_deref()), (ID, Some("k2vq9x1tmb4lr0xw1z6o1mkdj")));
+        let c = parse(&format!(
+            "/docker/buildx/{ID}/buildkit/k2vq9x1tmb4lr0xw1z6o1mkdj"
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.inner.as_deref()),
+            (ID, Some("k2vq9x1tmb4lr0xw1z6o1mkdj"))
+        );
         // podman (castai/kvisor cgroup.go `libpod-`).
-        check(&format!("/machine.slice/libpod-{ID}.scope"), ID, Runtime::Podman, Driver::Systemd, Placement::Other, None);
+        check(
+            &format!("/machine.slice/libpod-{ID}.scope"),
+            ID,
+            Runtime::Podman,
+            Driver::Systemd,
+            Placement::Other,
+            None,
+        );
     }
 
     #[test]
@@ -551,10 +655,19 @@ mod tests {
             "12:memory:/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/{ID}\n\
              1:name=systemd:/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/{ID}\n0::/\n"
         );
-        assert_eq!(path_from_proc_cgroup(&hybrid).unwrap(), format!("/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/{ID}"));
+        assert_eq!(
+            path_from_proc_cgroup(&hybrid).unwrap(),
+            format!("/kubepods/burstable/pod6a4ce4a0-ba47-11ea-b2a7-0cc47ac5979e/{ID}")
+        );
         let v2 = format!("0::/actions_job/{ID}\n");
-        assert_eq!(path_from_proc_cgroup(&v2).unwrap(), format!("/actions_job/{ID}"));
-        assert_eq!(path_from_proc_cgroup("0::/user.slice/user-0.slice/session-1.scope\n").unwrap(), "/user.slice/user-0.slice/session-1.scope");
+        assert_eq!(
+            path_from_proc_cgroup(&v2).unwrap(),
+            format!("/actions_job/{ID}")
+        );
+        assert_eq!(
+            path_from_proc_cgroup("0::/user.slice/user-0.slice/session-1.scope\n").unwrap(),
+            "/user.slice/user-0.slice/session-1.scope"
+        );
     }
 
     #[test]
@@ -568,10 +681,19 @@ mod tests {
         // A pod with its own cgroup namespace and the host's hierarchy bind-mounted.
         let pod = "600 500 0:30 / /sys/fs/cgroup ro - cgroup2 cgroup rw\n\
                    610 500 0:30 /../../.. /host/sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
-        assert_eq!(CgroupPaths::from_mountinfo(pod).unwrap().mount(), Path::new("/host/sys/fs/cgroup"));
+        assert_eq!(
+            CgroupPaths::from_mountinfo(pod).unwrap().mount(),
+            Path::new("/host/sys/fs/cgroup")
+        );
         let escaped = "26 25 0:24 / /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(CgroupPaths::from_mountinfo(escaped).unwrap().mount(), Path::new("/mnt/cg two"));
-        assert!(matches!(CgroupPaths::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), Err(ContainerError::NoCgroup2)));
+        assert_eq!(
+            CgroupPaths::from_mountinfo(escaped).unwrap().mount(),
+            Path::new("/mnt/cg two")
+        );
+        assert!(matches!(
+            CgroupPaths::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            Err(ContainerError::NoCgroup2)
+        ));
     }
 
     #[test]
@@ -583,11 +705,20 @@ mod tests {
         let id = std::fs::metadata(&leaf).unwrap().ino();
         let mut paths = CgroupPaths::at(dir.path().to_path_buf(), String::new());
         assert_eq!(paths.container_of(id).unwrap().id, ID);
-        assert_eq!(paths.path_of(u64::MAX), None, "a miss right after a walk does not walk again");
+        assert_eq!(
+            paths.path_of(u64::MAX),
+            None,
+            "a miss right after a walk does not walk again"
+        );
         paths.min_rewalk = Duration::ZERO;
         let late = dir.path().join("late");
         std::fs::create_dir(&late).unwrap();
-        assert_eq!(paths.path_of(std::fs::metadata(&late).unwrap().ino()).as_deref(), Some("/late"));
+        assert_eq!(
+            paths
+                .path_of(std::fs::metadata(&late).unwrap().ino())
+                .as_deref(),
+            Some("/late")
+        );
     }
 
     /// On the real cgroup v2 mount: creates a cgroup whose path mimics a
@@ -597,7 +728,10 @@ mod tests {
     #[test]
     fn real_cgroup_v2_mount() {
         if unsafe { libc::geteuid() } != 0 {
-            assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run this test as root"
+            );
             eprintln!("skipped: needs root to create cgroups");
             return;
         }
@@ -628,16 +762,26 @@ mod tests {
                 }
             }
         }
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let _guard = Cleanup(top, leaf.clone(), Some(child));
-        std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).expect("move the child into the cgroup");
+        std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+            .expect("move the child into the cgroup");
         let id = std::fs::metadata(&leaf).unwrap().ino();
         let c = paths.container_of(id).expect("the new cgroup resolves");
-        assert_eq!((c.id.as_str(), c.runtime, c.pod_uid.as_deref()), (ID, Runtime::Containerd, Some(uid)));
+        assert_eq!(
+            (c.id.as_str(), c.runtime, c.pod_uid.as_deref()),
+            (ID, Runtime::Containerd, Some(uid))
+        );
         // The kernel's own view of the child's cgroup agrees with the walk.
         let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        let v2 = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let v2 = proc_cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap();
         assert_eq!(v2, paths.path_of(id).unwrap());
     }
 }

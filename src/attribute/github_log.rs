@@ -18,7 +18,10 @@ pub enum LogFact {
     /// `Publish step telemetry for current step {…}.`
     Telemetry(StepTelemetry),
     /// `Job message:` with its display name.
-    Job { display_name: Option<String>, job_id: Option<String> },
+    Job {
+        display_name: Option<String>,
+        job_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -45,7 +48,10 @@ pub enum LogError {
     #[error("no Worker_*.log in {0}")]
     NoLog(PathBuf),
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Incremental reader of the newest Worker log in a `_diag` directory.
@@ -58,7 +64,12 @@ pub struct WorkerLog {
 
 impl WorkerLog {
     pub fn new(diag_dir: &Path) -> Self {
-        Self { dir: diag_dir.to_path_buf(), file: None, offset: 0, parser: Parser::default() }
+        Self {
+            dir: diag_dir.to_path_buf(),
+            file: None,
+            offset: 0,
+            parser: Parser::default(),
+        }
     }
 
     /// Facts from lines completed since the last poll. Follows the runner's 8 MB roll-over.
@@ -76,7 +87,10 @@ impl WorkerLog {
     }
 
     fn read_from(&mut self, path: &Path) -> Result<(), LogError> {
-        let err = |source| LogError::Read { path: path.to_path_buf(), source };
+        let err = |source| LogError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = File::open(path).map_err(err)?;
         file.seek(SeekFrom::Start(self.offset)).map_err(err)?;
         let mut bytes = Vec::new();
@@ -88,12 +102,19 @@ impl WorkerLog {
 }
 
 fn newest_log(dir: &Path) -> Result<PathBuf, LogError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| LogError::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| LogError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     // Names embed a UTC timestamp (Worker_YYYYMMDD-HHMMSS-utc.log), so the greatest is the newest.
     entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("Worker_") && n.ends_with(".log")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("Worker_") && n.ends_with(".log"))
+        })
         .max()
         .ok_or_else(|| LogError::NoLog(dir.to_path_buf()))
 }
@@ -170,13 +191,20 @@ impl Parser {
         {
             self.current_step = Some(name);
         } else if let Some(rest) = message.strip_prefix("Process started with process id ") {
-            let pid = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok());
+            let pid = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
             match (pid, &self.current_step) {
-                (Some(pid), Some(name)) => self.facts.push(LogFact::ProcessStarted { pid, display_name: name.clone() }),
+                (Some(pid), Some(name)) => self.facts.push(LogFact::ProcessStarted {
+                    pid,
+                    display_name: name.clone(),
+                }),
                 (None, _) => self.skipped += 1,
                 (Some(_), None) => {}
             }
-        } else if let Some(rest) = message.strip_prefix("Publish step telemetry for current step ") {
+        } else if let Some(rest) = message.strip_prefix("Publish step telemetry for current step ")
+        {
             let rest = rest.to_string();
             if rest.trim_end().ends_with("}.") {
                 self.finish_telemetry(&rest);
@@ -214,7 +242,9 @@ fn split_entry(line: &str) -> Option<&str> {
     let close = rest.find("] ")?;
     let header = &rest[..close];
     // The header starts with a date: "YYYY-MM-DD".
-    let date_like = header.len() > 10 && header.as_bytes()[4] == b'-' && header.as_bytes()[..4].iter().all(u8::is_ascii_digit);
+    let date_like = header.len() > 10
+        && header.as_bytes()[4] == b'-'
+        && header.as_bytes()[..4].iter().all(u8::is_ascii_digit);
     date_like.then(|| &rest[close + 2..])
 }
 
@@ -255,10 +285,27 @@ mod tests {
         let mut p = Parser::default();
         p.feed(LOG.as_bytes());
         let facts = p.take();
-        assert_eq!(facts[0], LogFact::Job { display_name: Some("build (ubuntu)".into()), job_id: Some("b1c2".into()) });
-        assert_eq!(facts[1], LogFact::ProcessStarted { pid: 4242, display_name: "Run make".into() });
-        let LogFact::Telemetry(t) = &facts[2] else { panic!("{facts:?}") };
-        assert_eq!((t.stage.as_deref(), t.step_context_name.as_deref()), (Some("Main"), Some("__run")));
+        assert_eq!(
+            facts[0],
+            LogFact::Job {
+                display_name: Some("build (ubuntu)".into()),
+                job_id: Some("b1c2".into())
+            }
+        );
+        assert_eq!(
+            facts[1],
+            LogFact::ProcessStarted {
+                pid: 4242,
+                display_name: "Run make".into()
+            }
+        );
+        let LogFact::Telemetry(t) = &facts[2] else {
+            panic!("{facts:?}")
+        };
+        assert_eq!(
+            (t.stage.as_deref(), t.step_context_name.as_deref()),
+            (Some("Main"), Some("__run"))
+        );
     }
 
     #[test]
@@ -267,7 +314,13 @@ mod tests {
         p.feed(b"[2026-11-26 08:00:01Z INFO StepsRunner] Processing step: DisplayName='A'\n[2026-11-26 08:00:01Z INFO P] Process started with proc");
         assert!(p.take().is_empty());
         p.feed(b"ess id 7, waiting for process exit.\n");
-        assert_eq!(p.take(), vec![LogFact::ProcessStarted { pid: 7, display_name: "A".into() }]);
+        assert_eq!(
+            p.take(),
+            vec![LogFact::ProcessStarted {
+                pid: 7,
+                display_name: "A".into()
+            }]
+        );
     }
 
     #[test]

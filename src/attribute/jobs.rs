@@ -134,7 +134,12 @@ impl Registry {
     }
 
     /// A job known before any of its processes ran (`ciwatch run`, `ciwatch start`).
-    pub fn register_job(&mut self, kernel_job: u32, identity: JobIdentity, conflicts: Vec<Platform>) -> String {
+    pub fn register_job(
+        &mut self,
+        kernel_job: u32,
+        identity: JobIdentity,
+        conflicts: Vec<Platform>,
+    ) -> String {
         let key = identity.id.clone();
         let job_is_step = platform::detector(identity.platform).is_some_and(|d| !d.has_steps());
         self.jobs.entry(key.clone()).or_insert_with(|| JobInfo {
@@ -155,9 +160,18 @@ impl Registry {
     }
 
     /// A step known up front: `ciwatch run`'s command.
-    pub fn register_step(&mut self, kernel_step: u32, job: &str, identity: StepIdentity, source: &'static str) -> Placement {
+    pub fn register_step(
+        &mut self,
+        kernel_step: u32,
+        job: &str,
+        identity: StepIdentity,
+        source: &'static str,
+    ) -> Placement {
         let step = self.add_step(job, identity, source);
-        let placement = Placement { job: job.to_string(), step };
+        let placement = Placement {
+            job: job.to_string(),
+            step,
+        };
         self.kernel_steps.insert(kernel_step, placement.clone());
         placement
     }
@@ -190,23 +204,39 @@ impl Registry {
     }
 
     pub fn steps_of(&self, job: &str) -> Vec<&StepInfo> {
-        self.jobs.get(job).map_or_else(Vec::new, |j| j.step_order.iter().filter_map(|s| j.steps.get(s)).collect())
+        self.jobs.get(job).map_or_else(Vec::new, |j| {
+            j.step_order.iter().filter_map(|s| j.steps.get(s)).collect()
+        })
     }
 
     /// An environment record: kept until the same process's exec record brings argv.
     pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv) {
-        self.pending.insert(common.tgid, PendingRoot { reason, env, job: common.job, step: common.step });
+        self.pending.insert(
+            common.tgid,
+            PendingRoot {
+                reason,
+                env,
+                job: common.job,
+                step: common.step,
+            },
+        );
     }
 
     /// An exec: completes a pending root, if this process is one.
     pub fn exec(&mut self, common: &Common, argv: &[String]) {
-        let Some(root) = self.pending.remove(&common.tgid) else { return };
+        let Some(root) = self.pending.remove(&common.tgid) else {
+            return;
+        };
         let env = root.env;
         match root.reason {
             EnvReason::Launcher => {
                 let platform = self.launcher_started(root.job, argv);
                 let program = argv.first().cloned().unwrap_or_default();
-                self.new_launchers.push(NewLauncher { tgid: common.tgid, platform, program });
+                self.new_launchers.push(NewLauncher {
+                    tgid: common.tgid,
+                    platform,
+                    program,
+                });
             }
             EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
             EnvReason::Container => self.container_root(root.step, common, &env, argv),
@@ -240,7 +270,14 @@ impl Registry {
         }
     }
 
-    fn step_root(&mut self, kernel_job: u32, kernel_step: u32, common: &Common, env: &StepEnv, argv: &[String]) {
+    fn step_root(
+        &mut self,
+        kernel_job: u32,
+        kernel_step: u32,
+        common: &Common,
+        env: &StepEnv,
+        argv: &[String],
+    ) {
         let kj = self.kernel_jobs.entry(kernel_job).or_default();
         let detection = detect(env, argv, kj.platform);
         let long_lived = kj.long_lived;
@@ -248,7 +285,13 @@ impl Registry {
         let job = match (&detection.job, known_job) {
             (Some(identity), Some(job)) if identity.id != job && !long_lived => {
                 // One job per launcher: a root claiming another job disagrees with its lineage.
-                self.job_note(&job, format!("a step root claimed job {:?}; kept in this job by lineage", identity.id));
+                self.job_note(
+                    &job,
+                    format!(
+                        "a step root claimed job {:?}; kept in this job by lineage",
+                        identity.id
+                    ),
+                );
                 job
             }
             (Some(identity), _) => {
@@ -267,18 +310,30 @@ impl Registry {
                 return;
             }
         };
-        let platform = self.jobs.get(&job).map_or(Platform::None, |j| j.identity.platform);
-        let mut identity = platform::detector(platform).and_then(|d| d.step(env, argv)).unwrap_or_default();
+        let platform = self
+            .jobs
+            .get(&job)
+            .map_or(Platform::None, |j| j.identity.platform);
+        let mut identity = platform::detector(platform)
+            .and_then(|d| d.step(env, argv))
+            .unwrap_or_default();
         if let Some(name) = self.names_by_pid.get(&common.tgid) {
             apply_display_name(&mut identity, name);
         }
         let step = self.add_step(&job, identity, "lineage");
         self.note_root(&job, &step, common);
-        self.kernel_steps.insert(kernel_step, Placement { job, step });
+        self.kernel_steps
+            .insert(kernel_step, Placement { job, step });
     }
 
     /// A process a container runtime started: it belongs to a job only if its environment says so.
-    fn container_root(&mut self, kernel_step: u32, common: &Common, env: &StepEnv, argv: &[String]) {
+    fn container_root(
+        &mut self,
+        kernel_step: u32,
+        common: &Common,
+        env: &StepEnv,
+        argv: &[String],
+    ) {
         if let Some(placement) = self.match_known_step(env) {
             self.note_root(&placement.job, &placement.step, common);
             self.kernel_steps.insert(kernel_step, placement);
@@ -295,10 +350,13 @@ impl Registry {
             return;
         }
         let job = self.ensure_job(identity.clone(), detection.conflicts);
-        let step_identity = platform::detector(identity.platform).and_then(|d| d.step(env, argv)).unwrap_or_default();
+        let step_identity = platform::detector(identity.platform)
+            .and_then(|d| d.step(env, argv))
+            .unwrap_or_default();
         let step = self.add_step(&job, step_identity, "container environment");
         self.note_root(&job, &step, common);
-        self.kernel_steps.insert(kernel_step, Placement { job, step });
+        self.kernel_steps
+            .insert(kernel_step, Placement { job, step });
     }
 
     /// A container process carrying a known GitHub step's file-command GUID (or, failing that,
@@ -311,19 +369,34 @@ impl Registry {
         let key = step.key?;
         for job in self.jobs.values() {
             if job.steps.contains_key(&key) {
-                return Some(Placement { job: job.key.clone(), step: key });
+                return Some(Placement {
+                    job: job.key.clone(),
+                    step: key,
+                });
             }
         }
         let action = step.action?;
         let candidates: Vec<Placement> = self
             .jobs
             .values()
-            .flat_map(|j| j.steps.values().filter(|s| s.action.as_deref() == Some(&action)).map(|s| Placement { job: j.key.clone(), step: s.id.clone() }))
+            .flat_map(|j| {
+                j.steps
+                    .values()
+                    .filter(|s| s.action.as_deref() == Some(&action))
+                    .map(|s| Placement {
+                        job: j.key.clone(),
+                        step: s.id.clone(),
+                    })
+            })
             .collect();
         match candidates.as_slice() {
             [one] => {
                 let one = one.clone();
-                if let Some(s) = self.jobs.get_mut(&one.job).and_then(|j| j.steps.get_mut(&one.step)) {
+                if let Some(s) = self
+                    .jobs
+                    .get_mut(&one.job)
+                    .and_then(|j| j.steps.get_mut(&one.step))
+                {
                     s.degraded.push(format!("a container process joined by GITHUB_ACTION={action} (its file-command GUID {key} is unknown)"));
                 }
                 Some(one)
@@ -338,7 +411,13 @@ impl Registry {
             let job_is_step = platform::detector(identity.platform).is_some_and(|d| !d.has_steps());
             let notes = conflicts
                 .iter()
-                .map(|p| format!("variables of {} are present too; attributed to {}", p.name(), identity.platform.name()))
+                .map(|p| {
+                    format!(
+                        "variables of {} are present too; attributed to {}",
+                        p.name(),
+                        identity.platform.name()
+                    )
+                })
                 .collect();
             self.jobs.insert(
                 key.clone(),
@@ -360,14 +439,25 @@ impl Registry {
 
     /// Adds (or finds) a step; returns its id.
     fn add_step(&mut self, job: &str, identity: StepIdentity, source: &'static str) -> String {
-        let Some(info) = self.jobs.get_mut(job) else { return String::new() };
+        let Some(info) = self.jobs.get_mut(job) else {
+            return String::new();
+        };
         if info.job_is_step {
             let id = "job".to_string();
-            info.steps.entry(id.clone()).or_insert_with(|| new_step(&id, StepIdentity {
-                name: info.identity.name.clone(),
-                notes: vec![format!("{} has no step below the job: the job is the step", info.identity.platform.name())],
-                ..identity
-            }, source));
+            info.steps.entry(id.clone()).or_insert_with(|| {
+                new_step(
+                    &id,
+                    StepIdentity {
+                        name: info.identity.name.clone(),
+                        notes: vec![format!(
+                            "{} has no step below the job: the job is the step",
+                            info.identity.platform.name()
+                        )],
+                        ..identity
+                    },
+                    source,
+                )
+            });
             if !info.step_order.contains(&id) {
                 info.step_order.push(id.clone());
             }
@@ -385,7 +475,8 @@ impl Registry {
             existing.name = existing.name.take().or(identity.name);
             existing.stage = existing.stage.take().or(identity.stage);
         } else {
-            info.steps.insert(id.clone(), new_step(&id, identity, source));
+            info.steps
+                .insert(id.clone(), new_step(&id, identity, source));
             info.step_order.push(id.clone());
         }
         id
@@ -414,7 +505,16 @@ impl Registry {
                 return None;
             }
             let job = kj.job.clone()?;
-            let step = self.add_step(&job, StepIdentity { key: Some(RUNNER_STEP.into()), name: Some("runner".into()), internal: true, ..Default::default() }, "launcher");
+            let step = self.add_step(
+                &job,
+                StepIdentity {
+                    key: Some(RUNNER_STEP.into()),
+                    name: Some("runner".into()),
+                    internal: true,
+                    ..Default::default()
+                },
+                "launcher",
+            );
             return Some(Placement { job, step });
         }
         self.unattributed += 1;
@@ -422,7 +522,11 @@ impl Registry {
     }
 
     fn touch(&mut self, p: &Placement, ktime_ns: u64) {
-        if let Some(s) = self.jobs.get_mut(&p.job).and_then(|j| j.steps.get_mut(&p.step)) {
+        if let Some(s) = self
+            .jobs
+            .get_mut(&p.job)
+            .and_then(|j| j.steps.get_mut(&p.step))
+        {
             s.last_ns = s.last_ns.max(ktime_ns);
             if s.first_ns == 0 {
                 s.first_ns = ktime_ns;
@@ -431,7 +535,11 @@ impl Registry {
     }
 
     pub fn count(&mut self, p: &Placement, kind: &str) {
-        if let Some(s) = self.jobs.get_mut(&p.job).and_then(|j| j.steps.get_mut(&p.step)) {
+        if let Some(s) = self
+            .jobs
+            .get_mut(&p.job)
+            .and_then(|j| j.steps.get_mut(&p.step))
+        {
             match kind {
                 "exec" => s.counts.exec += 1,
                 "connect" => s.counts.connect += 1,
@@ -448,7 +556,11 @@ impl Registry {
         for job in self.jobs.values_mut() {
             for step in job.steps.values_mut() {
                 if step.roots.iter().any(|(tgid, _)| *tgid == pid) && step.name.is_none() {
-                    let mut identity = StepIdentity { name: None, stage: step.stage.clone(), ..Default::default() };
+                    let mut identity = StepIdentity {
+                        name: None,
+                        stage: step.stage.clone(),
+                        ..Default::default()
+                    };
                     apply_display_name(&mut identity, name);
                     step.name = identity.name;
                     step.stage = identity.stage;
@@ -459,7 +571,11 @@ impl Registry {
 
     /// The launcher of `kernel_job` exited.
     pub fn launcher_exited(&mut self, kernel_job: u32) {
-        if let Some(job) = self.kernel_jobs.get(&kernel_job).and_then(|k| k.job.clone()) {
+        if let Some(job) = self
+            .kernel_jobs
+            .get(&kernel_job)
+            .and_then(|k| k.job.clone())
+        {
             if let Some(j) = self.jobs.get_mut(&job) {
                 j.launcher_exited = true;
             }
@@ -468,7 +584,9 @@ impl Registry {
 
     /// Marks what a step's identity lacks (called when sealing).
     pub fn finalize(&mut self, job: &str, missing_name_reason: Option<&str>) {
-        let Some(j) = self.jobs.get_mut(job) else { return };
+        let Some(j) = self.jobs.get_mut(job) else {
+            return;
+        };
         // GitHub names steps only in the runner's log; say so when it did not.
         let reason = missing_name_reason.map(String::from).or_else(|| {
             (j.identity.platform == Platform::GithubActions)
@@ -476,7 +594,10 @@ impl Registry {
         });
         let Some(reason) = reason else { return };
         for s in j.steps.values_mut() {
-            if s.name.is_none() && !s.internal && !s.degraded.iter().any(|d| d.starts_with("no display name")) {
+            if s.name.is_none()
+                && !s.internal
+                && !s.degraded.iter().any(|d| d.starts_with("no display name"))
+            {
                 s.degraded.push(format!("no display name: {reason}"));
             }
         }
@@ -484,7 +605,9 @@ impl Registry {
 
     /// Every step the kernel numbered, with what is known of it.
     pub fn kernel_steps(&self) -> impl Iterator<Item = (u32, &StepInfo)> {
-        self.kernel_steps.iter().filter_map(|(id, p)| Some((*id, self.jobs.get(&p.job)?.steps.get(&p.step)?)))
+        self.kernel_steps
+            .iter()
+            .filter_map(|(id, p)| Some((*id, self.jobs.get(&p.job)?.steps.get(&p.step)?)))
     }
 
     pub fn is_foreign(&self, kernel_step: u32) -> bool {
@@ -533,15 +656,24 @@ fn apply_display_name(identity: &mut StepIdentity, name: &str) {
 
 /// Launchers that run many jobs over their life, so their own traffic is no job's.
 pub fn is_long_lived(platform: Option<Platform>, argv: &[String]) -> bool {
-    matches!(platform, Some(Platform::GitlabCi | Platform::Drone | Platform::Jenkins))
-        || (platform == Some(Platform::Buildkite) && argv.iter().any(|a| a == "start"))
+    matches!(
+        platform,
+        Some(Platform::GitlabCi | Platform::Drone | Platform::Jenkins)
+    ) || (platform == Some(Platform::Buildkite) && argv.iter().any(|a| a == "start"))
 }
 
 /// The platform of a launcher from its own argv (comm matched one of these).
 fn launcher_platform(argv: &[String]) -> Option<Platform> {
-    let program = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_string()).unwrap_or_default();
+    let program = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
     platform::detectors()
         .iter()
-        .find(|d| d.launcher_comms().iter().any(|c| !program.is_empty() && (program == *c || program.starts_with(c))))
+        .find(|d| {
+            d.launcher_comms()
+                .iter()
+                .any(|c| !program.is_empty() && (program == *c || program.starts_with(c)))
+        })
         .map(|d| d.platform())
 }

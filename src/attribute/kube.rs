@@ -34,7 +34,12 @@ pub enum KubeError {
 
 /// Annotations worth keeping: CI identity only (the rest can be large, such
 /// as kubectl's last-applied-configuration).
-const ANNOTATION_PREFIXES: [&str; 4] = ["job.runner.gitlab.com/", "tekton.dev/", "buildkite.com/", "actions.github.com/"];
+const ANNOTATION_PREFIXES: [&str; 4] = [
+    "job.runner.gitlab.com/",
+    "tekton.dev/",
+    "buildkite.com/",
+    "actions.github.com/",
+];
 /// Environment variables read from the pod spec: CI identity only, never the
 /// rest (which may hold secrets).
 const ENV_KEYS: [&str; 10] = [
@@ -96,7 +101,10 @@ pub enum Resolution {
     /// Not in any pod yet: keep the container id, ask again later.
     Pending,
     /// Never to be resolved; the container id is all there is.
-    Gone { pod_uid: Option<String>, reason: GoneReason },
+    Gone {
+        pod_uid: Option<String>,
+        reason: GoneReason,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +120,11 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { retain_deleted: Duration::from_secs(600), orphan_after: Duration::from_secs(120), max_pending: 10_000 }
+        Self {
+            retain_deleted: Duration::from_secs(600),
+            orphan_after: Duration::from_secs(120),
+            max_pending: 10_000,
+        }
     }
 }
 
@@ -149,7 +161,11 @@ pub struct PodCache {
 impl PodCache {
     pub fn new(options: CacheOptions) -> Arc<Self> {
         let (ended, _) = tokio::sync::broadcast::channel(1024);
-        Arc::new(Self { options, state: Mutex::new(State::default()), ended })
+        Arc::new(Self {
+            options,
+            state: Mutex::new(State::default()),
+            ended,
+        })
     }
 
     /// Pods that ended (phase Succeeded or Failed, or deleted), once each:
@@ -179,12 +195,21 @@ impl PodCache {
             return Resolution::Known(meta.clone());
         }
         if let Some((uid, reason, _)) = s.gone.get(id) {
-            return Resolution::Gone { pod_uid: uid.clone(), reason: *reason };
+            return Resolution::Gone {
+                pod_uid: uid.clone(),
+                reason: *reason,
+            };
         }
         if s.pending.len() >= self.options.max_pending && !s.pending.contains_key(id) {
             evict_oldest(&mut s);
         }
-        let entry = s.pending.entry(id.to_string()).or_insert_with(|| PendingEntry { pod_uid: None, since: Instant::now() });
+        let entry = s
+            .pending
+            .entry(id.to_string())
+            .or_insert_with(|| PendingEntry {
+                pod_uid: None,
+                since: Instant::now(),
+            });
         if entry.pod_uid.is_none() {
             entry.pod_uid = pod_uid.map(str::to_string);
         }
@@ -221,8 +246,14 @@ impl PodCache {
     pub fn apply_list(&self, pods: Vec<Pod>, listed_at: Instant) {
         let mut ended = Vec::new();
         let mut s = self.lock();
-        let live: std::collections::HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        let vanished: Vec<String> = s.pods.iter().filter(|(uid, e)| e.deleted_at.is_none() && !live.contains(*uid)).map(|(u, _)| u.clone()).collect();
+        let live: std::collections::HashSet<String> =
+            pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let vanished: Vec<String> = s
+            .pods
+            .iter()
+            .filter(|(uid, e)| e.deleted_at.is_none() && !live.contains(*uid))
+            .map(|(u, _)| u.clone())
+            .collect();
         for uid in vanished {
             ended.extend(mark_deleted(&mut s, &uid, listed_at));
         }
@@ -234,7 +265,12 @@ impl PodCache {
         let gone: Vec<(String, Option<String>)> = s
             .pending
             .iter()
-            .filter(|(_, p)| p.since <= listed_at && p.pod_uid.as_ref().is_some_and(|u| !live.contains(u) && !s.pods.contains_key(u)))
+            .filter(|(_, p)| {
+                p.since <= listed_at
+                    && p.pod_uid
+                        .as_ref()
+                        .is_some_and(|u| !live.contains(u) && !s.pods.contains_key(u))
+            })
             .map(|(id, p)| (id.clone(), p.pod_uid.clone()))
             .collect();
         for (id, uid) in gone {
@@ -275,7 +311,10 @@ impl PodCache {
         let old: Vec<String> = s
             .pods
             .iter()
-            .filter(|(_, e)| e.deleted_at.is_some_and(|t| now.saturating_duration_since(t) > keep))
+            .filter(|(_, e)| {
+                e.deleted_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > keep)
+            })
             .map(|(u, _)| u.clone())
             .collect();
         for uid in old {
@@ -285,14 +324,17 @@ impl PodCache {
                 }
             }
         }
-        s.gone.retain(|_, (_, _, at)| now.saturating_duration_since(*at) <= keep);
+        s.gone
+            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) <= keep);
         // Only while the API answers: an outage must not turn ids into orphans.
         if s.api_up {
             let orphan_after = self.options.orphan_after;
             let orphans: Vec<String> = s
                 .pending
                 .iter()
-                .filter(|(_, p)| p.pod_uid.is_none() && now.saturating_duration_since(p.since) > orphan_after)
+                .filter(|(_, p)| {
+                    p.pod_uid.is_none() && now.saturating_duration_since(p.since) > orphan_after
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in orphans {
@@ -304,9 +346,15 @@ impl PodCache {
 }
 
 fn evict_oldest(s: &mut State) {
-    if let Some(id) = s.pending.iter().min_by_key(|(_, p)| p.since).map(|(id, _)| id.clone()) {
+    if let Some(id) = s
+        .pending
+        .iter()
+        .min_by_key(|(_, p)| p.since)
+        .map(|(id, _)| id.clone())
+    {
         let p = s.pending.remove(&id).expect("present");
-        s.gone.insert(id, (p.pod_uid, GoneReason::NotAPod, Instant::now()));
+        s.gone
+            .insert(id, (p.pod_uid, GoneReason::NotAPod, Instant::now()));
     }
 }
 
@@ -330,7 +378,11 @@ fn mark_deleted(s: &mut State, uid: &str, at: Instant) -> Option<Arc<PodMeta>> {
 fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) -> Option<Arc<PodMeta>> {
     let uid = pod.metadata.uid.clone()?;
     let finished = deleted
-        || pod.status.as_ref().and_then(|st| st.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+        || pod
+            .status
+            .as_ref()
+            .and_then(|st| st.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
     let meta = Arc::new(PodMeta {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
@@ -359,19 +411,33 @@ fn upsert(s: &mut State, pod: Pod, deleted: bool, now: Instant) -> Option<Arc<Po
         s.gone.remove(id);
         s.by_container.insert(id.clone(), c.clone());
     }
-    s.pods.insert(uid, PodEntry { meta: meta.clone(), containers, deleted_at: deleted.then_some(now), ended: finished || was_ended });
+    s.pods.insert(
+        uid,
+        PodEntry {
+            meta: meta.clone(),
+            containers,
+            deleted_at: deleted.then_some(now),
+            ended: finished || was_ended,
+        },
+    );
     (finished && !was_ended).then_some(meta)
 }
 
 /// Every container of the pod that has an id in its status (a restarted
 /// container has a new id, and its previous one can still have events).
 fn containers_of(pod: &Pod, meta: &Arc<PodMeta>) -> Vec<(String, ContainerMeta)> {
-    let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else { return Vec::new() };
+    let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     type Group<'a> = (&'a [Container], Option<&'a Vec<ContainerStatus>>, bool);
     let groups: [Group<'_>; 2] = [
         (&spec.containers, status.container_statuses.as_ref(), false),
-        (spec.init_containers.as_deref().unwrap_or(&[]), status.init_container_statuses.as_ref(), true),
+        (
+            spec.init_containers.as_deref().unwrap_or(&[]),
+            status.init_container_statuses.as_ref(),
+            true,
+        ),
     ];
     for (specs, statuses, init) in groups {
         for st in statuses.into_iter().flatten() {
@@ -387,7 +453,12 @@ fn containers_of(pod: &Pod, meta: &Arc<PodMeta>) -> Vec<(String, ContainerMeta)>
             if let Some(id) = st.container_id.as_deref() {
                 ids.push(id);
             }
-            if let Some(id) = st.last_state.as_ref().and_then(|l| l.terminated.as_ref()).and_then(|t| t.container_id.as_deref()) {
+            if let Some(id) = st
+                .last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .and_then(|t| t.container_id.as_deref())
+            {
                 ids.push(id);
             }
             for full in ids {
@@ -516,7 +587,9 @@ pub async fn watch_pods(
 
 fn event_version(event: &WatchEvent<Pod>) -> Option<String> {
     match event {
-        WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p) => p.metadata.resource_version.clone(),
+        WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p) => {
+            p.metadata.resource_version.clone()
+        }
         WatchEvent::Bookmark(b) => Some(b.metadata.resource_version.clone()),
         WatchEvent::Error(_) => None,
     }
@@ -528,7 +601,9 @@ struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: Duration::from_millis(250) }
+        Self {
+            next: Duration::from_millis(250),
+        }
     }
 }
 
@@ -558,7 +633,12 @@ pub struct KubeConfig {
 
 impl Default for KubeConfig {
     fn default() -> Self {
-        Self { enabled: false, node_name: None, retain_deleted_secs: 600, orphan_after_secs: 120 }
+        Self {
+            enabled: false,
+            node_name: None,
+            retain_deleted_secs: 600,
+            orphan_after_secs: 120,
+        }
     }
 }
 
@@ -582,12 +662,19 @@ impl KubeConfig {
 /// The in-cluster client (ServiceAccount token and CA), or kubeconfig when
 /// run outside a cluster.
 pub async fn client() -> Result<kube::Client, KubeError> {
-    kube::Client::try_default().await.map_err(|e| KubeError::Config { reason: e.to_string() })
+    kube::Client::try_default()
+        .await
+        .map_err(|e| KubeError::Config {
+            reason: e.to_string(),
+        })
 }
 
 /// The node to watch: `NODE_NAME` (set from `spec.nodeName` by the downward API).
 pub fn node_name() -> Result<String, KubeError> {
-    std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).ok_or(KubeError::NoNodeName)
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .ok_or(KubeError::NoNodeName)
 }
 
 /// The CI job a pod's container belongs to, from pod labels, annotations,
@@ -623,7 +710,9 @@ pub fn ci_job(meta: &ContainerMeta) -> Option<CiJob> {
         return Some(CiJob {
             platform: "tekton",
             job_id: Some(scoped(task_run)),
-            step: container.and_then(|c| c.strip_prefix("step-")).map(str::to_string),
+            step: container
+                .and_then(|c| c.strip_prefix("step-"))
+                .map(str::to_string),
             pipeline: label("tekton.dev/pipelineRun").map(scoped),
             source: "label tekton.dev/taskRun",
             runner_pod: false,
@@ -634,7 +723,11 @@ pub fn ci_job(meta: &ContainerMeta) -> Option<CiJob> {
     // comes from the script path in argv, not from here.
     let gitlab_pod = pod.labels.contains_key("job.runner.gitlab.com/pod");
     if let Some(id) = pod.annotations.get("job.runner.gitlab.com/id") {
-        return Some(gitlab(id.clone(), meta, "annotation job.runner.gitlab.com/id"));
+        return Some(gitlab(
+            id.clone(),
+            meta,
+            "annotation job.runner.gitlab.com/id",
+        ));
     }
     if gitlab_pod && !meta.env.contains_key("CI_JOB_ID") {
         return Some(CiJob {
@@ -653,7 +746,10 @@ pub fn ci_job(meta: &ContainerMeta) -> Option<CiJob> {
     // Actions Runner Controller scale-set runner pods
     // (actions.github.com/scale-set-name, app.kubernetes.io/component=runner).
     if pod.labels.contains_key("actions.github.com/scale-set-name")
-        && pod.labels.get("app.kubernetes.io/component").is_some_and(|c| c == "runner")
+        && pod
+            .labels
+            .get("app.kubernetes.io/component")
+            .is_some_and(|c| c == "runner")
     {
         return Some(CiJob {
             platform: "github",
@@ -703,7 +799,14 @@ fn gitlab(id: String, meta: &ContainerMeta, source: &'static str) -> CiJob {
 }
 
 fn buildkite(uuid: String, source: &'static str) -> CiJob {
-    CiJob { platform: "buildkite", job_id: Some(uuid.clone()), step: Some(uuid), pipeline: None, source, runner_pod: false }
+    CiJob {
+        platform: "buildkite",
+        job_id: Some(uuid.clone()),
+        step: Some(uuid),
+        pipeline: None,
+        source,
+        runner_pod: false,
+    }
 }
 
 #[cfg(test)]
@@ -759,13 +862,17 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let fake = fake.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let fake = fake.clone();
-                        async move { Ok::<_, Infallible>(handle(&fake, req)) }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let fake = fake.clone();
+                            async move { Ok::<_, Infallible>(handle(&fake, req)) }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
@@ -777,10 +884,15 @@ mod tests {
 
     type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-    fn handle(fake: &Arc<Mutex<Fake>>, req: hyper::Request<hyper::body::Incoming>) -> hyper::Response<Body> {
+    fn handle(
+        fake: &Arc<Mutex<Fake>>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<Body> {
         let mut f = fake.lock().unwrap();
         let query: HashMap<String, String> =
-            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
         let json_reply = |code: u16, v: Value| {
             hyper::Response::builder()
                 .status(code)
@@ -789,17 +901,26 @@ mod tests {
                 .unwrap()
         };
         if !f.up {
-            return json_reply(500, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "reason": "InternalError", "message": "down"}));
+            return json_reply(
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "reason": "InternalError", "message": "down"}),
+            );
         }
         if req.uri().path() != "/api/v1/pods" {
-            return json_reply(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "nope"}));
+            return json_reply(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "nope"}),
+            );
         }
-        f.selectors.push(query.get("fieldSelector").cloned().unwrap_or_default());
+        f.selectors
+            .push(query.get("fieldSelector").cloned().unwrap_or_default());
         if query.get("watch").map(String::as_str) == Some("true") {
             let (tx, rx) = mpsc::unbounded_channel();
             f.watchers.push(tx);
             let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
             });
             return hyper::Response::builder()
                 .header("content-type", "application/json")
@@ -809,27 +930,53 @@ mod tests {
         f.lists += 1;
         let items = f.pods.clone();
         let rv = f.rv;
-        json_reply(200, json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": items}))
+        json_reply(
+            200,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
+        )
     }
 
     fn push(fake: &Arc<Mutex<Fake>>, kind: &str, object: Value) {
         let mut f = fake.lock().unwrap();
         let line = format!("{}\n", json!({"type": kind, "object": object}));
-        f.watchers.retain(|w| w.send(Bytes::from(line.clone())).is_ok());
+        f.watchers
+            .retain(|w| w.send(Bytes::from(line.clone())).is_ok());
     }
 
-    async fn start(fake: Arc<Mutex<Fake>>, options: CacheOptions) -> (Arc<PodCache>, Arc<Metrics>, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    async fn start(
+        fake: Arc<Mutex<Fake>>,
+        options: CacheOptions,
+    ) -> (
+        Arc<PodCache>,
+        Arc<Metrics>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let addr = serve(fake).await;
         start_at(addr, options)
     }
 
-    fn start_at(addr: std::net::SocketAddr, options: CacheOptions) -> (Arc<PodCache>, Arc<Metrics>, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    fn start_at(
+        addr: std::net::SocketAddr,
+        options: CacheOptions,
+    ) -> (
+        Arc<PodCache>,
+        Arc<Metrics>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let cache = PodCache::new(options);
         let metrics = Metrics::new();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(watch_pods(client, NODE.into(), cache.clone(), Some(metrics.clone()), stopped));
+        let task = tokio::spawn(watch_pods(
+            client,
+            NODE.into(),
+            cache.clone(),
+            Some(metrics.clone()),
+            stopped,
+        ));
         (cache, metrics, stop, task)
     }
 
@@ -850,7 +997,11 @@ mod tests {
 
     #[tokio::test]
     async fn list_then_watch_fills_metadata() {
-        let fake = Arc::new(Mutex::new(Fake { up: true, rv: 5, ..Fake::default() }));
+        let fake = Arc::new(Mutex::new(Fake {
+            up: true,
+            rv: 5,
+            ..Fake::default()
+        }));
         fake.lock().unwrap().pods.push(pod(
             "build-abc-pod",
             "aaaaaaaa-0000-0000-0000-000000000001",
@@ -862,26 +1013,62 @@ mod tests {
         let mut ended = cache.ended();
         until("the list", || cache.api_up()).await;
         let m = known(cache.resolve(C1, None));
-        assert_eq!((m.pod.name.as_str(), m.pod.namespace.as_str(), m.container.as_deref()), ("build-abc-pod", "ci", Some("step-compile")));
+        assert_eq!(
+            (
+                m.pod.name.as_str(),
+                m.pod.namespace.as_str(),
+                m.container.as_deref()
+            ),
+            ("build-abc-pod", "ci", Some("step-compile"))
+        );
         assert_eq!(m.runtime.as_deref(), Some("containerd"));
-        assert!(!m.pod.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert!(!m
+            .pod
+            .annotations
+            .contains_key("kubectl.kubernetes.io/last-applied-configuration"));
         // Only CI identity leaves the spec's env; valueFrom is never read.
-        assert_eq!(m.env.keys().collect::<Vec<_>>(), ["CI_JOB_ID", "CI_SERVER_URL"]);
+        assert_eq!(
+            m.env.keys().collect::<Vec<_>>(),
+            ["CI_JOB_ID", "CI_SERVER_URL"]
+        );
         let job = ci_job(&m).unwrap();
-        assert_eq!((job.platform, job.job_id.as_deref(), job.step.as_deref()), ("tekton", Some("ci/build-abc"), Some("compile")));
+        assert_eq!(
+            (job.platform, job.job_id.as_deref(), job.step.as_deref()),
+            ("tekton", Some("ci/build-abc"), Some("compile"))
+        );
         assert_eq!(job.pipeline.as_deref(), Some("ci/ci-run-1"));
         assert!(metrics.render().contains("ciwatch_kube_api_up 1"));
         // The daemon asked for its node only.
-        assert!(fake.lock().unwrap().selectors.iter().all(|s| s == "spec.nodeName=node-a"));
+        assert!(fake
+            .lock()
+            .unwrap()
+            .selectors
+            .iter()
+            .all(|s| s == "spec.nodeName=node-a"));
 
         // A pod that starts later arrives through the watch.
-        assert_eq!(cache.resolve(C3, Some("bbbbbbbb-0000-0000-0000-000000000002")), Resolution::Pending);
+        assert_eq!(
+            cache.resolve(C3, Some("bbbbbbbb-0000-0000-0000-000000000002")),
+            Resolution::Pending
+        );
         until("the watch", || !fake.lock().unwrap().watchers.is_empty()).await;
-        let later = pod("runner-x-project-1-concurrent-0", "bbbbbbbb-0000-0000-0000-000000000002", json!({"job.runner.gitlab.com/pod": "runner-x"}), &[("build", C3)], 6);
+        let later = pod(
+            "runner-x-project-1-concurrent-0",
+            "bbbbbbbb-0000-0000-0000-000000000002",
+            json!({"job.runner.gitlab.com/pod": "runner-x"}),
+            &[("build", C3)],
+            6,
+        );
         push(&fake, "ADDED", later.clone());
-        until("C3 resolved", || matches!(cache.resolve(C3, None), Resolution::Known(_))).await;
+        until("C3 resolved", || {
+            matches!(cache.resolve(C3, None), Resolution::Known(_))
+        })
+        .await;
         let job = ci_job(&known(cache.resolve(C3, None))).unwrap();
-        assert_eq!((job.platform, job.job_id.as_deref()), ("gitlab", Some("https://gitlab.example/-/jobs/4242")));
+        assert_eq!(
+            (job.platform, job.job_id.as_deref()),
+            ("gitlab", Some("https://gitlab.example/-/jobs/4242"))
+        );
 
         // A pod that finishes ends its job, announced once; deleted pods
         // stay resolvable, marked.
@@ -890,7 +1077,10 @@ mod tests {
         push(&fake, "MODIFIED", done);
         push(&fake, "DELETED", later);
         until("deletion", || known(cache.resolve(C3, None)).pod.deleted).await;
-        let pod = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.unwrap().unwrap();
+        let pod = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(pod.name, "runner-x-project-1-concurrent-0");
         assert!(ended.try_recv().is_err(), "an ended pod is announced once");
         stop.send(true).unwrap();
@@ -899,34 +1089,73 @@ mod tests {
 
     #[tokio::test]
     async fn api_down_keeps_ids_and_fills_in_when_it_returns() {
-        let fake = Arc::new(Mutex::new(Fake { up: true, rv: 9, ..Fake::default() }));
+        let fake = Arc::new(Mutex::new(Fake {
+            up: true,
+            rv: 9,
+            ..Fake::default()
+        }));
         let uid = "cccccccc-0000-0000-0000-000000000003";
-        fake.lock().unwrap().pods.push(pod("bk-job", uid, json!({"buildkite.com/job-uuid": "0190-abcd"}), &[("container-0", C1)], 9));
+        fake.lock().unwrap().pods.push(pod(
+            "bk-job",
+            uid,
+            json!({"buildkite.com/job-uuid": "0190-abcd"}),
+            &[("container-0", C1)],
+            9,
+        ));
         // Unreachable: nothing listens on the API's address yet.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let (cache, metrics, stop, task) = start_at(addr, CacheOptions { orphan_after: Duration::ZERO, ..CacheOptions::default() });
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (cache, metrics, stop, task) = start_at(
+            addr,
+            CacheOptions {
+                orphan_after: Duration::ZERO,
+                ..CacheOptions::default()
+            },
+        );
         // Events during the outage keep their container ids.
-        until("a failed list", || metrics.render().contains("ciwatch_kube_api_up 0")).await;
+        until("a failed list", || {
+            metrics.render().contains("ciwatch_kube_api_up 0")
+        })
+        .await;
         assert!(!cache.api_up());
         assert_eq!(cache.resolve(C1, Some(uid)), Resolution::Pending);
         assert_eq!(cache.resolve(C2, None), Resolution::Pending);
         cache.expire();
-        assert_eq!(cache.resolve(C2, None), Resolution::Pending, "no orphan verdicts while the API is down");
+        assert_eq!(
+            cache.resolve(C2, None),
+            Resolution::Pending,
+            "no orphan verdicts while the API is down"
+        );
         // The API returns: metadata fills in.
         serve_on(fake.clone(), addr).await;
         until("the API to return", || cache.api_up()).await;
         let job = ci_job(&known(cache.resolve(C1, Some(uid)))).unwrap();
-        assert_eq!((job.platform, job.job_id.as_deref()), ("buildkite", Some("0190-abcd")));
+        assert_eq!(
+            (job.platform, job.job_id.as_deref()),
+            ("buildkite", Some("0190-abcd"))
+        );
         // An id no pod ever listed, with no pod uid, becomes NotAPod once the API answers.
         cache.expire();
-        assert_eq!(cache.resolve(C2, None), Resolution::Gone { pod_uid: None, reason: GoneReason::NotAPod });
+        assert_eq!(
+            cache.resolve(C2, None),
+            Resolution::Gone {
+                pod_uid: None,
+                reason: GoneReason::NotAPod
+            }
+        );
         stop.send(true).unwrap();
         task.await.unwrap();
     }
 
     #[tokio::test]
     async fn pod_deleted_before_its_metadata_was_fetched() {
-        let fake = Arc::new(Mutex::new(Fake { up: false, rv: 3, ..Fake::default() }));
+        let fake = Arc::new(Mutex::new(Fake {
+            up: false,
+            rv: 3,
+            ..Fake::default()
+        }));
         let (cache, _metrics, stop, task) = start(fake.clone(), CacheOptions::default()).await;
         // A short-lived pod's container runs while the API is down...
         let uid = "dddddddd-0000-0000-0000-000000000004";
@@ -934,28 +1163,60 @@ mod tests {
         // ...and the pod is gone by the time the API answers.
         fake.lock().unwrap().up = true;
         until("the list", || cache.api_up()).await;
-        assert_eq!(cache.resolve(C2, Some(uid)), Resolution::Gone { pod_uid: Some(uid.into()), reason: GoneReason::PodDeleted });
+        assert_eq!(
+            cache.resolve(C2, Some(uid)),
+            Resolution::Gone {
+                pod_uid: Some(uid.into()),
+                reason: GoneReason::PodDeleted
+            }
+        );
         stop.send(true).unwrap();
         task.await.unwrap();
     }
 
     #[tokio::test]
     async fn a_broken_watch_relists() {
-        let fake = Arc::new(Mutex::new(Fake { up: true, rv: 1, ..Fake::default() }));
+        let fake = Arc::new(Mutex::new(Fake {
+            up: true,
+            rv: 1,
+            ..Fake::default()
+        }));
         let (cache, _m, stop, task) = start(fake.clone(), CacheOptions::default()).await;
         until("the watch", || !fake.lock().unwrap().watchers.is_empty()).await;
         // 410 Gone: the version is too old, so the watcher lists again and
         // finds a pod it never saw an event for.
-        fake.lock().unwrap().pods.push(pod("p", "eeeeeeee-0000-0000-0000-000000000005", json!({}), &[("main", C3)], 2));
-        push(&fake, "ERROR", json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old"}));
-        until("relist", || matches!(cache.resolve(C3, None), Resolution::Known(_))).await;
+        fake.lock().unwrap().pods.push(pod(
+            "p",
+            "eeeeeeee-0000-0000-0000-000000000005",
+            json!({}),
+            &[("main", C3)],
+            2,
+        ));
+        push(
+            &fake,
+            "ERROR",
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old"}),
+        );
+        until("relist", || {
+            matches!(cache.resolve(C3, None), Resolution::Known(_))
+        })
+        .await;
         assert!(fake.lock().unwrap().lists >= 2);
         stop.send(true).unwrap();
         task.await.unwrap();
     }
 
-    fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)], container: &str, env: &[(&str, &str)]) -> ContainerMeta {
-        let map = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    fn meta(
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+        container: &str,
+        env: &[(&str, &str)],
+    ) -> ContainerMeta {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         ContainerMeta {
             pod: Arc::new(PodMeta {
                 namespace: "ns".into(),
@@ -975,20 +1236,73 @@ mod tests {
 
     #[test]
     fn ci_jobs_from_pod_metadata() {
-        let j = ci_job(&meta(&[("tekton.dev/taskRun", "tr")], &[], "sidecar-db", &[])).unwrap();
+        let j = ci_job(&meta(
+            &[("tekton.dev/taskRun", "tr")],
+            &[],
+            "sidecar-db",
+            &[],
+        ))
+        .unwrap();
         assert_eq!((j.job_id.as_deref(), j.step), (Some("ns/tr"), None));
-        let j = ci_job(&meta(&[("job.runner.gitlab.com/pod", "runner-1")], &[("job.runner.gitlab.com/id", "77")], "helper", &[])).unwrap();
-        assert_eq!((j.platform, j.job_id.as_deref(), j.source), ("gitlab", Some("77"), "annotation job.runner.gitlab.com/id"));
-        let j = ci_job(&meta(&[("job.runner.gitlab.com/pod", "runner-1")], &[], "svc-0", &[])).unwrap();
+        let j = ci_job(&meta(
+            &[("job.runner.gitlab.com/pod", "runner-1")],
+            &[("job.runner.gitlab.com/id", "77")],
+            "helper",
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            (j.platform, j.job_id.as_deref(), j.source),
+            ("gitlab", Some("77"), "annotation job.runner.gitlab.com/id")
+        );
+        let j = ci_job(&meta(
+            &[("job.runner.gitlab.com/pod", "runner-1")],
+            &[],
+            "svc-0",
+            &[],
+        ))
+        .unwrap();
         assert_eq!((j.platform, j.job_id), ("gitlab", None));
-        let j = ci_job(&meta(&[], &[], "container-0", &[("BUILDKITE_JOB_ID", "j-1")])).unwrap();
-        assert_eq!((j.platform, j.job_id.as_deref(), j.step.as_deref()), ("buildkite", Some("j-1"), Some("j-1")));
-        let j = ci_job(&meta(&[("actions.github.com/scale-set-name", "arc"), ("app.kubernetes.io/component", "runner")], &[], "runner", &[])).unwrap();
+        let j = ci_job(&meta(
+            &[],
+            &[],
+            "container-0",
+            &[("BUILDKITE_JOB_ID", "j-1")],
+        ))
+        .unwrap();
+        assert_eq!(
+            (j.platform, j.job_id.as_deref(), j.step.as_deref()),
+            ("buildkite", Some("j-1"), Some("j-1"))
+        );
+        let j = ci_job(&meta(
+            &[
+                ("actions.github.com/scale-set-name", "arc"),
+                ("app.kubernetes.io/component", "runner"),
+            ],
+            &[],
+            "runner",
+            &[],
+        ))
+        .unwrap();
         assert!(j.runner_pod && j.platform == "github" && j.job_id.is_none());
         // The listener pod of the same scale set is not a runner.
-        assert_eq!(ci_job(&meta(&[("actions.github.com/scale-set-name", "arc"), ("app.kubernetes.io/component", "runner-scale-set-listener")], &[], "listener", &[])), None);
+        assert_eq!(
+            ci_job(&meta(
+                &[
+                    ("actions.github.com/scale-set-name", "arc"),
+                    ("app.kubernetes.io/component", "runner-scale-set-listener")
+                ],
+                &[],
+                "listener",
+                &[]
+            )),
+            None
+        );
         let j = ci_job(&meta(&[("runner-pod", "arc-runner-abc")], &[], "job", &[])).unwrap();
-        assert_eq!((j.platform, j.pipeline.as_deref(), j.runner_pod), ("github", Some("ns/arc-runner-abc"), false));
+        assert_eq!(
+            (j.platform, j.pipeline.as_deref(), j.runner_pod),
+            ("github", Some("ns/arc-runner-abc"), false)
+        );
         assert_eq!(ci_job(&meta(&[("app", "nginx")], &[], "nginx", &[])), None);
     }
 }

@@ -16,14 +16,15 @@ use std::net::IpAddr;
 
 use crate::bpf::abi;
 use crate::decode::{self, ConnectSource, Record};
-use jobs::{Placement, Registry};
 use crate::event::{
-    Body, ConnectBody, DnsBody, Event, ExecBody, ExitBody, FileBody, ForkBody, JobRef, Proc, Protocol, StepRef, Totals,
+    Body, ConnectBody, DnsBody, Event, ExecBody, ExitBody, FileBody, ForkBody, JobRef, Proc,
+    Protocol, StepRef, Totals,
 };
 use crate::filter::glob::normalize;
 use crate::filter::sensitive::{SensitivePaths, Verdict};
 use crate::redact::{self, CaptureArgs};
 use crate::text::Text;
+use jobs::{Placement, Registry};
 
 pub struct Attributor {
     pub registry: Registry,
@@ -58,21 +59,34 @@ impl Attributor {
         let common = record.common().clone();
         match &record {
             Record::Env(env) => {
-                self.registry.environment(&common, env.reason, env::StepEnv::parse(&env.block, env.truncated));
+                self.registry.environment(
+                    &common,
+                    env.reason,
+                    env::StepEnv::parse(&env.block, env.truncated),
+                );
                 return None;
             }
             Record::Exec(exec) => {
-                let argv: Vec<String> = exec.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+                let argv: Vec<String> = exec
+                    .argv
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
                 self.registry.exec(&common, &argv);
             }
-            Record::Exit(_) if common.tag_flags & abi::TAG_LAUNCHER != 0 => self.registry.launcher_exited(common.job),
+            Record::Exit(_) if common.tag_flags & abi::TAG_LAUNCHER != 0 => {
+                self.registry.launcher_exited(common.job)
+            }
             _ => {}
         }
         let placement = self.registry.place(&common)?;
         let body = match record {
             Record::Env(_) => return None,
             Record::Exec(r) => Body::Exec(self.exec(r)),
-            Record::Fork(r) => Body::Fork(ForkBody { child_tgid: r.child_tgid, child_start_ns: r.child_start_ns }),
+            Record::Fork(r) => Body::Fork(ForkBody {
+                child_tgid: r.child_tgid,
+                child_start_ns: r.child_start_ns,
+            }),
             Record::Exit(r) => Body::Exit(exit_body(r.status)),
             Record::Connect(r) => Body::Connect(self.connect(r)),
             Record::File(r) => Body::File(self.file(r)?),
@@ -114,7 +128,10 @@ impl Attributor {
         let truncated = r.common.flags & abi::F_TRUNC_ARGS != 0;
         ExecBody {
             filename: Text::new(r.filename),
-            argv: redact::apply(self.capture, r.argv).into_iter().map(Text::new).collect(),
+            argv: redact::apply(self.capture, r.argv)
+                .into_iter()
+                .map(Text::new)
+                .collect(),
             argv_truncated: truncated,
             argv_policy: self.capture,
             ppid: r.ppid,
@@ -193,7 +210,11 @@ impl Attributor {
     }
 
     pub fn totals_base(&self) -> Totals {
-        Totals { file_filtered: self.file_filtered, unattributed: self.registry.unattributed, ..Totals::default() }
+        Totals {
+            file_filtered: self.file_filtered,
+            unattributed: self.registry.unattributed,
+            ..Totals::default()
+        }
     }
 }
 
@@ -201,7 +222,9 @@ impl Attributor {
 pub fn refs(registry: &Registry, p: &Placement) -> (JobRef, StepRef) {
     let job = registry.job(&p.job);
     let job_ref = JobRef {
-        platform: job.map_or("none", |j| j.identity.platform.name()).to_string(),
+        platform: job
+            .map_or("none", |j| j.identity.platform.name())
+            .to_string(),
         id: p.job.clone(),
     };
     let step = job.and_then(|j| j.steps.get(&p.step));
@@ -216,9 +239,15 @@ pub fn refs(registry: &Registry, p: &Placement) -> (JobRef, StepRef) {
 fn exit_body(status: i32) -> ExitBody {
     let signal = status & 0x7f;
     if signal == 0 {
-        ExitBody { exit_code: Some((status >> 8) & 0xff), signal: None }
+        ExitBody {
+            exit_code: Some((status >> 8) & 0xff),
+            signal: None,
+        }
     } else {
-        ExitBody { exit_code: None, signal: Some(signal) }
+        ExitBody {
+            exit_code: None,
+            signal: Some(signal),
+        }
     }
 }
 

@@ -302,33 +302,85 @@ mod tests {
             ("cw_tag", layout!(Tag, job, step, flags, _pad)),
             (
                 "cw_header",
-                layout!(Header, kind, flags, size, ktime_ns, pid, tgid, proc_start_ns, cgroup_id, uid, job, step, tag_flags, comm),
+                layout!(
+                    Header,
+                    kind,
+                    flags,
+                    size,
+                    ktime_ns,
+                    pid,
+                    tgid,
+                    proc_start_ns,
+                    cgroup_id,
+                    uid,
+                    job,
+                    step,
+                    tag_flags,
+                    comm
+                ),
             ),
-            ("cw_exec", layout!(Exec, h, ppid, filename_len, parent_start_ns, args_len, args_total, filename, args)),
-            ("cw_fork", layout!(Fork, h, child_tgid, _pad, child_start_ns)),
+            (
+                "cw_exec",
+                layout!(
+                    Exec,
+                    h,
+                    ppid,
+                    filename_len,
+                    parent_start_ns,
+                    args_len,
+                    args_total,
+                    filename,
+                    args
+                ),
+            ),
+            (
+                "cw_fork",
+                layout!(Fork, h, child_tgid, _pad, child_start_ns),
+            ),
             ("cw_exit", layout!(Exit, h, exit_code, _pad)),
-            ("cw_connect", layout!(Connect, h, family, port, sock_type, source, _pad0, addr, fd, _pad1)),
-            ("cw_file", layout!(File, h, dirfd, open_flags, hook, path_len, cwd_len, _pad, path, cwd)),
+            (
+                "cw_connect",
+                layout!(Connect, h, family, port, sock_type, source, _pad0, addr, fd, _pad1),
+            ),
+            (
+                "cw_file",
+                layout!(File, h, dirfd, open_flags, hook, path_len, cwd_len, _pad, path, cwd),
+            ),
             ("cw_dns_addr", layout!(DnsAddr, family, _pad0, _pad1, addr)),
-            ("cw_dns", layout!(Dns, h, ret, naddrs, host_len, latency_ns, addrs, host)),
+            (
+                "cw_dns",
+                layout!(Dns, h, ret, naddrs, host_len, latency_ns, addrs, host),
+            ),
             ("cw_name_key", layout!(NameKey, name)),
             ("cw_launcher", layout!(Launcher, job, platform, flags, _pad)),
             ("cw_comm_key", layout!(CommKey, comm)),
-            ("cw_env", layout!(Env, h, reason, env_len, env_total, ppid, env)),
+            (
+                "cw_env",
+                layout!(Env, h, reason, env_len, env_total, ppid, env),
+            ),
             ("cw_allow_key", layout!(AllowKey, prefixlen, addr)),
-            ("cw_allow_entry", layout!(AllowEntry, port, proto, _pad, scope)),
+            (
+                "cw_allow_entry",
+                layout!(AllowEntry, port, proto, _pad, scope),
+            ),
             ("cw_allow_val", layout!(AllowVal, count, _pad, entries)),
             ("cw_host_key", layout!(HostKey, name)),
         ];
         for (c_name, rust) in cases {
             let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));
-            assert_eq!(c, rust, "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs");
+            assert_eq!(
+                c, rust,
+                "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs"
+            );
         }
     }
 
     #[test]
     fn comm_keys_are_truncated_like_task_names() {
-        assert_eq!(&CommKey::new("containerd-shim-runc-v2").comm[..], b"containerd-shim\0");
+        assert_eq!(
+            &CommKey::new("containerd-shim-runc-v2").comm[..],
+            b"containerd-shim\0"
+        );
         assert_eq!(&CommKey::new("Runner.Worker").comm[..13], b"Runner.Worker");
     }
 

@@ -15,10 +15,18 @@ const KIND_STRUCT: u32 = 4;
 
 pub fn struct_layout(elf: &[u8], name: &str) -> Result<Layout, String> {
     let file = object::File::parse(elf).map_err(|e| format!("not an ELF object: {e}"))?;
-    let section = file.section_by_name(".BTF").ok_or("object has no .BTF section")?;
+    let section = file
+        .section_by_name(".BTF")
+        .ok_or("object has no .BTF section")?;
     let btf = section.data().map_err(|e| e.to_string())?;
-    let u16_at = |at: usize| btf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |at: usize| btf.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u16_at = |at: usize| {
+        btf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        btf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
 
     if u16_at(0) != Some(BTF_MAGIC) {
         return Err("bad BTF magic".into());
@@ -62,10 +70,10 @@ pub fn struct_layout(elf: &[u8], name: &str) -> Result<Layout, String> {
 /// Bytes that follow the common 12-byte `struct btf_type` for each kind.
 fn extra_bytes(kind: u32, vlen: usize) -> Result<usize, String> {
     Ok(match kind {
-        1 | 14 | 17 => 4,                 // INT, VAR, DECL_TAG
-        3 => 12,                          // ARRAY
-        4 | 5 | 15 | 19 => vlen * 12,     // STRUCT, UNION, DATASEC, ENUM64
-        6 | 13 => vlen * 8,               // ENUM, FUNC_PROTO
+        1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+        3 => 12,                      // ARRAY
+        4 | 5 | 15 | 19 => vlen * 12, // STRUCT, UNION, DATASEC, ENUM64
+        6 | 13 => vlen * 8,           // ENUM, FUNC_PROTO
         2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
         other => return Err(format!("unknown BTF kind {other}")),
     })

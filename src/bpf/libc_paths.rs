@@ -31,9 +31,18 @@ pub struct Libc {
 pub fn discover() -> Vec<Libc> {
     let mut seen = BTreeSet::new();
     let mut found = Vec::new();
-    let glibc = std::fs::read(LD_SO_CACHE).map(|c| glibc_from_cache(&c)).unwrap_or_default();
-    let musl = MUSL_CANDIDATES.iter().map(PathBuf::from).filter(|p| p.exists());
-    for (flavor, path) in glibc.into_iter().map(|p| ("glibc", p)).chain(musl.map(|p| ("musl", p))) {
+    let glibc = std::fs::read(LD_SO_CACHE)
+        .map(|c| glibc_from_cache(&c))
+        .unwrap_or_default();
+    let musl = MUSL_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists());
+    for (flavor, path) in glibc
+        .into_iter()
+        .map(|p| ("glibc", p))
+        .chain(musl.map(|p| ("musl", p)))
+    {
         let real = std::fs::canonicalize(&path).unwrap_or(path);
         if seen.insert(real.clone()) {
             found.push(Libc { flavor, path: real });
@@ -45,10 +54,21 @@ pub fn discover() -> Vec<Libc> {
 /// `libc.so.6` entries of the new-format cache for this architecture.
 /// Pre-2.32 caches put an old-format table first; offsets count from the new header.
 fn glibc_from_cache(file: &[u8]) -> Vec<PathBuf> {
-    let Some(base) = file.windows(CACHE_MAGIC.len()).position(|w| w == CACHE_MAGIC) else { return Vec::new() };
+    let Some(base) = file
+        .windows(CACHE_MAGIC.len())
+        .position(|w| w == CACHE_MAGIC)
+    else {
+        return Vec::new();
+    };
     let cache = &file[base..];
-    let u32_at = |at: usize| cache.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let Some(count) = u32_at(20) else { return Vec::new() };
+    let u32_at = |at: usize| {
+        cache
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let Some(count) = u32_at(20) else {
+        return Vec::new();
+    };
     // Header: magic[20], nlibs, len_strings, flags(u8)+pad[3], extension offset, unused[3] = 48 bytes.
     let entries = 48;
     let entry_size = 24;
@@ -84,6 +104,10 @@ mod tests {
     #[test]
     fn this_host_has_a_libc() {
         // Every supported build host (Debian/Ubuntu) has glibc in its loader cache.
-        assert!(discover().iter().any(|l| l.flavor == "glibc"), "{:?}", discover());
+        assert!(
+            discover().iter().any(|l| l.flavor == "glibc"),
+            "{:?}",
+            discover()
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError};
 use aya::programs::uprobe::UProbeScope;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 use crate::bpf::abi::{CommKey, Launcher, NameKey, Tag};
@@ -91,28 +91,54 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     let hooks = vec![
         attach_lineage(&mut ebpf, &btf),
         attach_exec(&mut ebpf),
-        if on.connect { attach_connect(&mut ebpf, opts.cgroup2) } else { disabled("connect") },
-        if on.file { attach_file(&mut ebpf, &btf) } else { disabled("file") },
-        if on.dns { attach_dns(&mut ebpf, &libc_paths::discover()) } else { disabled("dns") },
+        if on.connect {
+            attach_connect(&mut ebpf, opts.cgroup2)
+        } else {
+            disabled("connect")
+        },
+        if on.file {
+            attach_file(&mut ebpf, &btf)
+        } else {
+            disabled("file")
+        },
+        if on.dns {
+            attach_dns(&mut ebpf, &libc_paths::discover())
+        } else {
+            disabled("dns")
+        },
     ];
     if opts.require_all {
         if let Some(missing) = hooks.iter().find(|h| !h.attached && !h.disabled) {
-            let reasons = missing.skipped.iter().map(|s| format!("{}: {}", s.implementation, s.reason)).collect();
-            return Err(LoadError::Required { hook: missing.hook, reasons: join(reasons) });
+            let reasons = missing
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.implementation, s.reason))
+                .collect();
+            return Err(LoadError::Required {
+                hook: missing.hook,
+                reasons: join(reasons),
+            });
         }
     }
     release_load_memory();
     let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
     let tasks = HashMap::try_from(take(&mut ebpf, "tasks")?).map_err(map_err("tasks"))?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
-    let launchers = HashMap::try_from(take(&mut ebpf, "launchers")?).map_err(map_err("launchers"))?;
-    let launcher_names = HashMap::try_from(take(&mut ebpf, "launcher_names")?).map_err(map_err("launcher_names"))?;
-    let container_parents = HashMap::try_from(take(&mut ebpf, "container_parents")?).map_err(map_err("container_parents"))?;
-    let next_ids = aya::maps::Array::try_from(take(&mut ebpf, "next_ids")?).map_err(map_err("next_ids"))?;
+    let launchers =
+        HashMap::try_from(take(&mut ebpf, "launchers")?).map_err(map_err("launchers"))?;
+    let launcher_names =
+        HashMap::try_from(take(&mut ebpf, "launcher_names")?).map_err(map_err("launcher_names"))?;
+    let container_parents = HashMap::try_from(take(&mut ebpf, "container_parents")?)
+        .map_err(map_err("container_parents"))?;
+    let next_ids =
+        aya::maps::Array::try_from(take(&mut ebpf, "next_ids")?).map_err(map_err("next_ids"))?;
     let allow = AllowMaps {
-        nets: aya::maps::LpmTrie::try_from(take(&mut ebpf, "allow_nets")?).map_err(map_err("allow_nets"))?,
-        names: HashMap::try_from(take(&mut ebpf, "allow_names")?).map_err(map_err("allow_names"))?,
-        suffixes: HashMap::try_from(take(&mut ebpf, "allow_suffixes")?).map_err(map_err("allow_suffixes"))?,
+        nets: aya::maps::LpmTrie::try_from(take(&mut ebpf, "allow_nets")?)
+            .map_err(map_err("allow_nets"))?,
+        names: HashMap::try_from(take(&mut ebpf, "allow_names")?)
+            .map_err(map_err("allow_names"))?,
+        suffixes: HashMap::try_from(take(&mut ebpf, "allow_suffixes")?)
+            .map_err(map_err("allow_suffixes"))?,
         step_groups: std::sync::Arc::new(std::sync::Mutex::new(
             HashMap::try_from(take(&mut ebpf, "step_groups")?).map_err(map_err("step_groups"))?,
         )),
@@ -153,7 +179,10 @@ fn read_btf(path: &Path) -> Result<Btf, LoadError> {
     } else {
         Btf::parse_file(path, Endianness::default())
     };
-    parsed.map_err(|e| LoadError::Btf { path: path.to_path_buf(), reason: chain(&e) })
+    parsed.map_err(|e| LoadError::Btf {
+        path: path.to_path_buf(),
+        reason: chain(&e),
+    })
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
@@ -161,13 +190,19 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> LoadError {
-    move |e| LoadError::Map { map, reason: chain(&e) }
+    move |e| LoadError::Map {
+        map,
+        reason: chain(&e),
+    }
 }
 
 fn fill_sensitive_maps(ebpf: &mut Ebpf, sensitive: &SensitivePaths) -> Result<(), LoadError> {
     for (map_name, want_dir) in [("sensitive_base", false), ("sensitive_dir", true)] {
-        let map = ebpf.map_mut(map_name).ok_or(LoadError::MissingMap(map_name))?;
-        let mut map: HashMap<_, NameKey, u32> = HashMap::try_from(map).map_err(map_err(map_name))?;
+        let map = ebpf
+            .map_mut(map_name)
+            .ok_or(LoadError::MissingMap(map_name))?;
+        let mut map: HashMap<_, NameKey, u32> =
+            HashMap::try_from(map).map_err(map_err(map_name))?;
         for key in sensitive.kernel_keys() {
             let name = match (key, want_dir) {
                 (KernelKey::Basename(name), false) | (KernelKey::ParentDir(name), true) => name,
@@ -197,14 +232,24 @@ enum Attach<'a> {
 }
 
 impl Candidate<'_> {
-    fn new<'a>(label: impl Into<String>, program: &'static str, attach: Attach<'a>) -> Candidate<'a> {
-        Candidate { label: label.into(), program, attach }
+    fn new<'a>(
+        label: impl Into<String>,
+        program: &'static str,
+        attach: Attach<'a>,
+    ) -> Candidate<'a> {
+        Candidate {
+            label: label.into(),
+            program,
+            attach,
+        }
     }
 }
 
 /// Loads (once) and attaches one candidate; the error is a one-line reason.
 fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
-    let program = ebpf.program_mut(c.program).ok_or_else(|| format!("program {} missing", c.program))?;
+    let program = ebpf
+        .program_mut(c.program)
+        .ok_or_else(|| format!("program {} missing", c.program))?;
     let loaded = program.fd().is_ok();
     let result = match (&c.attach, program) {
         (Attach::TracePoint(category, name), Program::TracePoint(p)) => {
@@ -223,14 +268,20 @@ fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
             load_once(loaded, || p.load(function, btf)).and_then(|()| attach_result(p.attach()))
         }
         (Attach::Cgroup(root), Program::CgroupSockAddr(p)) => attach_cgroup(p, *root, loaded),
-        (Attach::UProbe(target), Program::UProbe(p)) => load_once(loaded, || p.load())
-            .and_then(|()| attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))),
+        (Attach::UProbe(target), Program::UProbe(p)) => {
+            load_once(loaded, || p.load()).and_then(|()| {
+                attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))
+            })
+        }
         _ => return Err(format!("program {} has an unexpected type", c.program)),
     };
     result.map_err(|e| reason(&e))
 }
 
-fn load_once(loaded: bool, load: impl FnOnce() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+fn load_once(
+    loaded: bool,
+    load: impl FnOnce() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
     if loaded {
         Ok(())
     } else {
@@ -242,9 +293,16 @@ fn attach_result<T>(r: Result<T, ProgramError>) -> Result<(), ProgramError> {
     r.map(drop)
 }
 
-fn attach_cgroup(p: &mut CgroupSockAddr, root: Option<&Path>, loaded: bool) -> Result<(), ProgramError> {
+fn attach_cgroup(
+    p: &mut CgroupSockAddr,
+    root: Option<&Path>,
+    loaded: bool,
+) -> Result<(), ProgramError> {
     let root = root.ok_or_else(|| {
-        ProgramError::IOError(std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted"))
+        ProgramError::IOError(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no cgroup v2 hierarchy is mounted",
+        ))
     })?;
     let dir = std::fs::File::open(root).map_err(ProgramError::IOError)?;
     load_once(loaded, || p.load())?;
@@ -254,35 +312,79 @@ fn attach_cgroup(p: &mut CgroupSockAddr, root: Option<&Path>, loaded: bool) -> R
 
 /// A short reason: the error chain, with any verifier log reduced to its last line.
 fn reason(e: &ProgramError) -> String {
-    if let ProgramError::LoadError { io_error, verifier_log } = e {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = e
+    {
         tracing::debug!("verifier log:\n{verifier_log}");
-        let last = verifier_log.to_string().lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
-        return format!("load refused ({io_error}){}", if last.is_empty() { String::new() } else { format!(": {last}") });
+        let last = verifier_log
+            .to_string()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string();
+        return format!(
+            "load refused ({io_error}){}",
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(": {last}")
+            }
+        );
     }
     chain(e)
 }
 
 /// Tries candidates in order and stops at the first that attaches.
-fn first_of(ebpf: &mut Ebpf, candidates: &[Candidate<'_>], skipped: &mut Vec<SkippedImpl>) -> Option<String> {
+fn first_of(
+    ebpf: &mut Ebpf,
+    candidates: &[Candidate<'_>],
+    skipped: &mut Vec<SkippedImpl>,
+) -> Option<String> {
     for c in candidates {
         match try_attach(ebpf, c) {
             Ok(()) => return Some(c.label.clone()),
-            Err(reason) => skipped.push(SkippedImpl { implementation: c.label.clone(), reason }),
+            Err(reason) => skipped.push(SkippedImpl {
+                implementation: c.label.clone(),
+                reason,
+            }),
         }
     }
     None
 }
 
-fn status(hook: &'static str, attached: Vec<String>, skipped: Vec<SkippedImpl>, all_needed: bool, n: usize) -> HookStatus {
-    let ok = if all_needed { attached.len() == n } else { !attached.is_empty() };
-    HookStatus { hook, implementation: attached.join(" + "), skipped, targets: Vec::new(), attached: ok, disabled: false }
+fn status(
+    hook: &'static str,
+    attached: Vec<String>,
+    skipped: Vec<SkippedImpl>,
+    all_needed: bool,
+    n: usize,
+) -> HookStatus {
+    let ok = if all_needed {
+        attached.len() == n
+    } else {
+        !attached.is_empty()
+    };
+    HookStatus {
+        hook,
+        implementation: attached.join(" + "),
+        skipped,
+        targets: Vec::new(),
+        attached: ok,
+        disabled: false,
+    }
 }
 
 fn disabled(hook: &'static str) -> HookStatus {
     HookStatus {
         hook,
         implementation: String::new(),
-        skipped: vec![SkippedImpl { implementation: "all".into(), reason: format!("disabled in the configuration (hooks.{hook} = false)") }],
+        skipped: vec![SkippedImpl {
+            implementation: "all".into(),
+            reason: format!("disabled in the configuration (hooks.{hook} = false)"),
+        }],
         targets: Vec::new(),
         attached: false,
         disabled: true,
@@ -292,11 +394,16 @@ fn disabled(hook: &'static str) -> HookStatus {
 fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
-    for (tp, btf_prog, raw_prog) in
-        [("sched_process_fork", "fork_btf", "fork_raw"), ("sched_process_exit", "exit_btf", "exit_raw")]
-    {
+    for (tp, btf_prog, raw_prog) in [
+        ("sched_process_fork", "fork_btf", "fork_raw"),
+        ("sched_process_exit", "exit_btf", "exit_raw"),
+    ] {
         let candidates = [
-            Candidate::new(format!("tp_btf/{tp}"), btf_prog, Attach::BtfTracePoint(tp, btf)),
+            Candidate::new(
+                format!("tp_btf/{tp}"),
+                btf_prog,
+                Attach::BtfTracePoint(tp, btf),
+            ),
             Candidate::new(format!("raw_tp/{tp}"), raw_prog, Attach::RawTracePoint(tp)),
         ];
         attached.extend(first_of(ebpf, &candidates, &mut skipped));
@@ -311,7 +418,9 @@ fn attach_exec(ebpf: &mut Ebpf) -> HookStatus {
         "exec_tp",
         Attach::TracePoint("sched", "sched_process_exec"),
     )];
-    let attached = first_of(ebpf, &candidates, &mut skipped).into_iter().collect();
+    let attached = first_of(ebpf, &candidates, &mut skipped)
+        .into_iter()
+        .collect();
     status("exec", attached, skipped, true, 1)
 }
 
@@ -319,8 +428,11 @@ fn attach_exec(ebpf: &mut Ebpf) -> HookStatus {
 fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
-    let mut parts =
-        vec![Candidate::new("tracepoint/syscalls/sys_enter_connect", "connect_tp", Attach::TracePoint("syscalls", "sys_enter_connect"))];
+    let mut parts = vec![Candidate::new(
+        "tracepoint/syscalls/sys_enter_connect",
+        "connect_tp",
+        Attach::TracePoint("syscalls", "sys_enter_connect"),
+    )];
     for (section, program) in [
         ("cgroup/connect4", "connect4_cg"),
         ("cgroup/connect6", "connect6_cg"),
@@ -334,7 +446,8 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     }
     let mut hook = status("connect", attached, skipped, false, parts.len());
     if let Some(root) = cgroup2 {
-        hook.targets.push(format!("cgroup v2 root {}", root.display()));
+        hook.targets
+            .push(format!("cgroup v2 root {}", root.display()));
     }
     hook
 }
@@ -342,8 +455,16 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
 fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
     let mut skipped = Vec::new();
     let kernel_hooks = [
-        Candidate::new("kprobe/security_file_open", "file_open_kprobe", Attach::KProbe("security_file_open")),
-        Candidate::new("fentry/security_file_open", "file_open_fentry", Attach::FEntry("security_file_open", btf)),
+        Candidate::new(
+            "kprobe/security_file_open",
+            "file_open_kprobe",
+            Attach::KProbe("security_file_open"),
+        ),
+        Candidate::new(
+            "fentry/security_file_open",
+            "file_open_fentry",
+            Attach::FEntry("security_file_open", btf),
+        ),
     ];
     if let Some(chosen) = first_of(ebpf, &kernel_hooks, &mut skipped) {
         return status("file", vec![chosen], skipped, false, 1);
@@ -360,8 +481,16 @@ fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
     attached.push(chosen);
     // openat2 (5.6+) and open (x86_64 only) complete the syscall fallback where they exist.
     for extra in [
-        Candidate::new("tracepoint/syscalls/sys_enter_openat2", "openat2_tp", Attach::TracePoint("syscalls", "sys_enter_openat2")),
-        Candidate::new("tracepoint/syscalls/sys_enter_open", "open_tp", Attach::TracePoint("syscalls", "sys_enter_open")),
+        Candidate::new(
+            "tracepoint/syscalls/sys_enter_openat2",
+            "openat2_tp",
+            Attach::TracePoint("syscalls", "sys_enter_openat2"),
+        ),
+        Candidate::new(
+            "tracepoint/syscalls/sys_enter_open",
+            "open_tp",
+            Attach::TracePoint("syscalls", "sys_enter_open"),
+        ),
     ] {
         attached.extend(first_of(ebpf, std::slice::from_ref(&extra), &mut skipped));
     }
@@ -381,11 +510,25 @@ fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc]) -> HookStatus {
     for libc in libcs {
         let path = libc.path.as_path();
         let entry = [
-            Candidate::new(format!("uprobe.s:{}:getaddrinfo", path.display()), "gai_enter_sleepable", Attach::UProbe(path)),
-            Candidate::new(format!("uprobe:{}:getaddrinfo", path.display()), "gai_enter", Attach::UProbe(path)),
+            Candidate::new(
+                format!("uprobe.s:{}:getaddrinfo", path.display()),
+                "gai_enter_sleepable",
+                Attach::UProbe(path),
+            ),
+            Candidate::new(
+                format!("uprobe:{}:getaddrinfo", path.display()),
+                "gai_enter",
+                Attach::UProbe(path),
+            ),
         ];
-        let exit = Candidate::new(format!("uretprobe:{}:getaddrinfo", path.display()), "gai_exit", Attach::UProbe(path));
-        let Some(entry) = first_of(ebpf, &entry, &mut skipped) else { continue };
+        let exit = Candidate::new(
+            format!("uretprobe:{}:getaddrinfo", path.display()),
+            "gai_exit",
+            Attach::UProbe(path),
+        );
+        let Some(entry) = first_of(ebpf, &entry, &mut skipped) else {
+            continue;
+        };
         if let Some(exit) = first_of(ebpf, std::slice::from_ref(&exit), &mut skipped) {
             attached.push(format!("{entry} + {exit}"));
             targets.push(format!("{} {}", libc.flavor, path.display()));

@@ -13,4 +13,5 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Never loaded: carries the BTF of every ABI struct for the layout test.
 #[cfg(test)]
-pub static ABI_CHECK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/abi_check.bpf.o"));
+pub static ABI_CHECK_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/abi_check.bpf.o"));

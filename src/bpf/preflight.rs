@@ -18,7 +18,12 @@ pub enum PreflightError {
     )]
     NoBtf(PathBuf),
     #[error("{what} is not mounted at {path} and mounting it failed ({source}); mount it with: mount -t {fstype} {fstype} {path}")]
-    Mount { what: &'static str, fstype: &'static str, path: &'static str, source: std::io::Error },
+    Mount {
+        what: &'static str,
+        fstype: &'static str,
+        path: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Capabilities ciwatch uses, by bit number (include/uapi/linux/capability.h).
@@ -59,13 +64,21 @@ pub fn check(btf_override: Option<&Path>) -> Result<Environment, PreflightError>
         Err(e) => tracing::warn!("{e}"),
     }
     raise_memlock_limit();
-    Ok(Environment { kernel: kernel_release(), btf, cgroup2: cgroup2_mount(), mounted })
+    Ok(Environment {
+        kernel: kernel_release(),
+        btf,
+        cgroup2: cgroup2_mount(),
+        mounted,
+    })
 }
 
 fn check_capabilities() -> Result<(), PreflightError> {
     let effective = effective_capabilities().unwrap_or(0);
-    let missing: Vec<&str> =
-        REQUIRED_CAPS.iter().filter(|(bit, _)| effective & (1u64 << bit) == 0).map(|(_, name)| *name).collect();
+    let missing: Vec<&str> = REQUIRED_CAPS
+        .iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -75,7 +88,10 @@ fn check_capabilities() -> Result<(), PreflightError> {
 
 fn effective_capabilities() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -92,9 +108,22 @@ fn ensure_mounted(
     let target = std::ffi::CString::new(path).expect("no NUL in a constant path");
     let fs = std::ffi::CString::new(fstype).expect("no NUL in a constant fstype");
     // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
-    let rc = unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
-        return Err(PreflightError::Mount { what, fstype, path, source: std::io::Error::last_os_error() });
+        return Err(PreflightError::Mount {
+            what,
+            fstype,
+            path,
+            source: std::io::Error::last_os_error(),
+        });
     }
     tracing::info!("mounted {what} at {path}");
     Ok(true)
@@ -124,8 +153,12 @@ fn unescape_octal(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(value);
             i += 4;
         } else {
@@ -138,19 +171,29 @@ fn unescape_octal(field: &str) -> String {
 
 /// The cgroup v2 mount; never assumed to be /sys/fs/cgroup (hybrid hosts differ).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    mounts().find(|(_, fs)| fs == "cgroup2").map(|(point, _)| PathBuf::from(point))
+    mounts()
+        .find(|(_, fs)| fs == "cgroup2")
+        .map(|(point, _)| PathBuf::from(point))
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (https://lwn.net/Articles/837122/).
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

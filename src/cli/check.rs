@@ -29,7 +29,15 @@ pub async fn execute(args: CheckArgs) -> u8 {
     };
     let sensitive = match config.sensitive_paths() {
         Ok(s) => s,
-        Err(source) => return super::fail(crate::exit::CONFIG, &ConfigError::Rule { path: "config".into(), source }),
+        Err(source) => {
+            return super::fail(
+                crate::exit::CONFIG,
+                &ConfigError::Rule {
+                    path: "config".into(),
+                    source,
+                },
+            )
+        }
     };
     let env = match preflight::check(args.btf.as_deref()) {
         Ok(env) => env,
@@ -59,15 +67,26 @@ pub async fn execute(args: CheckArgs) -> u8 {
             "features": features.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>(),
             "hooks": probes.hooks,
         });
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_report(&env, &features, &probes.hooks);
     }
     match probes.hooks.iter().find(|h| !h.attached && !h.disabled) {
         None => 0,
         Some(h) => {
-            let reasons: Vec<String> = h.skipped.iter().map(|s| format!("{}: {}", s.implementation, s.reason)).collect();
-            eprintln!("ciwatch: error: required hook `{}` cannot work on this kernel: {}", h.hook, reasons.join("; "));
+            let reasons: Vec<String> = h
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.implementation, s.reason))
+                .collect();
+            eprintln!(
+                "ciwatch: error: required hook `{}` cannot work on this kernel: {}",
+                h.hook,
+                reasons.join("; ")
+            );
             crate::exit::HOOKS
         }
     }
@@ -80,17 +99,31 @@ fn features() -> Vec<(&'static str, serde_json::Value)> {
         ("btf", exists(preflight::SYS_BTF)),
         ("kprobe_pmu", exists("/sys/bus/event_source/devices/kprobe")),
         ("uprobe_pmu", exists("/sys/bus/event_source/devices/uprobe")),
-        ("cgroup2", serde_json::Value::Bool(preflight::cgroup2_mount().is_some())),
-        ("lsm", serde_json::Value::String(std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default())),
+        (
+            "cgroup2",
+            serde_json::Value::Bool(preflight::cgroup2_mount().is_some()),
+        ),
+        (
+            "lsm",
+            serde_json::Value::String(
+                std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default(),
+            ),
+        ),
     ]
 }
 
-fn print_report(env: &preflight::Environment, features: &[(&str, serde_json::Value)], hooks: &[HookStatus]) {
+fn print_report(
+    env: &preflight::Environment,
+    features: &[(&str, serde_json::Value)],
+    hooks: &[HookStatus],
+) {
     println!("kernel      {}", env.kernel);
     println!("btf         {}", env.btf.display());
     println!(
         "cgroup v2   {}",
-        env.cgroup2.as_ref().map_or("not mounted".to_string(), |p| p.display().to_string())
+        env.cgroup2
+            .as_ref()
+            .map_or("not mounted".to_string(), |p| p.display().to_string())
     );
     if !env.mounted.is_empty() {
         println!("mounted     {}", env.mounted.join(", "));
@@ -105,7 +138,15 @@ fn print_report(env: &preflight::Environment, features: &[(&str, serde_json::Val
             (false, true) => "off ",
             (false, false) => "FAIL",
         };
-        println!("[{state}] {:<8} {}", h.hook, if h.attached { h.implementation.as_str() } else { "no implementation attached" });
+        println!(
+            "[{state}] {:<8} {}",
+            h.hook,
+            if h.attached {
+                h.implementation.as_str()
+            } else {
+                "no implementation attached"
+            }
+        );
         for t in &h.targets {
             println!("              target: {t}");
         }

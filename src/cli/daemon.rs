@@ -47,23 +47,42 @@ pub async fn execute(args: DaemonArgs) -> u8 {
     };
     let state_dir = state_dir(&args, &config);
     if let Err(e) = std::fs::create_dir_all(&state_dir) {
-        eprintln!("ciwatch: error: cannot create the state directory {}: {e}", state_dir.display());
+        eprintln!(
+            "ciwatch: error: cannot create the state directory {}: {e}",
+            state_dir.display()
+        );
         return crate::exit::OUTPUT_DIR;
     }
-    let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let config_name = args
+        .config
+        .as_ref()
+        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
     if config.mode == crate::config::Mode::Enforce {
         eprintln!("ciwatch: error: {config_name}: mode = \"enforce\" needs a per-job policy, which the daemon does not have; enforce with `ciwatch start --mode enforce` inside the job, or use observe/learn here");
         return crate::exit::CONFIG;
     }
-    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, false) {
+    let mut agent = match Agent::load(
+        &config,
+        &config_name,
+        args.btf.as_deref(),
+        !args.allow_partial,
+        false,
+    ) {
         Ok(a) => a,
         Err(e) => return super::fail(e.exit_code(), &e),
     };
     let names: Vec<(&str, u32)> = platform::detectors()
         .iter()
-        .flat_map(|d| d.launcher_comms().iter().map(move |c| (*c, d.platform().id())))
+        .flat_map(|d| {
+            d.launcher_comms()
+                .iter()
+                .map(move |c| (*c, d.platform().id()))
+        })
         .collect();
-    if let Err(e) = agent.watch_launcher_names(&names).and_then(|()| agent.watch_container_runtimes()) {
+    if let Err(e) = agent
+        .watch_launcher_names(&names)
+        .and_then(|()| agent.watch_container_runtimes())
+    {
         return super::fail(e.exit_code(), &e);
     }
     let mut registry = Registry::new();
@@ -77,18 +96,34 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         metrics.set_hook(h.hook, &h.implementation, h.attached);
     }
     let health = match config.health.listen {
-        Some(addr) => match HealthServer::start(addr, metrics.clone(), config.health.options()).await {
-            Ok(server) => Some(server),
-            Err(e) => return super::fail(crate::exit::INTERNAL, &e),
-        },
+        Some(addr) => {
+            match HealthServer::start(addr, metrics.clone(), config.health.options()).await {
+                Ok(server) => Some(server),
+                Err(e) => return super::fail(crate::exit::INTERNAL, &e),
+            }
+        }
         None => None,
     };
     let observe = match crate::enforce::plan::plan(&Default::default(), config.mode) {
         Ok(plan) => plan,
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
     };
-    let header = trace_start(&agent, &config, &observe, &JobRef { platform: "none".into(), id: String::new() }, &[]);
-    let outputs = Outputs::PerJob { root: state_dir.clone(), header, open: Default::default(), errors: Vec::new() };
+    let header = trace_start(
+        &agent,
+        &config,
+        &observe,
+        &JobRef {
+            platform: "none".into(),
+            id: String::new(),
+        },
+        &[],
+    );
+    let outputs = Outputs::PerJob {
+        root: state_dir.clone(),
+        header,
+        open: Default::default(),
+        errors: Vec::new(),
+    };
     let mut state = DaemonState::new(
         agent.probes.tasks.clone(),
         agent.probes.lost.clone(),
@@ -98,11 +133,22 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         metrics.clone(),
     );
     match TraceStore::from_config(&config.output) {
-        Ok(Some(store)) => state.uploads = Some(spawn_uploader(store, config.output.keep_local, &state_dir, metrics.clone())),
+        Ok(Some(store)) => {
+            state.uploads = Some(spawn_uploader(
+                store,
+                config.output.keep_local,
+                &state_dir,
+                metrics.clone(),
+            ))
+        }
         Ok(None) => {}
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
     }
-    let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), outputs).with_daemon(state);
+    let mut engine = Engine::new(
+        Attributor::new(registry, config.capture_args, agent.sensitive.clone()),
+        outputs,
+    )
+    .with_daemon(state);
     for (pid, platform) in &existing {
         if *platform == Platform::GithubActions {
             if let Some(diag) = runner_diag(*pid) {
@@ -110,7 +156,9 @@ pub async fn execute(args: DaemonArgs) -> u8 {
             }
         }
     }
-    let Some(ring) = agent.probes.take_ring() else { return crate::exit::INTERNAL };
+    let Some(ring) = agent.probes.take_ring() else {
+        return crate::exit::INTERNAL;
+    };
     let drain = Duration::from_millis(config.ring.drain_interval_ms);
     let pipeline = match Pipeline::start(ring, drain, Duration::from_millis(250), engine) {
         Ok(p) => p,
@@ -122,7 +170,10 @@ pub async fn execute(args: DaemonArgs) -> u8 {
     };
     metrics.set_ready();
     tracing::info!("watching for CI jobs; traces go to {}", state_dir.display());
-    eprintln!("ciwatch: daemon ready; traces go to {}", state_dir.display());
+    eprintln!(
+        "ciwatch: daemon ready; traces go to {}",
+        state_dir.display()
+    );
     let signal = signals.any().await;
     tracing::info!("signal {signal}: sealing open jobs and stopping");
     metrics.set_not_ready("stopping");
@@ -148,7 +199,12 @@ fn state_dir(args: &DaemonArgs, config: &Config) -> PathBuf {
 }
 
 /// Uploads sealed traces in order; a failed upload stays on disk and is retried at the next start.
-fn spawn_uploader(store: TraceStore, keep_local: bool, root: &std::path::Path, metrics: std::sync::Arc<Metrics>) -> tokio::sync::mpsc::UnboundedSender<PathBuf> {
+fn spawn_uploader(
+    store: TraceStore,
+    keep_local: bool,
+    root: &std::path::Path,
+    metrics: std::sync::Arc<Metrics>,
+) -> tokio::sync::mpsc::UnboundedSender<PathBuf> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     for pending in crate::sink::object_store::pending_uploads(root).unwrap_or_default() {
         let _ = tx.send(pending);
@@ -174,20 +230,41 @@ fn adopt_running_launchers(
     names: &[(&str, u32)],
 ) -> Result<Vec<(u32, Platform)>, crate::agent::AgentError> {
     let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Ok(found) };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Ok(found);
+    };
     let mut next_job = 2;
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let comm = comm.trim_end();
-        let Some((_, id)) = names.iter().find(|(n, _)| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(comm)) else { continue };
+        let Some((_, id)) = names
+            .iter()
+            .find(|(n, _)| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(comm))
+        else {
+            continue;
+        };
         let platform = Platform::from_id(*id);
         let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+            .map(|c| {
+                c.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         agent.add_launcher(pid, next_job, *id)?;
         registry.register_launcher(next_job, platform, is_long_lived(Some(platform), &argv));
-        tracing::info!("adopted running {comm} (pid {pid}) as a {} launcher", platform.name());
+        tracing::info!(
+            "adopted running {comm} (pid {pid}) as a {} launcher",
+            platform.name()
+        );
         found.push((pid, platform));
         next_job += 1;
     }

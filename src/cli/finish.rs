@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::agent::report::{self, Report};
-use crate::attest::{self, SignMode};
 use crate::agent::seal;
+use crate::attest::{self, SignMode};
 use crate::cli::run::trace_end;
 use crate::event::Totals;
 use crate::sink::ndjson::LIVE_NAME;
@@ -54,13 +54,18 @@ pub async fn execute(args: FinishArgs) -> u8 {
     }
     print(&report, args.json);
     if !signed {
-        eprintln!("ciwatch: error: the trace was NOT signed (see the signing error above and summary.md)");
+        eprintln!(
+            "ciwatch: error: the trace was NOT signed (see the signing error above and summary.md)"
+        );
         crate::exit::SIGNING
     } else if report.agent_died {
         eprintln!("ciwatch: error: the agent died during the job; the trace is incomplete (see summary.md)");
         crate::exit::AGENT_DIED
     } else if report.lost > 0 {
-        eprintln!("ciwatch: error: {} events were lost; raise ring.size_bytes", report.lost);
+        eprintln!(
+            "ciwatch: error: {} events were lost; raise ring.size_bytes",
+            report.lost
+        );
         crate::exit::EVENTS_LOST
     } else {
         0
@@ -69,7 +74,11 @@ pub async fn execute(args: FinishArgs) -> u8 {
 
 /// Signs the sealed log (once: a second finish finds `signing` set) and records the outcome.
 async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
-    let mut opts = args.signing.options(SignMode::Auto);
+    let mut opts = args
+        .signing
+        .clone()
+        .or_recorded(&args.out)
+        .options(SignMode::Auto);
     opts.expected_log_sha256 = Some(report.log_sha256.clone());
     let result = attest::sign_trace(&args.out, &opts).await;
     let section = attest::summary_markdown(&result, &args.out);
@@ -78,7 +87,13 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
     }
     match result {
         Ok(outcome) => {
-            let file = |suffix: &str| outcome.files.iter().find(|f| f.to_string_lossy().ends_with(suffix)).cloned();
+            let file = |suffix: &str| {
+                outcome
+                    .files
+                    .iter()
+                    .find(|f| f.to_string_lossy().ends_with(suffix))
+                    .cloned()
+            };
             report.envelope = file(".intoto.jsonl");
             report.bundle = file(".sigstore.json");
             report.signing = Some(json!({
@@ -91,7 +106,10 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
             true
         }
         Err(e) => {
-            eprintln!("ciwatch: error: signing failed: {}", crate::bpf::loader::chain(&e));
+            eprintln!(
+                "ciwatch: error: signing failed: {}",
+                crate::bpf::loader::chain(&e)
+            );
             report.signing = Some(json!({ "method": "none", "error": e.to_string() }));
             false
         }
@@ -141,10 +159,13 @@ async fn finish(args: &FinishArgs) -> Result<Report, FinishError> {
 /// Seals what a dead agent left, marking the trace incomplete.
 fn recover(dir: &Path) -> Result<Report, FinishError> {
     if !dir.join(LIVE_NAME).exists() {
-        return Err(FinishError::NoAgent(format!("the agent for {} died before writing any event", dir.display())));
+        return Err(FinishError::NoAgent(format!(
+            "the agent for {} died before writing any event",
+            dir.display()
+        )));
     }
     let end = trace_end(Totals::default(), None, 0, false, "died");
-    let sealed = seal::recover(dir, &end)?;
+    let (sealed, end) = seal::recover(dir, end)?;
     let summary = format!(
         "# ciwatch: job summary\n\n> **Warning: the ciwatch agent died during this job.** The event log holds what it \
          recorded until then; events after that were not recorded and the trace is incomplete.\n\nEvent log SHA-256: `{}`\n",
@@ -157,7 +178,7 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
         events: sealed.path,
         summary: dir.join("summary.md"),
         log_sha256: sealed.sha256,
-        counts: Default::default(),
+        counts: Report::counts(&end.totals.events),
         lost: 0,
         denied: 0,
         steps: Vec::new(),
@@ -181,7 +202,14 @@ fn print(report: &Report, json: bool) {
     }
     eprintln!("| step | execs | connects | DNS | sensitive opens |\n|---|---:|---:|---:|---:|");
     for s in &report.steps {
-        eprintln!("| {} | {} | {} | {} | {} |", s.name, s.execs, s.connects, s.dns, s.files);
+        eprintln!(
+            "| {} | {} | {} | {} | {} |",
+            s.name, s.execs, s.connects, s.dns, s.files
+        );
     }
-    eprintln!("\nciwatch: event log {} (sha256 {})", report.events.display(), report.log_sha256);
+    eprintln!(
+        "\nciwatch: event log {} (sha256 {})",
+        report.events.display(),
+        report.log_sha256
+    );
 }

@@ -73,7 +73,10 @@ enum LearnError {
     #[error("no sealed trace found{0}")]
     NoTraces(String),
     #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub async fn execute(args: LearnArgs) -> u8 {
@@ -92,10 +95,17 @@ pub async fn execute(args: LearnArgs) -> u8 {
         eprintln!("ciwatch: skipped {s}");
     }
     if collected.traces.is_empty() {
-        let hint = if collected.skipped.is_empty() { String::new() } else { format!(" ({} inputs skipped)", collected.skipped.len()) };
+        let hint = if collected.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} inputs skipped)", collected.skipped.len())
+        };
         return super::fail(crate::exit::TRACE_INPUT, &LearnError::NoTraces(hint));
     }
-    let opts = LearnOptions { wildcard_min: args.wildcard_min as usize, per_step: args.per_step };
+    let opts = LearnOptions {
+        wildcard_min: args.wildcard_min as usize,
+        per_step: args.per_step,
+    };
     let proposal = propose(&collected.traces, &opts);
     let yaml = proposal.yaml();
     // The proposal must itself be a valid policy; a failure here is a bug.
@@ -103,7 +113,9 @@ pub async fn execute(args: LearnArgs) -> u8 {
         eprintln!("ciwatch: error: internal: the proposed policy does not parse: {e}\n{yaml}");
         return crate::exit::INTERNAL;
     }
-    let delta = old.as_ref().map(|old| proposal.diff_against(old, &old.compiled()));
+    let delta = old
+        .as_ref()
+        .map(|old| proposal.diff_against(old, &old.compiled()));
     if let Err(e) = write_outputs(&args, &proposal, &yaml, delta.as_ref()) {
         return super::fail(crate::exit::OUTPUT_DIR, &e);
     }
@@ -122,13 +134,21 @@ pub async fn execute(args: LearnArgs) -> u8 {
 
 async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
     if let Some(repo) = &args.github {
-        let Some((owner, name)) = repo.split_once('/').filter(|(o, r)| !o.is_empty() && !r.is_empty() && !r.contains('/'))
+        let Some((owner, name)) = repo
+            .split_once('/')
+            .filter(|(o, r)| !o.is_empty() && !r.is_empty() && !r.contains('/'))
         else {
-            return Err(super::fail(crate::exit::USAGE, &LearnError::Repo(repo.clone())));
+            return Err(super::fail(
+                crate::exit::USAGE,
+                &LearnError::Repo(repo.clone()),
+            ));
         };
         let src = GithubSource {
             api_url: args.api_url.clone(),
-            token: args.token.clone().or_else(|| std::env::var("GITHUB_TOKEN").ok()),
+            token: args
+                .token
+                .clone()
+                .or_else(|| std::env::var("GITHUB_TOKEN").ok()),
             owner: owner.into(),
             repo: name.into(),
             workflow: args.workflow.clone().unwrap_or_default(),
@@ -139,7 +159,9 @@ async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
             max_wait: Duration::from_secs(args.max_wait),
         };
         let bar = ProgressBar::new(u64::from(args.runs));
-        if let Ok(style) = ProgressStyle::with_template("{spinner} learn: {pos}/{len} runs {wide_msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} learn: {pos}/{len} runs {wide_msg}")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -147,7 +169,9 @@ async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
             bar.finish_and_clear();
             let code = match e {
                 github::GithubError::Source(_) => crate::exit::TRACE_INPUT,
-                github::GithubError::ApiUrl { .. } | github::GithubError::Token => crate::exit::USAGE,
+                github::GithubError::ApiUrl { .. } | github::GithubError::Token => {
+                    crate::exit::USAGE
+                }
                 _ => crate::exit::FETCH,
             };
             super::fail(code, &e)
@@ -177,7 +201,10 @@ fn write_outputs(
         write(path, yaml)?;
     }
     if let Some(path) = &args.coverage {
-        write(path, &(serde_json::to_string_pretty(proposal).unwrap_or_default() + "\n"))?;
+        write(
+            path,
+            &(serde_json::to_string_pretty(proposal).unwrap_or_default() + "\n"),
+        )?;
     }
     if args.json {
         let out = serde_json::json!({ "policy": yaml, "coverage": proposal, "diff": delta });
@@ -191,5 +218,8 @@ fn write_outputs(
 }
 
 fn write(path: &Path, text: &str) -> Result<(), LearnError> {
-    std::fs::write(path, text).map_err(|source| LearnError::Write { path: path.display().to_string(), source })
+    std::fs::write(path, text).map_err(|source| LearnError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }

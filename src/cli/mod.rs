@@ -16,7 +16,11 @@ pub mod verify;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ciwatch", version, about = "See, and control, what a CI job really does at runtime")]
+#[command(
+    name = "ciwatch",
+    version,
+    about = "See, and control, what a CI job really does at runtime"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +55,9 @@ impl Command {
             Command::Run(args) => run::execute(args).await,
             // main() runs `start` before any runtime exists, because it forks.
             Command::Start(_) => {
-                eprintln!("ciwatch: error: internal: `start` must be launched before the async runtime");
+                eprintln!(
+                    "ciwatch: error: internal: `start` must be launched before the async runtime"
+                );
                 crate::exit::INTERNAL
             }
             Command::Finish(args) => finish::execute(args).await,

@@ -68,8 +68,11 @@ fn check(args: &CheckArgs) -> u8 {
         return report_error(args.json, &e.to_string(), None);
     }
     let p = &parsed.policy;
-    let warnings: Vec<String> =
-        parsed.warnings.iter().map(|w| format!("{}:{}: {}", args.file.display(), w.line, w.message)).collect();
+    let warnings: Vec<String> = parsed
+        .warnings
+        .iter()
+        .map(|w| format!("{}:{}: {}", args.file.display(), w.line, w.message))
+        .collect();
     if args.json {
         let out = serde_json::json!({ "ok": true, "summary": summary(p), "policy": p, "warnings": warnings });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -84,7 +87,10 @@ fn check(args: &CheckArgs) -> u8 {
 
 fn report_error(json: bool, message: &str, line: Option<u32>) -> u8 {
     if json {
-        println!("{}", serde_json::json!({ "ok": false, "error": message, "line": line }));
+        println!(
+            "{}",
+            serde_json::json!({ "ok": false, "error": message, "line": line })
+        );
     } else {
         eprintln!("ciwatch: error: {message}");
     }
@@ -105,8 +111,16 @@ pub fn summary(p: &Policy) -> String {
     if p.defaults.resolver {
         defaults.push("resolver");
     }
-    let defaults = if defaults.is_empty() { "none".to_string() } else { defaults.join("+") };
-    let dns = if p.dns.refuse_unlisted { "refuse unlisted" } else { "report unlisted" };
+    let defaults = if defaults.is_empty() {
+        "none".to_string()
+    } else {
+        defaults.join("+")
+    };
+    let dns = if p.dns.refuse_unlisted {
+        "refuse unlisted"
+    } else {
+        "report unlisted"
+    };
     let on_error = match p.on_policy_error {
         policy::OnPolicyError::Fail => "fail",
         policy::OnPolicyError::Observe => "observe",
@@ -126,11 +140,18 @@ fn run_diff(args: &DiffArgs) -> u8 {
     let policy = match &args.policy {
         Some(path) => policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
             let mut policy = p.policy;
-            policy.add_endpoints(&args.allow).map(|()| policy).map_err(|e| e.to_string())
+            policy
+                .add_endpoints(&args.allow)
+                .map(|()| policy)
+                .map_err(|e| e.to_string())
         }),
-        None if !args.allow.is_empty() => Policy::from_endpoints(Mode::Enforce, &args.allow).map_err(|e| e.to_string()),
+        None if !args.allow.is_empty() => {
+            Policy::from_endpoints(Mode::Enforce, &args.allow).map_err(|e| e.to_string())
+        }
         None => {
-            eprintln!("ciwatch: error: policy diff needs --policy FILE or at least one --allow ENDPOINT");
+            eprintln!(
+                "ciwatch: error: policy diff needs --policy FILE or at least one --allow ENDPOINT"
+            );
             return crate::exit::USAGE;
         }
     };
@@ -145,11 +166,18 @@ fn run_diff(args: &DiffArgs) -> u8 {
         Ok(t) => t,
         Err(e) => return super::fail(crate::exit::TRACE_INPUT, &e),
     };
-    let resolvers = if args.resolvers.is_empty() { policy::resolv::system_nameservers() } else { args.resolvers.clone() };
+    let resolvers = if args.resolvers.is_empty() {
+        policy::resolv::system_nameservers()
+    } else {
+        args.resolvers.clone()
+    };
     let compiled = policy.compiled_with(&resolvers);
     let report = diff(&policy, &compiled, &resolvers, &traces);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print!("{}", report.render());
     }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::engine::{Engine, Outputs};
-use crate::attest::{self, AttestError, SignMode};
 use crate::agent::output::JobOutput;
 use crate::agent::seal::{self, SealInput, SealedJob};
 use crate::agent::{Agent, AgentError};
+use crate::attest::{self, AttestError, SignMode};
 use crate::attribute::env::StepEnv;
 use crate::attribute::jobs::Registry;
 use crate::attribute::platform::{self, JobIdentity, Platform, StepIdentity};
@@ -19,7 +19,7 @@ use crate::cli::signals::Signals;
 use crate::cli::spawn::{self, Ended, SpawnError};
 use crate::config::{Config, ConfigError};
 use crate::enforce::plan::{plan, ModeArgs, Plan, PlanError};
-use crate::event::{rfc3339, Agent as AgentInfo, JobRef, TraceEnd, TraceStart, Totals, SCHEMA};
+use crate::event::{rfc3339, Agent as AgentInfo, JobRef, Totals, TraceEnd, TraceStart, SCHEMA};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::redact::CaptureArgs;
 use crate::sink::SinkError;
@@ -51,7 +51,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub signing: super::signing::SigningArgs,
     /// The command to watch.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -66,7 +71,10 @@ pub enum RunError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("cannot write to output directory {path}: {source}")]
-    OutputDir { path: String, source: std::io::Error },
+    OutputDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start the event pipeline: {0}")]
@@ -91,7 +99,10 @@ impl RunError {
             RunError::Plan(_) | RunError::SigningKey(_) => exit::CONFIG,
             RunError::OutputDir { .. } => exit::OUTPUT_DIR,
             RunError::Sink(_) => exit::WRITE,
-            RunError::Signals(_) | RunError::Pipeline(_) | RunError::Wait(_) | RunError::Drain(_) => exit::INTERNAL,
+            RunError::Signals(_)
+            | RunError::Pipeline(_)
+            | RunError::Wait(_)
+            | RunError::Drain(_) => exit::INTERNAL,
         }
     }
 }
@@ -112,36 +123,80 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     if let Some(policy) = args.capture_args {
         config.capture_args = policy;
     }
-    let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let config_name = args
+        .config
+        .as_ref()
+        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
     let plan = plan(&args.policy, config.mode)?;
     let prepared = spawn::prepare(&args.command)?;
     // A missing or malformed signing key fails before the job runs, not after.
     let mut sign_opts = args.signing.options(SignMode::Key);
     if let Some(key) = attest::prepare_key(&sign_opts).map_err(RunError::SigningKey)? {
         if key.created {
-            eprintln!("ciwatch: created signing key {} (key id {})", key.private_path.display(), key.key_id);
+            eprintln!(
+                "ciwatch: created signing key {} (key id {})",
+                key.private_path.display(),
+                key.key_id
+            );
         }
     }
-    let mut agent = Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, plan.enforce())?;
-    let scopes = if plan.enforce() { Some(agent.install_policy(&plan)?) } else { None };
+    let mut agent = Agent::load(
+        &config,
+        &config_name,
+        args.btf.as_deref(),
+        !args.allow_partial,
+        plan.enforce(),
+    )?;
+    let scopes = if plan.enforce() {
+        Some(agent.install_policy(&plan)?)
+    } else {
+        None
+    };
     let signals = Signals::install().map_err(RunError::Signals)?;
 
     let (registry, job) = job_registry(&args.command);
-    let header = trace_start(&agent, &config, &plan, &job_ref(&registry, &job), &args.command);
+    let header = trace_start(
+        &agent,
+        &config,
+        &plan,
+        &job_ref(&registry, &job),
+        &args.command,
+    );
     let output = create_output(&args.out, &header)?;
     let attributor = Attributor::new(registry, config.capture_args, agent.sensitive.clone());
-    let mut engine = Engine::new(attributor, Outputs::Single { job: job.clone(), output });
+    let mut engine = Engine::new(
+        attributor,
+        Outputs::Single {
+            job: job.clone(),
+            output,
+        },
+    );
     if let Some(scopes) = scopes {
         engine = engine.with_scopes(scopes, agent.probes.allow.step_groups.clone());
     }
-    let ring = agent.probes.take_ring().ok_or_else(|| RunError::Pipeline(std::io::ErrorKind::Other.into()))?;
+    let ring = agent
+        .probes
+        .take_ring()
+        .ok_or_else(|| RunError::Pipeline(std::io::ErrorKind::Other.into()))?;
     let drain = Duration::from_millis(config.ring.drain_interval_ms);
-    let pipeline = Pipeline::start(ring, drain, Duration::from_millis(250), engine).map_err(RunError::Pipeline)?;
+    let pipeline = Pipeline::start(ring, drain, Duration::from_millis(250), engine)
+        .map_err(RunError::Pipeline)?;
 
     let held = prepared.fork_held()?;
-    agent.tag(held.pid, Tag { job: JOB, step: STEP, flags: abi::TAG_STEP_ROOT, _pad: 0 })?;
+    agent.tag(
+        held.pid,
+        Tag {
+            job: JOB,
+            step: STEP,
+            flags: abi::TAG_STEP_ROOT,
+            _pad: 0,
+        },
+    )?;
     let pid = held.release()?;
-    let ended = signals.wait_forwarding(pid).await.map_err(|e| RunError::Wait(e.to_string()))?;
+    let ended = signals
+        .wait_forwarding(pid)
+        .await
+        .map_err(|e| RunError::Wait(e.to_string()))?;
     let still_running = linger(&agent, Duration::from_millis(config.run.linger_ms)).await;
 
     let engine = pipeline.finish().await?;
@@ -153,19 +208,32 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     crate::sink::write_atomically(&args.out.join("summary.md"), summary.as_bytes())?;
     if !args.quiet {
         eprintln!("\n{summary}");
-        eprintln!("ciwatch: event log {} ({} lines)", sealed.log.path.display(), sealed.log.lines);
+        eprintln!(
+            "ciwatch: event log {} ({} lines)",
+            sealed.log.path.display(),
+            sealed.log.lines
+        );
     }
     match &signed {
         Ok(outcome) if outcome.method.is_some() => {
             if let Some(fallback) = &outcome.fallback {
-                eprintln!("ciwatch: warning: keyless signing failed ({}); signed with the local key", fallback.reason);
+                eprintln!(
+                    "ciwatch: warning: keyless signing failed ({}); signed with the local key",
+                    fallback.reason
+                );
             }
-            eprintln!("ciwatch: verify with: {}", attest::verify_command(outcome, &args.out));
+            eprintln!(
+                "ciwatch: verify with: {}",
+                attest::verify_command(outcome, &args.out)
+            );
         }
         Ok(_) => {}
         Err(e) => {
             // The trace is on disk, but unsigned: say so loudly and fail.
-            eprintln!("ciwatch: error: the trace was NOT signed: {}", crate::bpf::loader::chain(e));
+            eprintln!(
+                "ciwatch: error: the trace was NOT signed: {}",
+                crate::bpf::loader::chain(e)
+            );
             return Ok(crate::exit::SIGNING);
         }
     }
@@ -181,21 +249,36 @@ fn job_registry(command: &[OsString]) -> (Registry, String) {
         id: local_job_id(),
         name: Some(command_line(command)),
         url: None,
-        proof: vec!["no CI platform detected: the job is the watched command's process tree".into()],
+        proof: vec![
+            "no CI platform detected: the job is the watched command's process tree".into(),
+        ],
     });
     let job = registry.register_job(JOB, identity, detection.conflicts);
-    let step = StepIdentity { key: Some("command".into()), name: Some(command_line(command)), ..Default::default() };
+    let step = StepIdentity {
+        key: Some("command".into()),
+        name: Some(command_line(command)),
+        ..Default::default()
+    };
     registry.register_step(STEP, &job, step, "lineage");
     (registry, job)
 }
 
 fn job_ref(registry: &Registry, job: &str) -> JobRef {
-    JobRef { platform: registry.job(job).map_or("none", |j| j.identity.platform.name()).to_string(), id: job.to_string() }
+    JobRef {
+        platform: registry
+            .job(job)
+            .map_or("none", |j| j.identity.platform.name())
+            .to_string(),
+        id: job.to_string(),
+    }
 }
 
 pub fn create_output(dir: &Path, header: &TraceStart) -> Result<JobOutput, RunError> {
     JobOutput::create(dir, header).map_err(|e| match e {
-        SinkError::Create { source, .. } | SinkError::Write { source, .. } => RunError::OutputDir { path: dir.display().to_string(), source },
+        SinkError::Create { source, .. } | SinkError::Write { source, .. } => RunError::OutputDir {
+            path: dir.display().to_string(),
+            source,
+        },
         other => RunError::Sink(other),
     })
 }
@@ -212,13 +295,24 @@ async fn linger(agent: &Agent, limit: Duration) -> u64 {
     }
 }
 
-pub fn seal_job(agent: &Agent, mut engine: Engine, job: &str, ended: Option<Ended>, still_running: u64) -> Result<SealedJob, RunError> {
+pub fn seal_job(
+    agent: &Agent,
+    mut engine: Engine,
+    job: &str,
+    ended: Option<Ended>,
+    still_running: u64,
+) -> Result<SealedJob, RunError> {
     let mut totals = engine.attributor.totals_base();
     totals.undecodable = engine.undecodable;
     totals.unattributed += engine.other_jobs;
     agent.lost(&mut totals);
-    let complete = totals.lost_total == 0 && totals.undecodable == 0 && agent.probes.hooks.iter().all(|h| h.attached || h.disabled);
-    engine.attributor.registry.finalize(job, engine.names_unavailable().as_deref());
+    let complete = totals.lost_total == 0
+        && totals.undecodable == 0
+        && agent.probes.hooks.iter().all(|h| h.attached || h.disabled);
+    engine
+        .attributor
+        .registry
+        .finalize(job, engine.names_unavailable().as_deref());
     let end = trace_end(totals, ended, still_running, complete, "ok");
     let crate::agent::engine::Outputs::Single { output, .. } = engine.outputs else {
         unreachable!("run and start write one job")
@@ -244,7 +338,13 @@ fn describe(ended: Ended) -> String {
     }
 }
 
-pub fn trace_start(agent: &Agent, config: &Config, plan: &Plan, job: &JobRef, command: &[OsString]) -> TraceStart {
+pub fn trace_start(
+    agent: &Agent,
+    config: &Config,
+    plan: &Plan,
+    job: &JobRef,
+    command: &[OsString],
+) -> TraceStart {
     use std::os::unix::ffi::OsStrExt;
     TraceStart {
         kind: "trace_start",
@@ -255,12 +355,18 @@ pub fn trace_start(agent: &Agent, config: &Config, plan: &Plan, job: &JobRef, co
         kernel: agent.env.kernel.clone(),
         mode: plan.mode.as_str().into(),
         job: job.clone(),
-        command: crate::redact::apply(config.capture_args, command.iter().map(|a| a.as_bytes().to_vec()).collect())
-            .into_iter()
-            .map(Text::new)
-            .collect(),
+        command: crate::redact::apply(
+            config.capture_args,
+            command.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        )
+        .into_iter()
+        .map(Text::new)
+        .collect(),
         hooks: agent.probes.hooks.clone(),
-        requested_mode: plan.fallback.as_ref().map(|_| plan.requested.as_str().to_string()),
+        requested_mode: plan
+            .fallback
+            .as_ref()
+            .map(|_| plan.requested.as_str().to_string()),
         mode_fallback: plan.fallback.clone(),
         policy: plan.policy.clone(),
         capture_args: config.capture_args,
@@ -269,7 +375,13 @@ pub fn trace_start(agent: &Agent, config: &Config, plan: &Plan, job: &JobRef, co
     }
 }
 
-pub fn trace_end(totals: Totals, ended: Option<Ended>, still_running: u64, complete: bool, status: &str) -> TraceEnd {
+pub fn trace_end(
+    totals: Totals,
+    ended: Option<Ended>,
+    still_running: u64,
+    complete: bool,
+    status: &str,
+) -> TraceEnd {
     let (exit_code, exit_signal) = match ended {
         Some(Ended::Code(c)) => (Some(c), None),
         Some(Ended::Signal(s)) => (None, Some(s)),
@@ -291,7 +403,10 @@ pub fn trace_end(totals: Totals, ended: Option<Ended>, still_running: u64, compl
 /// The agent's own footprint, for scripts/bench (CIWATCH_LOG=info).
 pub fn log_own_usage() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map_or("?".into(), |v| v.trim().to_string());
+    let peak_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map_or("?".into(), |v| v.trim().to_string());
     // SAFETY: getrusage fills a valid rusage struct for this process.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
@@ -312,9 +427,15 @@ fn local_job_id() -> String {
 }
 
 fn command_line(command: &[OsString]) -> String {
-    command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }

@@ -15,7 +15,10 @@ pub enum SpawnError {
     #[error("{0}: argument contains a NUL byte")]
     Nul(String),
     #[error("cannot start {command}: {source}")]
-    Os { command: String, source: std::io::Error },
+    Os {
+        command: String,
+        source: std::io::Error,
+    },
 }
 
 impl SpawnError {
@@ -46,11 +49,21 @@ pub struct Held {
 }
 
 pub fn prepare(command: &[OsString]) -> Result<Prepared, SpawnError> {
-    let display = command.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-    let program = command.first().ok_or_else(|| SpawnError::NotFound(String::new()))?;
+    let display = command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let program = command
+        .first()
+        .ok_or_else(|| SpawnError::NotFound(String::new()))?;
     let path = resolve(program)?;
-    let cstring = |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(display.clone()));
-    let argv = command.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    let cstring =
+        |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(display.clone()));
+    let argv = command
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
     let envp = std::env::vars_os()
         .map(|(k, v)| {
             let mut pair = k;
@@ -59,7 +72,12 @@ pub fn prepare(command: &[OsString]) -> Result<Prepared, SpawnError> {
             cstring(&pair)
         })
         .collect::<Result<_, _>>()?;
-    Ok(Prepared { path: cstring(path.as_os_str())?, argv, envp, display })
+    Ok(Prepared {
+        path: cstring(path.as_os_str())?,
+        argv,
+        envp,
+        display,
+    })
 }
 
 /// Finds the program as execvp(3) would.
@@ -73,7 +91,8 @@ fn resolve(program: &OsStr) -> Result<PathBuf, SpawnError> {
             (true, true) => Ok(path),
         };
     }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let search =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
     let mut found_unexecutable = false;
     for dir in std::env::split_paths(&search) {
         let candidate = dir.join(program);
@@ -84,11 +103,17 @@ fn resolve(program: &OsStr) -> Result<PathBuf, SpawnError> {
             found_unexecutable = true;
         }
     }
-    Err(if found_unexecutable { SpawnError::NotExecutable(name) } else { SpawnError::NotFound(name) })
+    Err(if found_unexecutable {
+        SpawnError::NotExecutable(name)
+    } else {
+        SpawnError::NotFound(name)
+    })
 }
 
 fn executable(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: access() reads a valid NUL-terminated path.
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
@@ -105,7 +130,10 @@ pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 impl Prepared {
     pub fn fork_held(self) -> Result<Held, SpawnError> {
-        let os = |source| SpawnError::Os { command: self.display.clone(), source };
+        let os = |source| SpawnError::Os {
+            command: self.display.clone(),
+            source,
+        };
         let (release_r, release_w) = pipe().map_err(os)?;
         let (error_r, error_w) = pipe().map_err(os)?;
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
@@ -121,16 +149,35 @@ impl Prepared {
         }
         if pid == 0 {
             // SAFETY: see above; this never returns.
-            unsafe { child(release_r.as_raw_fd(), error_w.as_raw_fd(), &self.path, &argv, &envp) }
+            unsafe {
+                child(
+                    release_r.as_raw_fd(),
+                    error_w.as_raw_fd(),
+                    &self.path,
+                    &argv,
+                    &envp,
+                )
+            }
         }
         drop((release_r, error_w));
-        Ok(Held { pid: pid as u32, display: self.display, release: release_w, exec_error: error_r })
+        Ok(Held {
+            pid: pid as u32,
+            display: self.display,
+            release: release_w,
+            exec_error: error_r,
+        })
     }
 }
 
 /// # Safety
 /// Must only run in a freshly forked child.
-unsafe fn child(release: i32, error: i32, path: &CString, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> ! {
+unsafe fn child(
+    release: i32,
+    error: i32,
+    path: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
     let mut byte = 0u8;
     loop {
         let n = libc::read(release, (&mut byte as *mut u8).cast(), 1);
@@ -143,14 +190,21 @@ unsafe fn child(release: i32, error: i32, path: &CString, argv: &[*const libc::c
     }
     libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     let errno = *libc::__errno_location();
-    libc::write(error, (&errno as *const i32).cast(), std::mem::size_of::<i32>());
+    libc::write(
+        error,
+        (&errno as *const i32).cast(),
+        std::mem::size_of::<i32>(),
+    );
     libc::_exit(if errno == libc::ENOENT { 127 } else { 126 });
 }
 
 impl Held {
     /// Lets the child exec, and reports whether the exec itself failed.
     pub fn release(self) -> Result<u32, SpawnError> {
-        let os = |source| SpawnError::Os { command: self.display.clone(), source };
+        let os = |source| SpawnError::Os {
+            command: self.display.clone(),
+            source,
+        };
         // SAFETY: writes one byte from a valid buffer to an fd we own.
         if unsafe { libc::write(self.release.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
             return Err(os(std::io::Error::last_os_error()));
@@ -164,7 +218,10 @@ impl Held {
             return Err(match code {
                 libc::ENOENT => SpawnError::NotFound(self.display),
                 libc::EACCES | libc::ENOEXEC => SpawnError::NotExecutable(self.display),
-                _ => SpawnError::Os { command: self.display, source: std::io::Error::from_raw_os_error(code) },
+                _ => SpawnError::Os {
+                    command: self.display,
+                    source: std::io::Error::from_raw_os_error(code),
+                },
             });
         }
         Ok(self.pid)
@@ -202,5 +259,9 @@ pub fn wait(pid: u32) -> std::io::Result<Ended> {
             return Err(err);
         }
     }
-    Ok(if libc::WIFSIGNALED(status) { Ended::Signal(libc::WTERMSIG(status)) } else { Ended::Code(libc::WEXITSTATUS(status)) })
+    Ok(if libc::WIFSIGNALED(status) {
+        Ended::Signal(libc::WTERMSIG(status))
+    } else {
+        Ended::Code(libc::WEXITSTATUS(status))
+    })
 }

@@ -52,6 +52,12 @@ pub struct StartArgs {
     pub runner_diag: Option<PathBuf>,
     #[command(flatten)]
     pub policy: crate::enforce::plan::ModeArgs,
+    /// A sensitive-path glob added to the configured list (repeatable).
+    #[arg(long = "sensitive-path", value_name = "GLOB")]
+    pub sensitive_paths: Vec<String>,
+    /// How `ciwatch finish` will sign the trace (checked now, so a bad key fails before the job runs).
+    #[command(flatten)]
+    pub signing: super::signing::SigningArgs,
     /// Seconds to wait for the hooks to attach.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub ready_timeout: u64,
@@ -92,7 +98,27 @@ fn preflight_in_foreground(args: &StartArgs) -> Result<(), u8> {
         return Err(super::fail(crate::exit::CONFIG, &e));
     }
     if let Err(e) = std::fs::create_dir_all(&args.out).and_then(|()| probe_writable(&args.out)) {
-        eprintln!("ciwatch: error: cannot write to output directory {}: {e}", args.out.display());
+        eprintln!(
+            "ciwatch: error: cannot write to output directory {}: {e}",
+            args.out.display()
+        );
+        return Err(crate::exit::OUTPUT_DIR);
+    }
+    let sign = args.signing.options(crate::attest::SignMode::Auto);
+    match crate::attest::prepare_key(&sign) {
+        Ok(Some(key)) if key.created => eprintln!(
+            "ciwatch: created signing key {} (key id {})",
+            key.private_path.display(),
+            key.key_id
+        ),
+        Ok(_) => {}
+        Err(e) => return Err(super::fail(crate::exit::CONFIG, &e)),
+    }
+    if let Err(e) = args.signing.record(&args.out) {
+        eprintln!(
+            "ciwatch: error: cannot write to output directory {}: {e}",
+            args.out.display()
+        );
         return Err(crate::exit::OUTPUT_DIR);
     }
     Ok(())
@@ -106,7 +132,11 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 
 /// Prints the agent's readiness line, or its error, and returns the exit code.
 fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
-    let mut poll = libc::pollfd { fd: read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut poll = libc::pollfd {
+        fd: read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: poll reads one valid pollfd.
     if unsafe { libc::poll(&mut poll, 1, millis) } == 0 {
@@ -121,12 +151,18 @@ fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
     std::mem::forget(read);
     let got = BufReader::new(file).read_line(&mut line);
     let message: serde_json::Value = match got {
-        Ok(n) if n > 0 => serde_json::from_str(&line).unwrap_or_else(|_| json!({"error": line.trim(), "code": crate::exit::INTERNAL})),
-        _ => json!({"error": "the agent exited before it was ready; see agent.log in the output directory", "code": crate::exit::INTERNAL}),
+        Ok(n) if n > 0 => serde_json::from_str(&line)
+            .unwrap_or_else(|_| json!({"error": line.trim(), "code": crate::exit::INTERNAL})),
+        _ => {
+            json!({"error": "the agent exited before it was ready; see agent.log in the output directory", "code": crate::exit::INTERNAL})
+        }
     };
     if let Some(error) = message.get("error").and_then(|e| e.as_str()) {
         eprintln!("ciwatch: error: {error}");
-        return message.get("code").and_then(serde_json::Value::as_u64).map_or(crate::exit::INTERNAL, |c| c as u8);
+        return message
+            .get("code")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(crate::exit::INTERNAL, |c| c as u8);
     }
     println!("{message}");
     0
@@ -135,7 +171,11 @@ fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
 /// The background agent: detaches, loads, reports readiness, records until told to stop, seals.
 fn background(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     detach(&args.out);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
     };
@@ -152,7 +192,11 @@ fn detach(out: &Path) {
         if let Ok(null) = std::fs::File::open("/dev/null") {
             libc::dup2(null.as_raw_fd(), 0);
         }
-        if let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).open(out.join("agent.log")) {
+        if let Ok(log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out.join("agent.log"))
+        {
             libc::dup2(log.as_raw_fd(), 1);
             libc::dup2(log.as_raw_fd(), 2);
         }
@@ -173,16 +217,33 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     if let Some(policy) = args.capture_args {
         config.capture_args = policy;
     }
-    let config_name = args.config.as_ref().map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    config
+        .files
+        .extra_sensitive
+        .extend(args.sensitive_paths.iter().cloned());
+    let config_name = args
+        .config
+        .as_ref()
+        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
     let plan = match crate::enforce::plan::plan(&args.policy, config.mode) {
         Ok(p) => p,
         Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
     };
-    let mut agent = match Agent::load(&config, &config_name, args.btf.as_deref(), !args.allow_partial, plan.enforce()) {
+    let mut agent = match Agent::load(
+        &config,
+        &config_name,
+        args.btf.as_deref(),
+        !args.allow_partial,
+        plan.enforce(),
+    ) {
         Ok(a) => a,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::bpf::loader::chain(&e)),
     };
-    let scopes = match plan.enforce().then(|| agent.install_policy(&plan)).transpose() {
+    let scopes = match plan
+        .enforce()
+        .then(|| agent.install_policy(&plan))
+        .transpose()
+    {
         Ok(s) => s,
         Err(e) => return report_failure(ready, e.exit_code(), &e.to_string()),
     };
@@ -192,7 +253,11 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         .launcher_pid
         .map(|pid| (pid, comm(pid)))
         .or_else(|| find_launcher(detection.platform))
-        .or_else(|| (detection.platform == Platform::Jenkins).then(find_jenkins_agent).flatten());
+        .or_else(|| {
+            (detection.platform == Platform::Jenkins)
+                .then(find_jenkins_agent)
+                .flatten()
+        });
     let identity = detection.job.clone().unwrap_or_else(|| JobIdentity {
         platform: Platform::None,
         id: format!("start-{}", std::process::id()),
@@ -203,7 +268,10 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     let platform = identity.platform;
     let mut registry = Registry::new();
     let job = registry.register_job(JOB, identity, detection.conflicts);
-    let long_lived = matches!(platform, Platform::GitlabCi | Platform::Jenkins | Platform::Drone);
+    let long_lived = matches!(
+        platform,
+        Platform::GitlabCi | Platform::Jenkins | Platform::Drone
+    );
     registry.register_launcher(JOB, platform, long_lived);
     let setup = match &launcher {
         Some((pid, _)) => agent.add_launcher(*pid, JOB, platform.id()),
@@ -221,23 +289,46 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         }
     }
 
-    let header = trace_start(&agent, &config, &plan, &crate::event::JobRef { platform: platform.name().into(), id: job.clone() }, &[OsString::from("ciwatch start")]);
+    let header = trace_start(
+        &agent,
+        &config,
+        &plan,
+        &crate::event::JobRef {
+            platform: platform.name().into(),
+            id: job.clone(),
+        },
+        &[OsString::from("ciwatch start")],
+    );
     let output = match create_output(&args.out, &header) {
         Ok(o) => o,
         Err(e) => return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string()),
     };
-    let mut engine = Engine::new(Attributor::new(registry, config.capture_args, agent.sensitive.clone()), Outputs::Single { job: job.clone(), output });
+    let mut engine = Engine::new(
+        Attributor::new(registry, config.capture_args, agent.sensitive.clone()),
+        Outputs::Single {
+            job: job.clone(),
+            output,
+        },
+    );
     if let Some(scopes) = scopes {
         engine = engine.with_scopes(scopes, agent.probes.allow.step_groups.clone());
     }
     if platform == Platform::GithubActions {
-        let diag = args.runner_diag.clone().or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
+        let diag = args
+            .runner_diag
+            .clone()
+            .or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
         match diag {
             Some(dir) => engine.follow_runner_log(&dir),
-            None => engine.attributor.registry.job_note(&job, "the runner's _diag directory was not found: steps have no display names".into()),
+            None => engine.attributor.registry.job_note(
+                &job,
+                "the runner's _diag directory was not found: steps have no display names".into(),
+            ),
         }
     }
-    let Some(ring) = agent.probes.take_ring() else { return report_failure(ready, crate::exit::INTERNAL, "ring buffer unavailable") };
+    let Some(ring) = agent.probes.take_ring() else {
+        return report_failure(ready, crate::exit::INTERNAL, "ring buffer unavailable");
+    };
     let drain = Duration::from_millis(config.ring.drain_interval_ms);
     let pipeline = match Pipeline::start(ring, drain, Duration::from_millis(250), engine) {
         Ok(p) => p,
@@ -286,18 +377,33 @@ fn join_caller(
     caller: u32,
 ) -> Result<(), crate::agent::AgentError> {
     let argv = cmdline(caller);
-    let mut identity = platform::detector(platform).and_then(|d| d.step(env, &argv)).unwrap_or_default();
+    let mut identity = platform::detector(platform)
+        .and_then(|d| d.step(env, &argv))
+        .unwrap_or_default();
     if identity.key.is_none() {
         identity.key = Some("start".into());
         identity.name = Some("the step that ran ciwatch start".into());
     }
     registry.register_step(CALLER_STEP, job, identity, "caller of ciwatch start");
-    agent.tag(caller, crate::bpf::abi::Tag { job: JOB, step: CALLER_STEP, flags: crate::bpf::abi::TAG_STEP_ROOT, _pad: 0 })
+    agent.tag(
+        caller,
+        crate::bpf::abi::Tag {
+            job: JOB,
+            step: CALLER_STEP,
+            flags: crate::bpf::abi::TAG_STEP_ROOT,
+            _pad: 0,
+        },
+    )
 }
 
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -309,7 +415,11 @@ fn find_jenkins_agent() -> Option<(u32, String)> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| comm(*pid) == "java")
-        .filter(|pid| cmdline(*pid).iter().any(|a| a.contains("agent.jar") || a.contains("remoting") || a.contains("slave.jar")))
+        .filter(|pid| {
+            cmdline(*pid).iter().any(|a| {
+                a.contains("agent.jar") || a.contains("remoting") || a.contains("slave.jar")
+            })
+        })
         .collect();
     match agents.as_slice() {
         [one] => Some((*one, "java".into())),
@@ -317,7 +427,14 @@ fn find_jenkins_agent() -> Option<(u32, String)> {
     }
 }
 
-fn announce(ready: OwnedFd, agent: &Agent, out: &Path, platform: Platform, job: &str, launcher: Option<&(u32, String)>) {
+fn announce(
+    ready: OwnedFd,
+    agent: &Agent,
+    out: &Path,
+    platform: Platform,
+    job: &str,
+    launcher: Option<&(u32, String)>,
+) {
     let line = json!({
         "pid": std::process::id(),
         "out": out,
@@ -350,7 +467,11 @@ async fn wait_for_stop(signals: &mut Signals, launcher: Option<u32>) -> String {
 async fn linger(agent: &Agent, limit: Duration) -> u64 {
     let start = std::time::Instant::now();
     loop {
-        let alive = agent.live_tags().iter().filter(|(_, t)| t.flags & crate::bpf::abi::TAG_LAUNCHER == 0).count() as u64;
+        let alive = agent
+            .live_tags()
+            .iter()
+            .filter(|(_, t)| t.flags & crate::bpf::abi::TAG_LAUNCHER == 0)
+            .count() as u64;
         if alive == 0 || start.elapsed() >= limit {
             return alive;
         }
@@ -363,7 +484,10 @@ pub fn find_launcher(platform: Platform) -> Option<(u32, String)> {
     let names: Vec<&str> = match platform::detector(platform) {
         Some(d) if !d.launcher_comms().is_empty() => d.launcher_comms().to_vec(),
         Some(d) if d.platform() == Platform::Jenkins => vec!["java"],
-        _ => platform::detectors().iter().flat_map(|d| d.launcher_comms().iter().copied()).collect(),
+        _ => platform::detectors()
+            .iter()
+            .flat_map(|d| d.launcher_comms().iter().copied())
+            .collect(),
     };
     let mut pid = std::os::unix::process::parent_id();
     for _ in 0..64 {
@@ -371,7 +495,10 @@ pub fn find_launcher(platform: Platform) -> Option<(u32, String)> {
             return None;
         }
         let name = comm(pid);
-        if names.iter().any(|n| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(&name)) {
+        if names
+            .iter()
+            .any(|n| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(&name))
+        {
             return Some((pid, name));
         }
         pid = parent_of(pid)?;
@@ -380,12 +507,16 @@ pub fn find_launcher(platform: Platform) -> Option<(u32, String)> {
 }
 
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_string()).unwrap_or_default()
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
-
-

@@ -40,12 +40,27 @@ pub async fn execute(args: VerifyArgs) -> u8 {
         (None, Some(e)) => Material::Envelope(e),
         (None, None) => unreachable!("clap requires one"),
     };
-    let trust = match (args.key, args.certificate_identity, args.certificate_oidc_issuer) {
-        (Some(public_key), _, _) => Trust::Key { public_key, trusted_root: args.trusted_root },
-        (None, Some(identity), Some(issuer)) => Trust::Keyless { identity, issuer, trusted_root: args.trusted_root },
+    let trust = match (
+        args.key,
+        args.certificate_identity,
+        args.certificate_oidc_issuer,
+    ) {
+        (Some(public_key), _, _) => Trust::Key {
+            public_key,
+            trusted_root: args.trusted_root,
+        },
+        (None, Some(identity), Some(issuer)) => Trust::Keyless {
+            identity,
+            issuer,
+            trusted_root: args.trusted_root,
+        },
         _ => unreachable!("clap requires --key or the identity pair"),
     };
-    let request = Request { log: args.log, material, trust };
+    let request = Request {
+        log: args.log,
+        material,
+        trust,
+    };
     let result = tokio::task::spawn_blocking(move || verify::verify(&request)).await;
     match result {
         Ok(Ok(verified)) => {
@@ -54,7 +69,10 @@ pub async fn execute(args: VerifyArgs) -> u8 {
         }
         Ok(Err(e)) if e.is_input_error() => super::fail(exit::DATA, &e),
         Ok(Err(e)) => {
-            eprintln!("ciwatch: verification FAILED: {}", crate::bpf::loader::chain(&e));
+            eprintln!(
+                "ciwatch: verification FAILED: {}",
+                crate::bpf::loader::chain(&e)
+            );
             exit::VERIFY_FAILED
         }
         Err(e) => {

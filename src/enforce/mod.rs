@@ -10,8 +10,9 @@ pub mod plan;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 
-
-use crate::bpf::abi::{AllowEntry, AllowVal, HostKey, ALLOW_ENTRIES, PROTO_TCP, PROTO_UDP, SCOPE_ALL};
+use crate::bpf::abi::{
+    AllowEntry, AllowVal, HostKey, ALLOW_ENTRIES, PROTO_TCP, PROTO_UDP, SCOPE_ALL,
+};
 use crate::bpf::loader::AllowMaps;
 use crate::policy::{CompiledPolicy, NamePattern, Proto, StepMatch, StepPattern, StepScope};
 
@@ -35,7 +36,9 @@ pub struct Scopes {
 
 impl Scopes {
     fn bit(&mut self, scope: &StepScope) -> Result<u32, EnforceError> {
-        let StepScope::Only(patterns) = scope else { return Ok(SCOPE_ALL) };
+        let StepScope::Only(patterns) = scope else {
+            return Ok(SCOPE_ALL);
+        };
         let index = match self.groups.iter().position(|g| g == patterns) {
             Some(i) => i,
             None => {
@@ -73,7 +76,11 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
     let mut suffixes: BTreeMap<String, Vec<AllowEntry>> = BTreeMap::new();
     for rule in &policy.ip_rules {
         let entry = entry(rule.port, rule.protocol, scopes.bit(&rule.steps)?);
-        add(&mut nets, net_key(rule.net.addr(), rule.net.prefix()), entry);
+        add(
+            &mut nets,
+            net_key(rule.net.addr(), rule.net.prefix()),
+            entry,
+        );
     }
     for rule in &policy.name_rules {
         let entry = entry(rule.port, rule.protocol, scopes.bit(&rule.steps)?);
@@ -93,7 +100,12 @@ fn entry(port: Option<u16>, proto: Option<Proto>, scope: u32) -> AllowEntry {
         Some(Proto::Tcp) => PROTO_TCP,
         Some(Proto::Udp) => PROTO_UDP,
     };
-    AllowEntry { port: port.unwrap_or(0), proto, _pad: 0, scope }
+    AllowEntry {
+        port: port.unwrap_or(0),
+        proto,
+        _pad: 0,
+        scope,
+    }
 }
 
 fn host(name: &str) -> Result<String, EnforceError> {
@@ -157,9 +169,14 @@ fn with_covering(nets: &BTreeMap<NetKey, Vec<AllowEntry>>) -> BTreeMap<NetKey, V
 
 fn value(dest: &str, entries: &[AllowEntry]) -> Result<AllowVal, EnforceError> {
     if entries.len() > ALLOW_ENTRIES {
-        return Err(EnforceError::TooManyVariants { dest: dest.to_string() });
+        return Err(EnforceError::TooManyVariants {
+            dest: dest.to_string(),
+        });
     }
-    let mut v = AllowVal { count: entries.len() as u32, ..AllowVal::default() };
+    let mut v = AllowVal {
+        count: entries.len() as u32,
+        ..AllowVal::default()
+    };
     v.entries[..entries.len()].copy_from_slice(entries);
     Ok(v)
 }
@@ -170,69 +187,128 @@ fn load(
     names: &BTreeMap<String, Vec<AllowEntry>>,
     suffixes: &BTreeMap<String, Vec<AllowEntry>>,
 ) -> Result<(), EnforceError> {
-    let err = |map| move |e: aya::maps::MapError| EnforceError::Map { map, reason: crate::bpf::loader::chain(&e) };
+    let err = |map| {
+        move |e: aya::maps::MapError| EnforceError::Map {
+            map,
+            reason: crate::bpf::loader::chain(&e),
+        }
+    };
     for ((bits, addr), entries) in nets {
         let dest = format!("{}/{}", Ipv6Addr::from(*addr), bits);
         let key = aya::maps::lpm_trie::Key::new(*bits, *addr);
-        maps.nets.insert(&key, value(&dest, entries)?, 0).map_err(err("allow_nets"))?;
+        maps.nets
+            .insert(&key, value(&dest, entries)?, 0)
+            .map_err(err("allow_nets"))?;
     }
     for (name, entries) in names {
         let key = HostKey::new(name).ok_or_else(|| EnforceError::NameTooLong(name.clone()))?;
-        maps.names.insert(key, value(name, entries)?, 0).map_err(err("allow_names"))?;
+        maps.names
+            .insert(key, value(name, entries)?, 0)
+            .map_err(err("allow_names"))?;
     }
     for (name, entries) in suffixes {
         let key = HostKey::new(name).ok_or_else(|| EnforceError::NameTooLong(name.clone()))?;
-        maps.suffixes.insert(key, value(&format!("*.{name}"), entries)?, 0).map_err(err("allow_suffixes"))?;
+        maps.suffixes
+            .insert(key, value(&format!("*.{name}"), entries)?, 0)
+            .map_err(err("allow_suffixes"))?;
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn entry(port: u16, scope: u32) -> AllowEntry {
-        AllowEntry { port, proto: 0, _pad: 0, scope }
+        AllowEntry {
+            port,
+            proto: 0,
+            _pad: 0,
+            scope,
+        }
     }
 
     #[test]
     fn ipv4_is_keyed_as_ipv4_mapped_and_masked() {
         let (bits, addr) = net_key("10.1.2.3".parse().unwrap(), 8);
         assert_eq!(bits, 104);
-        assert_eq!(Ipv6Addr::from(addr), "::ffff:10.0.0.0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            Ipv6Addr::from(addr),
+            "::ffff:10.0.0.0".parse::<Ipv6Addr>().unwrap()
+        );
         let (bits, addr) = net_key("2001:db8::1".parse().unwrap(), 32);
-        assert_eq!((bits, Ipv6Addr::from(addr)), (32, "2001:db8::".parse().unwrap()));
+        assert_eq!(
+            (bits, Ipv6Addr::from(addr)),
+            (32, "2001:db8::".parse().unwrap())
+        );
     }
 
     #[test]
     fn a_network_inherits_what_covering_networks_allow() {
         let mut nets = BTreeMap::new();
-        add(&mut nets, net_key("10.0.0.0".parse().unwrap(), 8), entry(0, SCOPE_ALL));
-        add(&mut nets, net_key("10.1.2.3".parse().unwrap(), 32), entry(443, 1));
+        add(
+            &mut nets,
+            net_key("10.0.0.0".parse().unwrap(), 8),
+            entry(0, SCOPE_ALL),
+        );
+        add(
+            &mut nets,
+            net_key("10.1.2.3".parse().unwrap(), 32),
+            entry(443, 1),
+        );
         let merged = with_covering(&nets);
         let host = &merged[&net_key("10.1.2.3".parse().unwrap(), 32)];
         assert!(host.contains(&entry(443, 1)) && host.contains(&entry(0, SCOPE_ALL)));
-        assert_eq!(merged[&net_key("10.0.0.0".parse().unwrap(), 8)], vec![entry(0, SCOPE_ALL)]);
+        assert_eq!(
+            merged[&net_key("10.0.0.0".parse().unwrap(), 8)],
+            vec![entry(0, SCOPE_ALL)]
+        );
     }
 
     #[test]
     fn step_scopes_match_ids_names_and_globs() {
-        let only = |p: &[&str]| StepScope::Only(p.iter().map(|s| StepPattern(s.to_string())).collect());
+        let only =
+            |p: &[&str]| StepScope::Only(p.iter().map(|s| StepPattern(s.to_string())).collect());
         let mut scopes = Scopes::default();
         let build = scopes.bit(&only(&["Build"])).unwrap();
         let deploy = scopes.bit(&only(&["deploy-*", "publish"])).unwrap();
         assert_eq!(scopes.bit(&StepScope::Any).unwrap(), SCOPE_ALL);
-        assert_eq!(scopes.groups_of(&StepMatch { id: "g1", name: Some("Build") }), build);
-        assert_eq!(scopes.groups_of(&StepMatch { id: "g2", name: Some("deploy-prod") }), deploy);
-        assert_eq!(scopes.groups_of(&StepMatch { id: "publish", name: Some("Test") }), deploy);
-        assert_eq!(scopes.groups_of(&StepMatch { id: "g4", name: Some("Test") }), 0);
+        assert_eq!(
+            scopes.groups_of(&StepMatch {
+                id: "g1",
+                name: Some("Build")
+            }),
+            build
+        );
+        assert_eq!(
+            scopes.groups_of(&StepMatch {
+                id: "g2",
+                name: Some("deploy-prod")
+            }),
+            deploy
+        );
+        assert_eq!(
+            scopes.groups_of(&StepMatch {
+                id: "publish",
+                name: Some("Test")
+            }),
+            deploy
+        );
+        assert_eq!(
+            scopes.groups_of(&StepMatch {
+                id: "g4",
+                name: Some("Test")
+            }),
+            0
+        );
     }
 
     #[test]
     fn too_many_variants_for_one_destination_is_an_error() {
         let entries: Vec<AllowEntry> = (1..=9).map(|p| entry(p, SCOPE_ALL)).collect();
-        assert!(matches!(value("x", &entries), Err(EnforceError::TooManyVariants { .. })));
+        assert!(matches!(
+            value("x", &entries),
+            Err(EnforceError::TooManyVariants { .. })
+        ));
     }
 }
-

@@ -62,9 +62,14 @@ impl Plan {
 
 pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
     let loaded = load(args);
-    let file_mode = loaded.as_ref().ok().and_then(|p| p.as_ref().map(|p| p.mode));
+    let file_mode = loaded
+        .as_ref()
+        .ok()
+        .and_then(|p| p.as_ref().map(|p| p.mode));
     let requested = args.mode.or(file_mode).unwrap_or(config_mode);
-    let on_error = args.on_policy_error.unwrap_or_else(|| file_on_error(args, &loaded));
+    let on_error = args
+        .on_policy_error
+        .unwrap_or_else(|| file_on_error(args, &loaded));
     let checked = loaded.and_then(|policy| match policy {
         Some(p) => {
             if requested == Mode::Enforce {
@@ -85,7 +90,13 @@ pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
         }),
         Err(e) if requested == Mode::Enforce && on_error == OnPolicyError::Observe => {
             tracing::warn!("policy unusable, recording only (on-policy-error: observe): {e}");
-            Ok(Plan { mode: Mode::Observe, requested, fallback: Some(e.to_string()), compiled: None, policy: None })
+            Ok(Plan {
+                mode: Mode::Observe,
+                requested,
+                fallback: Some(e.to_string()),
+                compiled: None,
+                policy: None,
+            })
         }
         Err(e) => Err(e),
     }
@@ -107,7 +118,10 @@ fn load(args: &ModeArgs) -> Result<Option<Policy>, PlanError> {
         None => Policy::from_endpoints(args.mode.unwrap_or(Mode::Enforce), &args.allow)?,
     };
     if args.no_default_allow {
-        policy.defaults = Defaults { loopback: false, resolver: false };
+        policy.defaults = Defaults {
+            loopback: false,
+            resolver: false,
+        };
     }
     Ok(Some(policy))
 }
@@ -116,13 +130,20 @@ fn load(args: &ModeArgs) -> Result<Option<Policy>, PlanError> {
 fn file_on_error(args: &ModeArgs, loaded: &Result<Option<Policy>, PlanError>) -> OnPolicyError {
     match (loaded, &args.policy) {
         (Ok(Some(p)), _) => p.on_policy_error,
-        (Err(_), Some(path)) => std::fs::read(path).map(|b| policy::on_policy_error_hint(&b)).unwrap_or_default(),
+        (Err(_), Some(path)) => std::fs::read(path)
+            .map(|b| policy::on_policy_error_hint(&b))
+            .unwrap_or_default(),
         _ => OnPolicyError::Fail,
     }
 }
 
 fn policy_ref(p: &Policy) -> PolicyRef {
-    PolicyRef { source: p.source.clone(), version: p.version, sha256: p.digest.clone(), rules: p.rules.len() }
+    PolicyRef {
+        source: p.source.clone(),
+        version: p.version,
+        sha256: p.digest.clone(),
+        rules: p.rules.len(),
+    }
 }
 
 #[cfg(test)]
@@ -130,13 +151,25 @@ mod tests {
     use super::*;
 
     fn args(mode: Mode, allow: &[&str], on_error: Option<OnPolicyError>) -> ModeArgs {
-        ModeArgs { mode: Some(mode), allow: allow.iter().map(|s| s.to_string()).collect(), on_policy_error: on_error, ..Default::default() }
+        ModeArgs {
+            mode: Some(mode),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            on_policy_error: on_error,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn an_empty_allowlist_fails_closed_unless_observe_is_asked_for() {
-        assert!(matches!(plan(&args(Mode::Enforce, &[], None), Mode::Observe), Err(PlanError::Empty)));
-        let p = plan(&args(Mode::Enforce, &[], Some(OnPolicyError::Observe)), Mode::Observe).unwrap();
+        assert!(matches!(
+            plan(&args(Mode::Enforce, &[], None), Mode::Observe),
+            Err(PlanError::Empty)
+        ));
+        let p = plan(
+            &args(Mode::Enforce, &[], Some(OnPolicyError::Observe)),
+            Mode::Observe,
+        )
+        .unwrap();
         assert_eq!((p.mode, p.requested), (Mode::Observe, Mode::Enforce));
         assert!(p.fallback.unwrap().contains("empty allowlist"));
     }

@@ -38,7 +38,10 @@ impl Glob {
                 literal => parts.push(Part::Component(literal.as_bytes().to_vec())),
             }
         }
-        Ok(Self { source: pattern.to_string(), parts })
+        Ok(Self {
+            source: pattern.to_string(),
+            parts,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -65,7 +68,10 @@ impl Glob {
 
     /// Matches an absolute, normalised path.
     pub fn matches(&self, path: &[u8]) -> bool {
-        let components: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let components: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         match_parts(&self.parts, &components)
     }
 }
@@ -73,9 +79,13 @@ impl Glob {
 fn match_parts(parts: &[Part], path: &[&[u8]]) -> bool {
     match parts.split_first() {
         None => path.is_empty(),
-        Some((Part::AnyDepth, rest)) => (0..=path.len()).any(|skip| match_parts(rest, &path[skip..])),
+        Some((Part::AnyDepth, rest)) => {
+            (0..=path.len()).any(|skip| match_parts(rest, &path[skip..]))
+        }
         Some((Part::Component(pattern), rest)) => {
-            path.split_first().is_some_and(|(first, tail)| match_component(pattern, first) && match_parts(rest, tail))
+            path.split_first().is_some_and(|(first, tail)| {
+                match_component(pattern, first) && match_parts(rest, tail)
+            })
         }
     }
 }
@@ -139,13 +149,22 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected() {
-        assert!(matches!(Glob::new("relative/x"), Err(GlobError::NotAbsolute(_))));
-        assert!(matches!(Glob::new("/a//b"), Err(GlobError::EmptyComponent(_))));
+        assert!(matches!(
+            Glob::new("relative/x"),
+            Err(GlobError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            Glob::new("/a//b"),
+            Err(GlobError::EmptyComponent(_))
+        ));
     }
 
     #[test]
     fn normalisation_is_lexical() {
-        assert_eq!(normalize(b"/home/u/../u/./.ssh//id_rsa"), b"/home/u/.ssh/id_rsa");
+        assert_eq!(
+            normalize(b"/home/u/../u/./.ssh//id_rsa"),
+            b"/home/u/.ssh/id_rsa"
+        );
         assert_eq!(normalize(b"/.."), b"/");
     }
 }

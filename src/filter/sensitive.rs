@@ -82,7 +82,10 @@ impl SensitivePaths {
                 Ok((glob, key))
             })
             .collect::<Result<_, RuleError>>()?;
-        let ignore = ignore.iter().map(|p| Glob::new(p)).collect::<Result<_, _>>()?;
+        let ignore = ignore
+            .iter()
+            .map(|p| Glob::new(p))
+            .collect::<Result<_, _>>()?;
         Ok(Self { rules, ignore })
     }
 
@@ -91,7 +94,10 @@ impl SensitivePaths {
     }
 
     pub fn patterns(&self) -> Vec<String> {
-        self.rules.iter().map(|(g, _)| g.as_str().to_string()).collect()
+        self.rules
+            .iter()
+            .map(|(g, _)| g.as_str().to_string())
+            .collect()
     }
 
     pub fn ignore_patterns(&self) -> Vec<String> {
@@ -116,9 +122,12 @@ impl SensitivePaths {
 
 /// Dot-directories are specific enough to filter on; otherwise the file name is.
 fn kernel_key(glob: &Glob) -> Result<KernelKey, RuleError> {
-    let key = |c: &[u8]| NameKey::new(c).ok_or_else(|| RuleError::KeyTooLong(glob.as_str().to_string()));
+    let key =
+        |c: &[u8]| NameKey::new(c).ok_or_else(|| RuleError::KeyTooLong(glob.as_str().to_string()));
     match (glob.literal_parent(), glob.literal_basename()) {
-        (Some(dir), _) if dir.starts_with(b".") && dir.len() > 1 => Ok(KernelKey::ParentDir(key(dir)?)),
+        (Some(dir), _) if dir.starts_with(b".") && dir.len() > 1 => {
+            Ok(KernelKey::ParentDir(key(dir)?))
+        }
         (_, Some(base)) => Ok(KernelKey::Basename(key(base)?)),
         (Some(dir), None) => Ok(KernelKey::ParentDir(key(dir)?)),
         (None, None) => Err(RuleError::TooBroad(glob.as_str().to_string())),
@@ -155,10 +164,19 @@ mod tests {
     #[test]
     fn classifies_paths() {
         let s = defaults();
-        assert_eq!(s.classify(b"/root/.ssh/id_rsa", 1), Verdict::Sensitive("**/.ssh/id_*".into()));
+        assert_eq!(
+            s.classify(b"/root/.ssh/id_rsa", 1),
+            Verdict::Sensitive("**/.ssh/id_*".into())
+        );
         assert_eq!(s.classify(b"/root/.ssh/id_rsa.pub", 1), Verdict::Ignored);
-        assert_eq!(s.classify(b"/root/.ssh/known_hosts", 1), Verdict::NotSensitive);
-        assert_eq!(s.classify(b"/etc/shadow", 1), Verdict::Sensitive("/etc/shadow".into()));
+        assert_eq!(
+            s.classify(b"/root/.ssh/known_hosts", 1),
+            Verdict::NotSensitive
+        );
+        assert_eq!(
+            s.classify(b"/etc/shadow", 1),
+            Verdict::Sensitive("/etc/shadow".into())
+        );
         assert_eq!(s.classify(b"/etc/passwd", 1), Verdict::NotSensitive);
     }
 
@@ -167,13 +185,22 @@ mod tests {
         let s = defaults();
         assert_eq!(s.classify(b"/proc/self/environ", 42), Verdict::NotSensitive);
         assert_eq!(s.classify(b"/proc/42/environ", 42), Verdict::NotSensitive);
-        assert_eq!(s.classify(b"/proc/41/mem", 42), Verdict::Sensitive("/proc/*/mem".into()));
+        assert_eq!(
+            s.classify(b"/proc/41/mem", 42),
+            Verdict::Sensitive("/proc/*/mem".into())
+        );
     }
 
     #[test]
     fn too_broad_and_too_long_patterns_are_errors() {
-        assert!(matches!(SensitivePaths::new(&["/**/*".into()], &[]), Err(RuleError::TooBroad(_))));
+        assert!(matches!(
+            SensitivePaths::new(&["/**/*".into()], &[]),
+            Err(RuleError::TooBroad(_))
+        ));
         let long = format!("/x/{}", "a".repeat(40));
-        assert!(matches!(SensitivePaths::new(&[long], &[]), Err(RuleError::KeyTooLong(_))));
+        assert!(matches!(
+            SensitivePaths::new(&[long], &[]),
+            Err(RuleError::KeyTooLong(_))
+        ));
     }
 }

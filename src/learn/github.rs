@@ -38,17 +38,31 @@ pub enum GithubError {
     #[error("cannot build the GitHub client: {0}")]
     Client(#[source] octocrab::Error),
     #[error("GET {url}: {source}")]
-    Request { url: String, source: octocrab::Error },
+    Request {
+        url: String,
+        source: octocrab::Error,
+    },
     #[error("GET {url}: reading the response failed: {message}")]
     Body { url: String, message: String },
     #[error("GET {url}: HTTP {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("GET {url}: rate limited; the API asks to wait {wait_secs} s, over --max-wait ({max_secs} s)")]
-    RateLimited { url: String, wait_secs: u64, max_secs: u64 },
+    RateLimited {
+        url: String,
+        wait_secs: u64,
+        max_secs: u64,
+    },
     #[error("GET {url}: still rate limited after {MAX_RETRIES} waits")]
     RetriesExhausted { url: String },
     #[error("GET {url}: unexpected response: {source}")]
-    Json { url: String, source: serde_json::Error },
+    Json {
+        url: String,
+        source: serde_json::Error,
+    },
     #[error("GET {url}: redirect without a usable Location")]
     Redirect { url: String },
     #[error(transparent)]
@@ -81,7 +95,17 @@ impl GithubSource {
     /// with `" : < > | * ? \ /` in the job replaced by `-` (action/src/artifact.ts).
     pub fn artifact_glob(&self) -> String {
         self.artifact.clone().unwrap_or_else(|| {
-            let job: String = self.job.chars().map(|c| if "\":<>|*?\\/\r\n".contains(c) { '-' } else { c }).collect();
+            let job: String = self
+                .job
+                .chars()
+                .map(|c| {
+                    if "\":<>|*?\\/\r\n".contains(c) {
+                        '-'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             format!("ciwatch-{job}-*")
         })
     }
@@ -127,7 +151,11 @@ struct Api<'a> {
 /// listed in `skipped`).
 pub async fn fetch(src: &GithubSource, progress: &ProgressBar) -> Result<Collected, GithubError> {
     let crab = client(&src.api_url, src.token.as_deref())?;
-    let api = Api { crab, src, progress };
+    let api = Api {
+        crab,
+        src,
+        progress,
+    };
     let glob = src.artifact_glob();
     let mut out = Collected::default();
     let mut runs_with_traces = 0usize;
@@ -137,8 +165,15 @@ pub async fn fetch(src: &GithubSource, progress: &ProgressBar) -> Result<Collect
     while let (Some(url), true) = (next.take(), runs_with_traces < src.runs) {
         pages += 1;
         let (headers, body) = api.get(&url, MAX_PAGE_BYTES).await?;
-        let page: RunsPage = serde_json::from_slice(&body).map_err(|source| GithubError::Json { url: url.clone(), source })?;
-        for run in page.workflow_runs.iter().filter(|r| r.conclusion.as_deref().is_none_or(|c| c == "success")) {
+        let page: RunsPage = serde_json::from_slice(&body).map_err(|source| GithubError::Json {
+            url: url.clone(),
+            source,
+        })?;
+        for run in page
+            .workflow_runs
+            .iter()
+            .filter(|r| r.conclusion.as_deref().is_none_or(|c| c == "success"))
+        {
             if runs_with_traces >= src.runs {
                 break;
             }
@@ -149,7 +184,10 @@ pub async fn fetch(src: &GithubSource, progress: &ProgressBar) -> Result<Collect
                 runs_with_traces += 1;
                 progress.inc(1);
             } else {
-                out.skipped.push(format!("run #{} ({}): no artifact matching {glob:?} with a sealed log", run.run_number, run.id));
+                out.skipped.push(format!(
+                    "run #{} ({}): no artifact matching {glob:?} with a sealed log",
+                    run.run_number, run.id
+                ));
             }
         }
         if pages < MAX_PAGES {
@@ -180,16 +218,26 @@ fn enc(s: &str) -> String {
 }
 
 fn client(api_url: &str, token: Option<&str>) -> Result<octocrab::Octocrab, GithubError> {
-    let bad = |message: String| GithubError::ApiUrl { url: api_url.into(), message };
-    let uri: http::Uri = api_url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let bad = |message: String| GithubError::ApiUrl {
+        url: api_url.into(),
+        message,
+    };
+    let uri: http::Uri = api_url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
     if uri.scheme().is_none() || uri.authority().is_none() {
-        return Err(bad("it needs a scheme and a host, as in https://api.github.com".into()));
+        return Err(bad(
+            "it needs a scheme and a host, as in https://api.github.com".into(),
+        ));
     }
     let mut builder = octocrab::Octocrab::builder()
         .base_uri(uri)
         .map_err(GithubError::Client)?
         .add_header(http::header::ACCEPT, "application/vnd.github+json".into())
-        .add_header(http::HeaderName::from_static("x-github-api-version"), "2022-11-28".into())
+        .add_header(
+            http::HeaderName::from_static("x-github-api-version"),
+            "2022-11-28".into(),
+        )
         .set_connect_timeout(Some(Duration::from_secs(15)))
         .set_read_timeout(Some(Duration::from_secs(120)));
     if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
@@ -203,7 +251,12 @@ fn client(api_url: &str, token: Option<&str>) -> Result<octocrab::Octocrab, Gith
 }
 
 impl Api<'_> {
-    async fn fetch_run(&self, run: &Run, glob: &str, out: &mut Collected) -> Result<(), GithubError> {
+    async fn fetch_run(
+        &self,
+        run: &Run,
+        glob: &str,
+        out: &mut Collected,
+    ) -> Result<(), GithubError> {
         let mut next = Some(format!(
             "/repos/{}/{}/actions/runs/{}/artifacts?per_page=100",
             enc(&self.src.owner),
@@ -213,10 +266,20 @@ impl Api<'_> {
         while let Some(url) = next.take() {
             let (headers, body) = self.get(&url, MAX_PAGE_BYTES).await?;
             let page: ArtifactsPage =
-                serde_json::from_slice(&body).map_err(|source| GithubError::Json { url: url.clone(), source })?;
-            for a in page.artifacts.iter().filter(|a| crate::policy::model::glob(glob, &a.name)) {
+                serde_json::from_slice(&body).map_err(|source| GithubError::Json {
+                    url: url.clone(),
+                    source,
+                })?;
+            for a in page
+                .artifacts
+                .iter()
+                .filter(|a| crate::policy::model::glob(glob, &a.name))
+            {
                 if a.expired {
-                    out.skipped.push(format!("artifact {} of run #{}: expired", a.name, run.run_number));
+                    out.skipped.push(format!(
+                        "artifact {} of run #{}: expired",
+                        a.name, run.run_number
+                    ));
                     continue;
                 }
                 let zip = self.download(a.id).await?;
@@ -231,19 +294,32 @@ impl Api<'_> {
     /// The zip behind `/artifacts/{id}/zip`: GitHub answers with a redirect to
     /// short-lived blob storage, fetched without the token (the URL is signed).
     async fn download(&self, id: u64) -> Result<Bytes, GithubError> {
-        let url = format!("/repos/{}/{}/actions/artifacts/{id}/zip", enc(&self.src.owner), enc(&self.src.repo));
+        let url = format!(
+            "/repos/{}/{}/actions/artifacts/{id}/zip",
+            enc(&self.src.owner),
+            enc(&self.src.repo)
+        );
         match self.request(&self.crab, &url, MAX_ARTIFACT_BYTES).await? {
             Reply::Body(_, body) => Ok(body),
             Reply::Redirect(location) => {
-                let target: http::Uri = location.parse().map_err(|_| GithubError::Redirect { url: url.clone() })?;
-                let (Some(scheme), Some(authority)) = (target.scheme_str(), target.authority()) else {
+                let target: http::Uri = location
+                    .parse()
+                    .map_err(|_| GithubError::Redirect { url: url.clone() })?;
+                let (Some(scheme), Some(authority)) = (target.scheme_str(), target.authority())
+                else {
                     // A relative Location stays on the API host.
-                    return self.get(&location, MAX_ARTIFACT_BYTES).await.map(|(_, b)| b);
+                    return self
+                        .get(&location, MAX_ARTIFACT_BYTES)
+                        .await
+                        .map(|(_, b)| b);
                 };
                 // A client of its own for the blob host: no token, and no API
                 // base path glued in front of the blob's path.
                 let blob = client(&format!("{scheme}://{authority}"), None)?;
-                let path = target.path_and_query().map_or("/", |p| p.as_str()).to_string();
+                let path = target
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
                 match self.request(&blob, &path, MAX_ARTIFACT_BYTES).await? {
                     Reply::Body(_, body) => Ok(body),
                     Reply::Redirect(_) => Err(GithubError::Redirect { url: location }),
@@ -261,25 +337,47 @@ impl Api<'_> {
 
     /// One GET, waiting out rate limits (403/429 with `retry-after`, or with
     /// `x-ratelimit-remaining: 0` and `x-ratelimit-reset`).
-    async fn request(&self, crab: &octocrab::Octocrab, url: &str, limit: usize) -> Result<Reply, GithubError> {
+    async fn request(
+        &self,
+        crab: &octocrab::Octocrab,
+        url: &str,
+        limit: usize,
+    ) -> Result<Reply, GithubError> {
         for _ in 0..=MAX_RETRIES {
-            let resp = crab._get(url).await.map_err(|source| GithubError::Request { url: url.into(), source })?;
+            let resp = crab
+                ._get(url)
+                .await
+                .map_err(|source| GithubError::Request {
+                    url: url.into(),
+                    source,
+                })?;
             let status = resp.status();
             let headers = resp.headers().clone();
             if status.is_redirection() {
-                let location = headers.get(http::header::LOCATION).and_then(|v| v.to_str().ok());
-                return location.map(|l| Reply::Redirect(l.to_string())).ok_or(GithubError::Redirect { url: url.into() });
+                let location = headers
+                    .get(http::header::LOCATION)
+                    .and_then(|v| v.to_str().ok());
+                return location
+                    .map(|l| Reply::Redirect(l.to_string()))
+                    .ok_or(GithubError::Redirect { url: url.into() });
             }
             let body = Limited::new(resp.into_body(), limit)
                 .collect()
                 .await
-                .map_err(|e| GithubError::Body { url: url.into(), message: e.to_string() })?
+                .map_err(|e| GithubError::Body {
+                    url: url.into(),
+                    message: e.to_string(),
+                })?
                 .to_bytes();
             if status.is_success() {
                 return Ok(Reply::Body(headers, body));
             }
             let Some(wait) = rate_limit_wait(status, &headers, SystemTime::now()) else {
-                return Err(GithubError::Status { url: url.into(), status: status.as_u16(), message: api_message(&body) });
+                return Err(GithubError::Status {
+                    url: url.into(),
+                    status: status.as_u16(),
+                    message: api_message(&body),
+                });
             };
             if wait > self.src.max_wait {
                 return Err(GithubError::RateLimited {
@@ -288,8 +386,13 @@ impl Api<'_> {
                     max_secs: self.src.max_wait.as_secs(),
                 });
             }
-            self.progress.set_message(format!("rate limited: waiting {} s", wait.as_secs()));
-            tracing::warn!(url, wait_secs = wait.as_secs(), "GitHub API rate limit; waiting");
+            self.progress
+                .set_message(format!("rate limited: waiting {} s", wait.as_secs()));
+            tracing::warn!(
+                url,
+                wait_secs = wait.as_secs(),
+                "GitHub API rate limit; waiting"
+            );
             tokio::time::sleep(wait).await;
         }
         Err(GithubError::RetriesExhausted { url: url.into() })
@@ -303,11 +406,20 @@ enum Reply {
 
 /// How long a rate-limited response asks to wait, or `None` when the
 /// response is not a rate limit (a 403 for a missing permission is final).
-pub fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+pub fn rate_limit_wait(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
     if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(secs) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_secs(secs));
     }
@@ -330,7 +442,12 @@ pub fn next_link(headers: &HeaderMap) -> Option<String> {
             let p = p.trim();
             p == "rel=\"next\"" || p == "rel=next"
         });
-        is_next.then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+        is_next.then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
     })
 }
 
@@ -349,7 +466,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -358,14 +478,38 @@ mod tests {
     fn rate_limit_waits() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         let f = StatusCode::FORBIDDEN;
-        assert_eq!(rate_limit_wait(f, &headers(&[("retry-after", "7")]), now), Some(Duration::from_secs(7)));
         assert_eq!(
-            rate_limit_wait(f, &headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1030")]), now),
+            rate_limit_wait(f, &headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            rate_limit_wait(
+                f,
+                &headers(&[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1030")
+                ]),
+                now
+            ),
             Some(Duration::from_secs(31))
         );
-        assert_eq!(rate_limit_wait(f, &headers(&[("x-ratelimit-remaining", "12")]), now), None, "a permission 403");
-        assert_eq!(rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), now), Some(Duration::from_secs(60)));
-        assert_eq!(rate_limit_wait(StatusCode::NOT_FOUND, &headers(&[("retry-after", "1")]), now), None);
+        assert_eq!(
+            rate_limit_wait(f, &headers(&[("x-ratelimit-remaining", "12")]), now),
+            None,
+            "a permission 403"
+        );
+        assert_eq!(
+            rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            rate_limit_wait(
+                StatusCode::NOT_FOUND,
+                &headers(&[("retry-after", "1")]),
+                now
+            ),
+            None
+        );
     }
 
     #[test]
@@ -375,8 +519,14 @@ mod tests {
             "<https://api.github.com/repositories/1/actions/runs?page=1>; rel=\"prev\", \
              <https://api.github.com/repositories/1/actions/runs?page=3>; rel=\"next\", <https://x/last>; rel=\"last\"",
         )]);
-        assert_eq!(next_link(&h).as_deref(), Some("https://api.github.com/repositories/1/actions/runs?page=3"));
-        assert_eq!(next_link(&headers(&[("link", "<https://x/1>; rel=\"prev\"")])), None);
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/repositories/1/actions/runs?page=3")
+        );
+        assert_eq!(
+            next_link(&headers(&[("link", "<https://x/1>; rel=\"prev\"")])),
+            None
+        );
         assert_eq!(next_link(&HeaderMap::new()), None);
     }
 
@@ -396,8 +546,14 @@ mod tests {
         };
         let g = src.artifact_glob();
         assert_eq!(g, "ciwatch-build-test-*");
-        assert!(crate::policy::model::glob(&g, "ciwatch-build-test-1a2b3c4d"));
-        assert!(crate::policy::model::glob(&g, "ciwatch-build-test-1a2b3c4d-attempt2"));
+        assert!(crate::policy::model::glob(
+            &g,
+            "ciwatch-build-test-1a2b3c4d"
+        ));
+        assert!(crate::policy::model::glob(
+            &g,
+            "ciwatch-build-test-1a2b3c4d-attempt2"
+        ));
         assert!(!crate::policy::model::glob(&g, "ciwatch-lint-1a2b3c4d"));
     }
 }

@@ -6,4 +6,6 @@ pub mod github;
 pub mod propose;
 pub mod source;
 
-pub use propose::{propose, LearnOptions, PolicyDelta, Proposal, DEFAULT_WILDCARD_MIN, MIN_TRUSTED_JOBS};
+pub use propose::{
+    propose, LearnOptions, PolicyDelta, Proposal, DEFAULT_WILDCARD_MIN, MIN_TRUSTED_JOBS,
+};

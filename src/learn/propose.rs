@@ -32,7 +32,10 @@ pub struct LearnOptions {
 
 impl Default for LearnOptions {
     fn default() -> Self {
-        Self { wildcard_min: DEFAULT_WILDCARD_MIN, per_step: false }
+        Self {
+            wildcard_min: DEFAULT_WILDCARD_MIN,
+            per_step: false,
+        }
     }
 }
 
@@ -95,7 +98,13 @@ impl Observation {
     }
 
     fn decision(&self, policy: &CompiledPolicy) -> Decision {
-        policy.allows(self.addr, self.port, Proto::parse(&self.protocol), &self.step.as_match(), &self.hosts)
+        policy.allows(
+            self.addr,
+            self.port,
+            Proto::parse(&self.protocol),
+            &self.step.as_match(),
+            &self.hosts,
+        )
     }
 }
 
@@ -131,7 +140,8 @@ impl Acc {
     fn add(&mut self, job: usize, c: &Connect) {
         self.jobs.insert(job);
         // true: the label is a step id because the step had no name.
-        self.steps.insert(c.step.label().to_string(), c.step.name.is_none());
+        self.steps
+            .insert(c.step.label().to_string(), c.step.name.is_none());
         self.connects += 1;
         if c.denied {
             self.denied_jobs.insert(job);
@@ -186,7 +196,10 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
     }
     let collapsed = collapse_wildcards(dests, opts.wildcard_min.max(2));
     let n = traces.len();
-    let mut entries: Vec<Entry> = collapsed.into_iter().map(|(target, port, proto, acc)| entry(target, port, proto, acc, n, opts)).collect();
+    let mut entries: Vec<Entry> = collapsed
+        .into_iter()
+        .map(|(target, port, proto, acc)| entry(target, port, proto, acc, n, opts))
+        .collect();
     mark_rotating_addresses(&mut entries);
     entries.sort_by_key(sort_key);
     let resolved_only = looked_up
@@ -202,7 +215,11 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
         per_step: opts.per_step,
         entries,
         resolved_only,
-        incomplete: traces.iter().filter(|t| !t.complete).map(|t| t.origin.clone()).collect(),
+        incomplete: traces
+            .iter()
+            .filter(|t| !t.complete)
+            .map(|t| t.origin.clone())
+            .collect(),
     }
 }
 
@@ -214,13 +231,19 @@ fn implicit(c: &Connect) -> bool {
 /// Names directly below one parent, on one port and protocol, become
 /// `*.parent` once there are K of them. The parent needs two labels, so
 /// `*.com` is never proposed.
-fn collapse_wildcards(dests: BTreeMap<Key, Acc>, k: usize) -> Vec<(Target, u16, Option<Proto>, Acc)> {
+fn collapse_wildcards(
+    dests: BTreeMap<Key, Acc>,
+    k: usize,
+) -> Vec<(Target, u16, Option<Proto>, Acc)> {
     let mut groups: BTreeMap<(String, u16, Option<Proto>), Vec<String>> = BTreeMap::new();
     for (dest, port, proto) in dests.keys() {
         if let Dest::Name(name) = dest {
             if let Some((_, parent)) = name.split_once('.') {
                 if parent.contains('.') {
-                    groups.entry((parent.to_string(), *port, *proto)).or_default().push(name.clone());
+                    groups
+                        .entry((parent.to_string(), *port, *proto))
+                        .or_default()
+                        .push(name.clone());
                 }
             }
         }
@@ -230,7 +253,10 @@ fn collapse_wildcards(dests: BTreeMap<Key, Acc>, k: usize) -> Vec<(Target, u16, 
     for ((dest, port, proto), mut acc) in dests {
         match dest {
             Dest::Name(name) => {
-                let parent = name.split_once('.').map(|(_, p)| p.to_string()).unwrap_or_default();
+                let parent = name
+                    .split_once('.')
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_default();
                 let key = (parent, port, proto);
                 if groups.get(&key).is_some_and(|g| g.len() >= k) {
                     acc.names.insert(name);
@@ -248,13 +274,24 @@ fn collapse_wildcards(dests: BTreeMap<Key, Acc>, k: usize) -> Vec<(Target, u16, 
     out
 }
 
-fn entry(target: Target, port: u16, proto: Option<Proto>, acc: Acc, n: usize, opts: &LearnOptions) -> Entry {
+fn entry(
+    target: Target,
+    port: u16,
+    proto: Option<Proto>,
+    acc: Acc,
+    n: usize,
+    opts: &LearnOptions,
+) -> Entry {
     let kind = match target {
         Target::Host(_) => Kind::Name,
         Target::Wildcard(_) => Kind::Wildcard,
         Target::Net(_) => Kind::Address,
     };
-    let rule = Endpoint { target, port: Some(port), protocol: proto };
+    let rule = Endpoint {
+        target,
+        port: Some(port),
+        protocol: proto,
+    };
     let jobs = acc.jobs.len();
     let mut unstable = Vec::new();
     if jobs * 2 < n {
@@ -270,16 +307,26 @@ fn entry(target: Target, port: u16, proto: Option<Proto>, acc: Acc, n: usize, op
         ));
     }
     if kind == Kind::Address {
-        notes.push("no DNS answer named this address (a literal address, or a resolver libc does not see)".into());
+        notes.push(
+            "no DNS answer named this address (a literal address, or a resolver libc does not see)"
+                .into(),
+        );
     }
     if port == 53 && kind == Kind::Address {
-        notes.push("a DNS server: covered by defaults.resolver if it is the runner's nameserver".into());
+        notes.push(
+            "a DNS server: covered by defaults.resolver if it is the runner's nameserver".into(),
+        );
     }
     if !acc.denied_jobs.is_empty() {
-        notes.push(format!("denied by the enforced policy in {} job(s)", acc.denied_jobs.len()));
+        notes.push(format!(
+            "denied by the enforced policy in {} job(s)",
+            acc.denied_jobs.len()
+        ));
     }
     if opts.per_step && acc.steps.values().any(|&is_id| is_id) {
-        notes.push("a step without a name is scoped by its id, which may differ between runs".into());
+        notes.push(
+            "a step without a name is scoped by its id, which may differ between runs".into(),
+        );
     }
     Entry {
         endpoint: rule.to_string(),
@@ -305,8 +352,15 @@ fn mark_rotating_addresses(entries: &mut [Entry]) {
     // (port, protocol, steps) → the address entries that share them.
     type Group = (Option<u16>, Option<Proto>, Vec<String>);
     let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
-    for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.kind == Kind::Address) {
-        groups.entry((e.rule.port, e.rule.protocol, e.steps.clone())).or_default().push(i);
+    for (i, e) in entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == Kind::Address)
+    {
+        groups
+            .entry((e.rule.port, e.rule.protocol, e.steps.clone()))
+            .or_default()
+            .push(i);
     }
     for members in groups.values().filter(|m| m.len() > 1) {
         let of = members.first().map_or(0, |&i| entries[i].of);
@@ -314,10 +368,21 @@ fn mark_rotating_addresses(entries: &mut [Entry]) {
             // Several addresses, each in every job: a fixed set, not a rotation.
             continue;
         }
-        let all: Vec<String> = members.iter().map(|&i| entries[i].endpoint.clone()).collect();
-        let rotating: Vec<usize> = members.iter().copied().filter(|&i| entries[i].jobs < of).collect();
+        let all: Vec<String> = members
+            .iter()
+            .map(|&i| entries[i].endpoint.clone())
+            .collect();
+        let rotating: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| entries[i].jobs < of)
+            .collect();
         for i in rotating {
-            let others: Vec<&str> = all.iter().filter(|a| **a != entries[i].endpoint).map(String::as_str).collect();
+            let others: Vec<&str> = all
+                .iter()
+                .filter(|a| **a != entries[i].endpoint)
+                .map(String::as_str)
+                .collect();
             entries[i].unstable.push(format!(
                 "address changed between runs (same port and steps elsewhere: {}); prefer a host-name rule",
                 others.join(", ")
@@ -336,7 +401,13 @@ fn sort_key(e: &Entry) -> (u8, Vec<String>, Option<IpAddr>, Option<u16>, Option<
             }
             (0, labels, None, e.rule.port, e.rule.protocol)
         }
-        Target::Net(net) => (1, Vec::new(), Some(net.addr()), e.rule.port, e.rule.protocol),
+        Target::Net(net) => (
+            1,
+            Vec::new(),
+            Some(net.addr()),
+            e.rule.port,
+            e.rule.protocol,
+        ),
     }
 }
 
@@ -345,7 +416,11 @@ impl Entry {
     fn yaml(&self, out: &mut String) {
         let mut facts = vec![format!("{}/{} jobs", self.jobs, self.of)];
         facts.push(format!("steps: {}", self.steps.join(", ")));
-        facts.push(format!("{} connect{}", self.connects, if self.connects == 1 { "" } else { "s" }));
+        facts.push(format!(
+            "{} connect{}",
+            self.connects,
+            if self.connects == 1 { "" } else { "s" }
+        ));
         if !self.names.is_empty() {
             facts.push(format!("stands for {}", self.names.join(", ")));
         }
@@ -388,7 +463,12 @@ impl Proposal {
     /// The policy file, with coverage as comments.
     pub fn yaml(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# Proposed by `ciwatch learn` from {} job{}. Review it before enforcing.", self.jobs, plural(self.jobs));
+        let _ = writeln!(
+            out,
+            "# Proposed by `ciwatch learn` from {} job{}. Review it before enforcing.",
+            self.jobs,
+            plural(self.jobs)
+        );
         if !self.trusted {
             let _ = writeln!(
                 out,
@@ -405,10 +485,16 @@ impl Proposal {
             let _ = writeln!(out, "#   and {} more", self.traces.len() - 20);
         }
         for t in &self.incomplete {
-            let _ = writeln!(out, "# WARNING: {t} is incomplete (events were lost or a hook was missing)");
+            let _ = writeln!(
+                out,
+                "# WARNING: {t} is incomplete (events were lost or a hook was missing)"
+            );
         }
         let _ = writeln!(out, "# Each entry: the jobs it was seen in, its steps, connects and addresses. UNSTABLE marks entries");
-        let _ = writeln!(out, "# seen in under half of the jobs, or whose address changed between runs.");
+        let _ = writeln!(
+            out,
+            "# seen in under half of the jobs, or whose address changed between runs."
+        );
         let _ = writeln!(
             out,
             "# Names with {}+ subdomains on one port became `*.` wildcards. Loopback and the local resolver are",
@@ -419,7 +505,10 @@ impl Proposal {
         let _ = writeln!(out, "mode: enforce");
         let _ = writeln!(out, "on-policy-error: fail");
         if self.entries.is_empty() {
-            let _ = writeln!(out, "# No egress was seen: the jobs need no network beyond loopback and the resolver.");
+            let _ = writeln!(
+                out,
+                "# No egress was seen: the jobs need no network beyond loopback and the resolver."
+            );
             let _ = writeln!(out, "no-egress: true");
             let _ = writeln!(out, "allow: []");
         } else {
@@ -429,7 +518,10 @@ impl Proposal {
             }
         }
         if !self.resolved_only.is_empty() {
-            let _ = writeln!(out, "# Resolved but never connected to (needs a rule only with dns.refuse-unlisted):");
+            let _ = writeln!(
+                out,
+                "# Resolved but never connected to (needs a rule only with dns.refuse-unlisted):"
+            );
             for r in &self.resolved_only {
                 let _ = writeln!(out, "#   {r}");
             }
@@ -446,16 +538,22 @@ impl Proposal {
     /// Compares with an existing policy: rules added and removed, and whether
     /// the old policy already allowed what each added rule covers.
     pub fn diff_against(&self, old: &Policy, old_compiled: &CompiledPolicy) -> PolicyDelta {
-        let scope = |steps: &[String], scoped: bool| if scoped { steps.to_vec() } else { Vec::new() };
-        let proposed: BTreeSet<(String, Vec<String>)> =
-            self.entries.iter().map(|e| (e.endpoint.clone(), sorted(scope(&e.steps, e.step_scoped)))).collect();
+        let scope =
+            |steps: &[String], scoped: bool| if scoped { steps.to_vec() } else { Vec::new() };
+        let proposed: BTreeSet<(String, Vec<String>)> = self
+            .entries
+            .iter()
+            .map(|e| (e.endpoint.clone(), sorted(scope(&e.steps, e.step_scoped))))
+            .collect();
         let existing: BTreeMap<(String, Vec<String>), crate::policy::Origin> = old
             .rules
             .iter()
             .map(|r| {
                 let steps = match &r.steps {
                     crate::policy::StepScope::Any => Vec::new(),
-                    crate::policy::StepScope::Only(p) => sorted(p.iter().map(|s| s.0.clone()).collect()),
+                    crate::policy::StepScope::Only(p) => {
+                        sorted(p.iter().map(|s| s.0.clone()).collect())
+                    }
                 };
                 ((r.endpoint.to_string(), steps), r.origin)
             })
@@ -469,7 +567,9 @@ impl Proposal {
             for o in &e.observed {
                 match o.decision(old_compiled) {
                     Decision::Deny => missing += 1,
-                    Decision::Allow(Allowed::Ip { rule }) => used.extend(old_compiled.ip_rules.get(rule).map(|r| r.origin)),
+                    Decision::Allow(Allowed::Ip { rule }) => {
+                        used.extend(old_compiled.ip_rules.get(rule).map(|r| r.origin))
+                    }
                     Decision::Allow(Allowed::Name { rule, .. }) => {
                         used.extend(old_compiled.name_rules.get(rule).map(|r| r.origin));
                     }
@@ -489,9 +589,19 @@ impl Proposal {
         let removed = existing
             .iter()
             .filter(|(k, _)| !proposed.contains(*k))
-            .map(|(k, origin)| RemovedRule { rule: describe(k), origin: origin.to_string(), used: used.contains(origin) })
+            .map(|(k, origin)| RemovedRule {
+                rule: describe(k),
+                origin: origin.to_string(),
+                used: used.contains(origin),
+            })
             .collect();
-        PolicyDelta { old: old.source.clone(), old_digest: old.digest.clone(), added, removed, denied_destinations: denied_connects }
+        PolicyDelta {
+            old: old.source.clone(),
+            old_digest: old.digest.clone(),
+            added,
+            removed,
+            denied_destinations: denied_connects,
+        }
     }
 }
 
@@ -556,11 +666,26 @@ impl PolicyDelta {
         let _ = writeln!(out, "--- {} (sha256 {short}…)", self.old);
         let _ = writeln!(out, "+++ proposal");
         for a in &self.added {
-            let covered = if a.already_allowed { "; already allowed by the old policy" } else { "" };
-            let _ = writeln!(out, "+ {}    # {}/{} jobs; steps: {}{covered}", a.rule, a.jobs, a.of, a.steps.join(", "));
+            let covered = if a.already_allowed {
+                "; already allowed by the old policy"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "+ {}    # {}/{} jobs; steps: {}{covered}",
+                a.rule,
+                a.jobs,
+                a.of,
+                a.steps.join(", ")
+            );
         }
         for r in &self.removed {
-            let why = if r.used { "used; the proposal covers it with the rules above" } else { "not used by these jobs" };
+            let why = if r.used {
+                "used; the proposal covers it with the rules above"
+            } else {
+                "not used by these jobs"
+            };
             let _ = writeln!(out, "- {}    # {}; {why}", r.rule, r.origin);
         }
         if self.added.is_empty() && self.removed.is_empty() {

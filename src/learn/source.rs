@@ -15,11 +15,21 @@ const MAX_DEPTH: usize = 6;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{origin}: not a readable zip archive: {source}")]
-    Zip { origin: String, source: zip::result::ZipError },
+    Zip {
+        origin: String,
+        source: zip::result::ZipError,
+    },
     #[error("{origin}: {entry} is over {limit} bytes uncompressed")]
-    TooLarge { origin: String, entry: String, limit: u64 },
+    TooLarge {
+        origin: String,
+        entry: String,
+        limit: u64,
+    },
 }
 
 /// Traces read, and inputs passed over (with the reason).
@@ -33,7 +43,8 @@ impl Collected {
     /// Adds a trace unless the same log (same SHA-256) is already in.
     pub fn push(&mut self, trace: Trace) {
         if self.traces.iter().any(|t| t.sha256 == trace.sha256) {
-            self.skipped.push(format!("{}: the same log as another input", trace.origin));
+            self.skipped
+                .push(format!("{}: the same log as another input", trace.origin));
         } else {
             self.traces.push(trace);
         }
@@ -55,10 +66,15 @@ pub fn from_dir(dir: &Path) -> Result<Collected, SourceError> {
     for file in files {
         let name = file.display().to_string();
         if file.extension().is_some_and(|e| e == "zip") {
-            let bytes = std::fs::read(&file).map_err(|source| SourceError::Read { path: name.clone(), source })?;
+            let bytes = std::fs::read(&file).map_err(|source| SourceError::Read {
+                path: name.clone(),
+                source,
+            })?;
             from_zip(&bytes, &name, &mut out)?;
         } else if file.extension().is_some_and(|e| e == "partial") {
-            out.skipped.push(format!("{name}: not sealed (the agent was killed; `ciwatch finish` seals it)"));
+            out.skipped.push(format!(
+                "{name}: not sealed (the agent was killed; `ciwatch finish` seals it)"
+            ));
         } else {
             match trace::read_path(&file) {
                 Ok(t) => out.push(t),
@@ -70,7 +86,10 @@ pub fn from_dir(dir: &Path) -> Result<Collected, SourceError> {
 }
 
 fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
-    let read_err = |source| SourceError::Read { path: dir.display().to_string(), source };
+    let read_err = |source| SourceError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
         if path.is_dir() {
@@ -85,19 +104,27 @@ fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) -> Result<(), Source
 }
 
 fn is_log(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     name.ends_with(".ndjson") || name.ends_with(".ndjson.partial")
 }
 
 /// The sealed logs inside an artifact zip (`events.ndjson`, or any `.ndjson`).
 pub fn from_zip(bytes: &[u8], origin: &str, out: &mut Collected) -> Result<(), SourceError> {
-    let zip_err = |source| SourceError::Zip { origin: origin.into(), source };
+    let zip_err = |source| SourceError::Zip {
+        origin: origin.into(),
+        source,
+    };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(zip_err)?;
     let mut found = false;
     for i in 0..archive.len() {
         let file = archive.by_index(i).map_err(zip_err)?;
         // A name that is not UTF-8 (or unsafe) is no log of ours.
-        let Ok(name) = file.name().map(|n| n.to_string()) else { continue };
+        let Ok(name) = file.name().map(|n| n.to_string()) else {
+            continue;
+        };
         if !file.is_file() || !is_log(Path::new(&name)) {
             continue;
         }
@@ -110,9 +137,18 @@ pub fn from_zip(bytes: &[u8], origin: &str, out: &mut Collected) -> Result<(), S
         // Read at most one byte past the limit to tell "too large" apart.
         let mut limited = file.take(MAX_LOG_BYTES + 1);
         let mut data = Vec::new();
-        limited.read_to_end(&mut data).map_err(|source| SourceError::Read { path: entry_origin.clone(), source })?;
+        limited
+            .read_to_end(&mut data)
+            .map_err(|source| SourceError::Read {
+                path: entry_origin.clone(),
+                source,
+            })?;
         if data.len() as u64 > MAX_LOG_BYTES {
-            return Err(SourceError::TooLarge { origin: origin.into(), entry: name, limit: MAX_LOG_BYTES });
+            return Err(SourceError::TooLarge {
+                origin: origin.into(),
+                entry: name,
+                limit: MAX_LOG_BYTES,
+            });
         }
         match trace::read(BufReader::new(data.as_slice()), &entry_origin) {
             Ok(t) => out.push(t),
@@ -120,7 +156,8 @@ pub fn from_zip(bytes: &[u8], origin: &str, out: &mut Collected) -> Result<(), S
         }
     }
     if !found {
-        out.skipped.push(format!("{origin}: no .ndjson event log inside"));
+        out.skipped
+            .push(format!("{origin}: no .ndjson event log inside"));
     }
     Ok(())
 }

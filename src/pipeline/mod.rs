@@ -45,7 +45,11 @@ impl<C: Consumer> Pipeline<C> {
         let (raw_tx, raw_rx) = mpsc::channel(RAW_BATCHES);
         let reader = reader::spawn(ring, drain_interval, raw_tx, stop_rx)?;
         let consumer = tokio::spawn(consume(raw_rx, consumer, tick_interval));
-        Ok(Self { stop, reader, consumer })
+        Ok(Self {
+            stop,
+            reader,
+            consumer,
+        })
     }
 
     /// Drains what the kernel has queued, stops both tasks and returns the consumer.
@@ -56,7 +60,11 @@ impl<C: Consumer> Pipeline<C> {
     }
 }
 
-async fn consume<C: Consumer>(mut raw: mpsc::Receiver<Vec<Vec<u8>>>, mut consumer: C, every: Duration) -> C {
+async fn consume<C: Consumer>(
+    mut raw: mpsc::Receiver<Vec<Vec<u8>>>,
+    mut consumer: C,
+    every: Duration,
+) -> C {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

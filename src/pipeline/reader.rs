@@ -34,7 +34,8 @@ pub fn spawn(
     tracing::debug!("ring buffer fd {}", ring.as_raw_fd());
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
     // until the AsyncFd (which owns the RingBuf) is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

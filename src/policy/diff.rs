@@ -75,7 +75,12 @@ impl DiffReport {
 
 /// Replays the traces against the policy. Deterministic: sorted by step,
 /// then destination.
-pub fn diff(policy: &Policy, compiled: &CompiledPolicy, resolvers: &[IpAddr], traces: &[Trace]) -> DiffReport {
+pub fn diff(
+    policy: &Policy,
+    compiled: &CompiledPolicy,
+    resolvers: &[IpAddr],
+    traces: &[Trace],
+) -> DiffReport {
     type Key = (Step, IpAddr, u16, String);
     let mut denied: BTreeMap<Key, (u64, BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     let mut used: BTreeSet<Origin> = BTreeSet::new();
@@ -93,7 +98,9 @@ pub fn diff(policy: &Policy, compiled: &CompiledPolicy, resolvers: &[IpAddr], tr
                 }
                 Decision::Deny => {
                     denied_count += 1;
-                    let entry = denied.entry((c.step.clone(), c.addr, c.port, c.protocol.clone())).or_default();
+                    let entry = denied
+                        .entry((c.step.clone(), c.addr, c.port, c.protocol.clone()))
+                        .or_default();
                     entry.0 += 1;
                     entry.1.extend(c.hosts.iter().cloned());
                     entry.2.insert(trace.origin.clone());
@@ -102,25 +109,34 @@ pub fn diff(policy: &Policy, compiled: &CompiledPolicy, resolvers: &[IpAddr], tr
         }
         for l in &trace.lookups {
             if !compiled.dns_listed(&l.host, &l.step.as_match()) {
-                *unlisted.entry((l.step.clone(), l.host.clone())).or_default() += 1;
+                *unlisted
+                    .entry((l.step.clone(), l.host.clone()))
+                    .or_default() += 1;
             }
         }
     }
     let denied = denied
         .into_iter()
-        .map(|((step, addr, port, protocol), (count, hosts, traces))| Denial {
-            addr,
-            port,
-            protocol,
-            hosts: hosts.into_iter().collect(),
-            step,
-            count,
-            traces: traces.into_iter().collect(),
-        })
+        .map(
+            |((step, addr, port, protocol), (count, hosts, traces))| Denial {
+                addr,
+                port,
+                protocol,
+                hosts: hosts.into_iter().collect(),
+                step,
+                count,
+                traces: traces.into_iter().collect(),
+            },
+        )
         .collect();
     let unlisted_dns = unlisted
         .into_iter()
-        .map(|((step, host), count)| UnlistedLookup { host, step, count, refused: compiled.refuse_unlisted_dns })
+        .map(|((step, host), count)| UnlistedLookup {
+            host,
+            step,
+            count,
+            refused: compiled.refuse_unlisted_dns,
+        })
         .collect();
     let unused_rules = policy
         .rules
@@ -162,13 +178,29 @@ impl DiffReport {
         let mut out = String::new();
         let p = &self.policy;
         let short = p.digest.get(..12).unwrap_or(&p.digest);
-        let _ = writeln!(out, "policy {} (version {}, mode {}, sha256 {short}…)", p.source, p.version, p.mode);
+        let _ = writeln!(
+            out,
+            "policy {} (version {}, mode {}, sha256 {short}…)",
+            p.source, p.version, p.mode
+        );
         for t in &self.traces {
-            let partial = if t.complete { "" } else { ", incomplete: events were lost or a hook was missing" };
-            let _ = writeln!(out, "trace  {} (job {}, {} connects, {} lookups{partial})", t.path, t.job, t.connects, t.lookups);
+            let partial = if t.complete {
+                ""
+            } else {
+                ", incomplete: events were lost or a hook was missing"
+            };
+            let _ = writeln!(
+                out,
+                "trace  {} (job {}, {} connects, {} lookups{partial})",
+                t.path, t.job, t.connects, t.lookups
+            );
         }
         if self.denied.is_empty() {
-            let _ = writeln!(out, "\nwould deny nothing: all {} connects are allowed", self.connects_checked);
+            let _ = writeln!(
+                out,
+                "\nwould deny nothing: all {} connects are allowed",
+                self.connects_checked
+            );
         } else {
             let _ = writeln!(
                 out,
@@ -185,21 +217,39 @@ impl DiffReport {
                         d.addr.to_string(),
                         d.port.to_string(),
                         d.protocol.clone(),
-                        if d.hosts.is_empty() { "-".into() } else { d.hosts.join(",") },
+                        if d.hosts.is_empty() {
+                            "-".into()
+                        } else {
+                            d.hosts.join(",")
+                        },
                         d.step.label().to_string(),
                         d.count.to_string(),
                     ]
                 })
                 .collect();
-            table(&mut out, ["DESTINATION", "PORT", "PROTO", "HOSTS", "STEP", "COUNT"], &rows);
+            table(
+                &mut out,
+                ["DESTINATION", "PORT", "PROTO", "HOSTS", "STEP", "COUNT"],
+                &rows,
+            );
         }
         if !self.unlisted_dns.is_empty() {
-            let verb = if self.unlisted_dns.iter().any(|l| l.refused) { "would be refused" } else { "reported, not refused" };
+            let verb = if self.unlisted_dns.iter().any(|l| l.refused) {
+                "would be refused"
+            } else {
+                "reported, not refused"
+            };
             let _ = writeln!(out, "\nlookups of names no rule lists ({verb}):");
             let rows: Vec<[String; 3]> = self
                 .unlisted_dns
                 .iter()
-                .map(|l| [l.host.clone(), l.step.label().to_string(), l.count.to_string()])
+                .map(|l| {
+                    [
+                        l.host.clone(),
+                        l.step.label().to_string(),
+                        l.count.to_string(),
+                    ]
+                })
                 .collect();
             table(&mut out, ["HOST", "STEP", "COUNT"], &rows);
         }
@@ -222,7 +272,11 @@ fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N
         }
     }
     let mut line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str("  ");
         out.push_str(text.join("  ").trim_end());
         out.push('\n');

@@ -108,16 +108,25 @@ impl IpNet {
                 reason: format!("prefix length must be 0-{max}"),
             });
         }
-        let net = Self { addr: mask(addr, prefix), prefix };
+        let net = Self {
+            addr: mask(addr, prefix),
+            prefix,
+        };
         if net.addr != addr {
-            return Err(EndpointError::HostBits { cidr: format!("{addr}/{prefix}"), network: net.to_string() });
+            return Err(EndpointError::HostBits {
+                cidr: format!("{addr}/{prefix}"),
+                network: net.to_string(),
+            });
         }
         Ok(net)
     }
 
     pub fn host(addr: IpAddr) -> Self {
         let (addr, _) = unmap(addr, max_prefix(addr));
-        Self { addr, prefix: max_prefix(addr) }
+        Self {
+            addr,
+            prefix: max_prefix(addr),
+        }
     }
 
     pub fn addr(&self) -> IpAddr {
@@ -137,7 +146,9 @@ impl IpNet {
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();
         match (self.addr, addr) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => mask(addr, self.prefix) == self.addr,
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                mask(addr, self.prefix) == self.addr
+            }
             _ => false,
         }
     }
@@ -176,12 +187,20 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
             IpAddr::V4(Ipv4Addr::from(bits & m))
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
             IpAddr::V6(Ipv6Addr::from(bits & m))
         }
     }
@@ -205,7 +224,10 @@ impl Target {
         if text.is_empty() {
             return Err(EndpointError::NoTarget);
         }
-        let unbracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+        let unbracketed = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
         if let Some((addr, len)) = unbracketed.split_once('/') {
             return parse_cidr(addr, len).map(Target::Net);
         }
@@ -264,8 +286,19 @@ fn parse_cidr(addr: &str, len: &str) -> Result<IpNet, EndpointError> {
     })?;
     let max = max_prefix(ip);
     let prefix = match len.parse::<u8>() {
-        Ok(p) if p <= max && len.bytes().all(|b| b.is_ascii_digit()) && (len == "0" || !len.starts_with('0')) => p,
-        _ => return Err(EndpointError::Cidr { cidr, reason: format!("prefix length {len:?} must be 0-{max}") }),
+        Ok(p)
+            if p <= max
+                && len.bytes().all(|b| b.is_ascii_digit())
+                && (len == "0" || !len.starts_with('0')) =>
+        {
+            p
+        }
+        _ => {
+            return Err(EndpointError::Cidr {
+                cidr,
+                reason: format!("prefix length {len:?} must be 0-{max}"),
+            })
+        }
     };
     IpNet::new(ip, prefix)
 }
@@ -282,10 +315,14 @@ pub fn is_host_name(name: &str) -> bool {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     };
     let labels: Vec<&str> = name.split('.').collect();
-    labels.iter().all(|l| label_ok(l)) && !labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    labels.iter().all(|l| label_ok(l))
+        && !labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// One allowed endpoint, in canonical form.
@@ -308,23 +345,36 @@ impl FromStr for Endpoint {
             return Err(EndpointError::Empty);
         }
         if let Some(i) = entry.find("://") {
-            if i > 0 && entry[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) {
+            if i > 0
+                && entry[..i]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+            {
                 return Err(EndpointError::Scheme);
             }
         }
-        if let Some(c) = entry.chars().find(|c| c.is_whitespace() || "@?#,;\"'\\".contains(*c)) {
+        if let Some(c) = entry
+            .chars()
+            .find(|c| c.is_whitespace() || "@?#,;\"'\\".contains(*c))
+        {
             return Err(EndpointError::BadChar(c));
         }
         let (rest, protocol) = split_protocol(entry)?;
         let (target, port) = split_port(rest)?;
-        Ok(Endpoint { target: Target::parse(target)?, port, protocol })
+        Ok(Endpoint {
+            target: Target::parse(target)?,
+            port,
+            protocol,
+        })
     }
 }
 
 /// A trailing `/tcp` or `/udp`. Anything else after the last `/` is a CIDR
 /// prefix length (digits) or an error.
 fn split_protocol(entry: &str) -> Result<(&str, Option<Proto>), EndpointError> {
-    let Some((head, tail)) = entry.rsplit_once('/') else { return Ok((entry, None)) };
+    let Some((head, tail)) = entry.rsplit_once('/') else {
+        return Ok((entry, None));
+    };
     if tail.bytes().all(|b| b.is_ascii_digit()) && !tail.is_empty() {
         return Ok((entry, None));
     }
@@ -351,7 +401,9 @@ fn split_port(entry: &str) -> Result<(&str, Option<u16>), EndpointError> {
         }
         let port = match rest {
             "" => None,
-            _ => Some(parse_port(rest.strip_prefix(':').ok_or(EndpointError::AfterBracket)?)?),
+            _ => Some(parse_port(
+                rest.strip_prefix(':').ok_or(EndpointError::AfterBracket)?,
+            )?),
         };
         return Ok((target, port));
     }
@@ -376,7 +428,10 @@ fn split_port(entry: &str) -> Result<(&str, Option<u16>), EndpointError> {
 }
 
 pub fn parse_port(text: &str) -> Result<u16, EndpointError> {
-    let ok = !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    let ok = !text.is_empty()
+        && text.len() <= 5
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && !text.starts_with('0');
     match text.parse::<u16>() {
         Ok(p) if ok && p > 0 => Ok(p),
         _ => Err(EndpointError::Port(text.to_string())),
@@ -441,31 +496,70 @@ mod tests {
     fn bad_endpoints_say_why() {
         for (input, want) in [
             ("https://github.com", EndpointError::Scheme),
-            ("a.*.b.com", EndpointError::WildcardPosition("a.*.b.com".into())),
-            ("*foo.example.com", EndpointError::WildcardPosition("*foo.example.com".into())),
-            ("*.*.example.com", EndpointError::WildcardPosition("*.*.example.com".into())),
+            (
+                "a.*.b.com",
+                EndpointError::WildcardPosition("a.*.b.com".into()),
+            ),
+            (
+                "*foo.example.com",
+                EndpointError::WildcardPosition("*foo.example.com".into()),
+            ),
+            (
+                "*.*.example.com",
+                EndpointError::WildcardPosition("*.*.example.com".into()),
+            ),
             ("*.com", EndpointError::WildcardTooBroad("*.com".into())),
             ("*", EndpointError::WildcardPosition("*".into())),
             ("github.com:0", EndpointError::Port("0".into())),
             ("github.com:65536", EndpointError::Port("65536".into())),
             ("github.com:https", EndpointError::Port("https".into())),
             ("github.com:0443", EndpointError::Port("0443".into())),
-            ("github.com:443/sctp", EndpointError::Protocol("sctp".into())),
-            ("10.0.0.1/8", EndpointError::HostBits { cidr: "10.0.0.1/8".into(), network: "10.0.0.0/8".into() }),
+            (
+                "github.com:443/sctp",
+                EndpointError::Protocol("sctp".into()),
+            ),
+            (
+                "10.0.0.1/8",
+                EndpointError::HostBits {
+                    cidr: "10.0.0.1/8".into(),
+                    network: "10.0.0.0/8".into(),
+                },
+            ),
             ("1.2.3", EndpointError::BadV4("1.2.3".into())),
             ("300.1.1.1", EndpointError::BadV4("300.1.1.1".into())),
-            ("2001:db8::1:443:x", EndpointError::BadV6("2001:db8::1:443:x".into())),
-            ("[10.0.0.1]:443", EndpointError::NotV6InBrackets("10.0.0.1".into())),
+            (
+                "2001:db8::1:443:x",
+                EndpointError::BadV6("2001:db8::1:443:x".into()),
+            ),
+            (
+                "[10.0.0.1]:443",
+                EndpointError::NotV6InBrackets("10.0.0.1".into()),
+            ),
             (":443", EndpointError::NoTarget),
             ("user@host", EndpointError::BadChar('@')),
-            ("-bad.example.com", EndpointError::BadHost("-bad.example.com".into())),
+            (
+                "-bad.example.com",
+                EndpointError::BadHost("-bad.example.com".into()),
+            ),
         ] {
             assert_eq!(input.parse::<Endpoint>(), Err(want), "{input}");
         }
-        assert!(matches!("10.0.0.0/33".parse::<Endpoint>(), Err(EndpointError::Cidr { .. })));
-        assert!(matches!("2001:db8::/129".parse::<Endpoint>(), Err(EndpointError::Cidr { .. })));
-        assert!(matches!("2001:db8::1/64".parse::<Endpoint>(), Err(EndpointError::HostBits { .. })));
-        assert!(matches!("10.0.0.0/08".parse::<Endpoint>(), Err(EndpointError::Cidr { .. })));
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Endpoint>(),
+            Err(EndpointError::Cidr { .. })
+        ));
+        assert!(matches!(
+            "2001:db8::/129".parse::<Endpoint>(),
+            Err(EndpointError::Cidr { .. })
+        ));
+        assert!(matches!(
+            "2001:db8::1/64".parse::<Endpoint>(),
+            Err(EndpointError::HostBits { .. })
+        ));
+        assert!(matches!(
+            "10.0.0.0/08".parse::<Endpoint>(),
+            Err(EndpointError::Cidr { .. })
+        ));
     }
 
     #[test]
@@ -484,9 +578,15 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(n("10.0.0.0/8").contains(ip("10.255.1.2")));
         assert!(!n("10.0.0.0/8").contains(ip("11.0.0.1")));
-        assert!(n("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")), "v4-mapped matches v4 rules");
+        assert!(
+            n("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")),
+            "v4-mapped matches v4 rules"
+        );
         assert!(n("0.0.0.0/0").contains(ip("203.0.113.9")));
-        assert!(!n("0.0.0.0/0").contains(ip("2001:db8::1")), "a v4 rule never matches v6");
+        assert!(
+            !n("0.0.0.0/0").contains(ip("2001:db8::1")),
+            "a v4 rule never matches v6"
+        );
         assert!(n("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
         assert!(!n("2001:db8::/32").contains(ip("2001:db9::1")));
         assert!(n("::/0").contains(ip("::1")));

@@ -12,10 +12,12 @@ pub mod trace;
 
 pub use endpoint::{Endpoint, EndpointError, IpNet, Proto, Target};
 pub use model::{
-    Allowed, CompiledPolicy, Decision, Defaults, DnsPolicy, IpRule, Mode, NamePattern, NameRule, OnPolicyError, Origin,
-    Policy, Rule, StepMatch, StepPattern, StepScope, UsageError,
+    Allowed, CompiledPolicy, Decision, Defaults, DnsPolicy, IpRule, Mode, NamePattern, NameRule,
+    OnPolicyError, Origin, Policy, Rule, StepMatch, StepPattern, StepScope, UsageError,
 };
-pub use parse::{load, on_policy_error_hint, parse, Parsed, PolicyError, Warning, MAX_POLICY_BYTES};
+pub use parse::{
+    load, on_policy_error_hint, parse, Parsed, PolicyError, Warning, MAX_POLICY_BYTES,
+};
 
 use sha2::{Digest, Sha256};
 

@@ -16,7 +16,9 @@ use super::endpoint::{Endpoint, EndpointError, IpNet, Proto, Target};
 /// The schema version this build reads and writes.
 pub const VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 #[clap(rename_all = "lowercase")]
 pub enum Mode {
@@ -86,7 +88,10 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Self { loopback: true, resolver: true }
+        Self {
+            loopback: true,
+            resolver: true,
+        }
     }
 }
 
@@ -265,7 +270,11 @@ impl Policy {
             source: "--allow".into(),
         };
         policy.add_endpoints(entries)?;
-        let canonical: String = policy.rules.iter().map(|r| format!("{}\n", r.endpoint)).collect();
+        let canonical: String = policy
+            .rules
+            .iter()
+            .map(|r| format!("{}\n", r.endpoint))
+            .collect();
         policy.digest = super::sha256_hex(canonical.as_bytes());
         Ok(policy)
     }
@@ -274,11 +283,23 @@ impl Policy {
     /// existing rules are skipped: the command line may repeat the file.
     pub fn add_endpoints(&mut self, entries: &[String]) -> Result<(), UsageError> {
         for (index, entry) in entries.iter().enumerate() {
-            let endpoint: Endpoint =
-                entry.parse().map_err(|error| UsageError::Allow { entry: entry.clone(), error })?;
-            let origin = Origin::CommandLine { index: u32::try_from(index).unwrap_or(u32::MAX) };
-            if !self.rules.iter().any(|r| r.endpoint == endpoint && r.steps.is_any()) {
-                self.rules.push(Rule { endpoint, steps: StepScope::Any, origin });
+            let endpoint: Endpoint = entry.parse().map_err(|error| UsageError::Allow {
+                entry: entry.clone(),
+                error,
+            })?;
+            let origin = Origin::CommandLine {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+            };
+            if !self
+                .rules
+                .iter()
+                .any(|r| r.endpoint == endpoint && r.steps.is_any())
+            {
+                self.rules.push(Rule {
+                    endpoint,
+                    steps: StepScope::Any,
+                    origin,
+                });
             }
         }
         Ok(())
@@ -287,7 +308,9 @@ impl Policy {
     /// Checks what parsing alone cannot: call after adding `--allow` entries.
     pub fn validate(&self) -> Result<(), UsageError> {
         if self.mode == Mode::Enforce && self.rules.is_empty() && !self.no_egress {
-            return Err(UsageError::EmptyAllowlist { policy: self.source.clone() });
+            return Err(UsageError::EmptyAllowlist {
+                policy: self.source.clone(),
+            });
         }
         Ok(())
     }
@@ -304,7 +327,13 @@ impl Policy {
         let mut name_rules = Vec::new();
         if self.defaults.loopback {
             for net in loopback_nets() {
-                ip_rules.push(IpRule { net, port: None, protocol: None, steps: StepScope::Any, origin: Origin::Loopback });
+                ip_rules.push(IpRule {
+                    net,
+                    port: None,
+                    protocol: None,
+                    steps: StepScope::Any,
+                    origin: Origin::Loopback,
+                });
             }
         }
         if self.defaults.resolver {
@@ -324,12 +353,29 @@ impl Policy {
             }
         }
         for rule in &self.rules {
-            let Endpoint { target, port, protocol } = &rule.endpoint;
-            let (port, protocol, steps, origin) = (*port, *protocol, rule.steps.clone(), rule.origin);
+            let Endpoint {
+                target,
+                port,
+                protocol,
+            } = &rule.endpoint;
+            let (port, protocol, steps, origin) =
+                (*port, *protocol, rule.steps.clone(), rule.origin);
             match target {
-                Target::Net(net) => ip_rules.push(IpRule { net: *net, port, protocol, steps, origin }),
+                Target::Net(net) => ip_rules.push(IpRule {
+                    net: *net,
+                    port,
+                    protocol,
+                    steps,
+                    origin,
+                }),
                 Target::Host(h) => {
-                    name_rules.push(NameRule { pattern: NamePattern::Exact(h.clone()), port, protocol, steps, origin });
+                    name_rules.push(NameRule {
+                        pattern: NamePattern::Exact(h.clone()),
+                        port,
+                        protocol,
+                        steps,
+                        origin,
+                    });
                 }
                 Target::Wildcard(p) => {
                     name_rules.push(NameRule {
@@ -342,7 +388,12 @@ impl Policy {
                 }
             }
         }
-        CompiledPolicy { mode: self.mode, refuse_unlisted_dns: self.dns.refuse_unlisted, ip_rules, name_rules }
+        CompiledPolicy {
+            mode: self.mode,
+            refuse_unlisted_dns: self.dns.refuse_unlisted,
+            ip_rules,
+            name_rules,
+        }
     }
 }
 
@@ -410,8 +461,16 @@ pub struct IpRule {
 }
 
 impl IpRule {
-    pub fn matches(&self, addr: IpAddr, port: u16, proto: Option<Proto>, step: &StepMatch<'_>) -> bool {
-        self.net.contains(addr) && port_proto_match(self.port, self.protocol, port, proto) && self.steps.matches(step)
+    pub fn matches(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        proto: Option<Proto>,
+        step: &StepMatch<'_>,
+    ) -> bool {
+        self.net.contains(addr)
+            && port_proto_match(self.port, self.protocol, port, proto)
+            && self.steps.matches(step)
     }
 }
 
@@ -433,7 +492,12 @@ impl NameRule {
     }
 }
 
-fn port_proto_match(rule_port: Option<u16>, rule_proto: Option<Proto>, port: u16, proto: Option<Proto>) -> bool {
+fn port_proto_match(
+    rule_port: Option<u16>,
+    rule_proto: Option<Proto>,
+    port: u16,
+    proto: Option<Proto>,
+) -> bool {
     rule_port.is_none_or(|p| p == port) && rule_proto.is_none_or(|p| Some(p) == proto)
 }
 
@@ -485,15 +549,24 @@ impl CompiledPolicy {
         resolved_names: &[String],
     ) -> Decision {
         let addr = addr.to_canonical();
-        if let Some(rule) = self.ip_rules.iter().position(|r| r.matches(addr, port, proto, step)) {
+        if let Some(rule) = self
+            .ip_rules
+            .iter()
+            .position(|r| r.matches(addr, port, proto, step))
+        {
             return Decision::Allow(Allowed::Ip { rule });
         }
         for name in resolved_names {
             let found = self.name_rules.iter().position(|r| {
-                r.matches_name(name) && port_proto_match(r.port, r.protocol, port, proto) && r.steps.matches(step)
+                r.matches_name(name)
+                    && port_proto_match(r.port, r.protocol, port, proto)
+                    && r.steps.matches(step)
             });
             if let Some(rule) = found {
-                return Decision::Allow(Allowed::Name { rule, name: normalize_name(name) });
+                return Decision::Allow(Allowed::Name {
+                    rule,
+                    name: normalize_name(name),
+                });
             }
         }
         Decision::Deny
@@ -501,22 +574,41 @@ impl CompiledPolicy {
 
     /// Name rules a resolved name enables (any step): the kernel inserts the
     /// answer's addresses for each, with the rule's port, protocol and steps.
-    pub fn name_rules_for<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (usize, &'a NameRule)> + 'a {
-        self.name_rules.iter().enumerate().filter(move |(_, r)| r.matches_name(host))
+    pub fn name_rules_for<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a NameRule)> + 'a {
+        self.name_rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.matches_name(host))
     }
 
     /// Whether any rule is limited to some steps; when none is, enforcement
     /// needs no per-step state at all.
     pub fn has_step_scopes(&self) -> bool {
-        self.ip_rules.iter().any(|r| !r.steps.is_any()) || self.name_rules.iter().any(|r| !r.steps.is_any())
+        self.ip_rules.iter().any(|r| !r.steps.is_any())
+            || self.name_rules.iter().any(|r| !r.steps.is_any())
     }
 
     /// The rules in force in one step: indexes into `ip_rules` and
     /// `name_rules`. Computed once when a step is identified, this is what a
     /// per-step bitmap in the kernel holds.
     pub fn rules_in_scope(&self, step: &StepMatch<'_>) -> (Vec<usize>, Vec<usize>) {
-        let ip = self.ip_rules.iter().enumerate().filter(|(_, r)| r.steps.matches(step)).map(|(i, _)| i).collect();
-        let name = self.name_rules.iter().enumerate().filter(|(_, r)| r.steps.matches(step)).map(|(i, _)| i).collect();
+        let ip = self
+            .ip_rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.steps.matches(step))
+            .map(|(i, _)| i)
+            .collect();
+        let name = self
+            .name_rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.steps.matches(step))
+            .map(|(i, _)| i)
+            .collect();
         (ip, name)
     }
 
@@ -524,7 +616,9 @@ impl CompiledPolicy {
     /// scope for the step matches it. Unlisted lookups are reported, and
     /// refused when `refuse_unlisted_dns`.
     pub fn dns_listed(&self, host: &str, step: &StepMatch<'_>) -> bool {
-        self.name_rules.iter().any(|r| r.matches_name(host) && r.steps.matches(step))
+        self.name_rules
+            .iter()
+            .any(|r| r.matches_name(host) && r.steps.matches(step))
     }
 }
 
@@ -533,14 +627,21 @@ mod tests {
     use super::*;
 
     fn policy(mode: Mode, entries: &[&str]) -> Policy {
-        Policy::from_endpoints(mode, &entries.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        Policy::from_endpoints(
+            mode,
+            &entries.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
-    const MAIN: StepMatch<'static> = StepMatch { id: "b2f7", name: Some("Build") };
+    const MAIN: StepMatch<'static> = StepMatch {
+        id: "b2f7",
+        name: Some("Build"),
+    };
 
     #[test]
     fn globs() {
@@ -576,42 +677,99 @@ mod tests {
 
     #[test]
     fn ip_and_cidr_rules_v4_and_v6() {
-        let c = policy(Mode::Enforce, &["192.0.2.10", "10.0.0.0/8:443", "[2001:db8::/32]:443"]).compiled_with(&[]);
+        let c = policy(
+            Mode::Enforce,
+            &["192.0.2.10", "10.0.0.0/8:443", "[2001:db8::/32]:443"],
+        )
+        .compiled_with(&[]);
         let tcp = Some(Proto::Tcp);
         assert!(c.allows(ip("192.0.2.10"), 22, tcp, &MAIN, &[]).is_allowed());
         assert!(!c.allows(ip("192.0.2.11"), 22, tcp, &MAIN, &[]).is_allowed());
         assert!(c.allows(ip("10.9.8.7"), 443, tcp, &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("10.9.8.7"), 80, tcp, &MAIN, &[]).is_allowed(), "port is part of the rule");
-        assert!(c.allows(ip("::ffff:10.9.8.7"), 443, tcp, &MAIN, &[]).is_allowed(), "v4-mapped v6 = v4");
-        assert!(c.allows(ip("2001:db8:1::5"), 443, tcp, &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("2001:db9::5"), 443, tcp, &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("2001:db8::5"), 80, tcp, &MAIN, &[]).is_allowed());
+        assert!(
+            !c.allows(ip("10.9.8.7"), 80, tcp, &MAIN, &[]).is_allowed(),
+            "port is part of the rule"
+        );
+        assert!(
+            c.allows(ip("::ffff:10.9.8.7"), 443, tcp, &MAIN, &[])
+                .is_allowed(),
+            "v4-mapped v6 = v4"
+        );
+        assert!(c
+            .allows(ip("2001:db8:1::5"), 443, tcp, &MAIN, &[])
+            .is_allowed());
+        assert!(!c
+            .allows(ip("2001:db9::5"), 443, tcp, &MAIN, &[])
+            .is_allowed());
+        assert!(!c
+            .allows(ip("2001:db8::5"), 80, tcp, &MAIN, &[])
+            .is_allowed());
     }
 
     #[test]
     fn protocol_narrows() {
         let c = policy(Mode::Enforce, &["192.0.2.1:53/udp", "192.0.2.2/tcp"]).compiled_with(&[]);
-        assert!(c.allows(ip("192.0.2.1"), 53, Some(Proto::Udp), &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("192.0.2.1"), 53, Some(Proto::Tcp), &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("192.0.2.1"), 53, None, &MAIN, &[]).is_allowed(), "raw sockets are not udp");
-        assert!(c.allows(ip("192.0.2.2"), 1234, Some(Proto::Tcp), &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("192.0.2.2"), 1234, Some(Proto::Udp), &MAIN, &[]).is_allowed());
+        assert!(c
+            .allows(ip("192.0.2.1"), 53, Some(Proto::Udp), &MAIN, &[])
+            .is_allowed());
+        assert!(!c
+            .allows(ip("192.0.2.1"), 53, Some(Proto::Tcp), &MAIN, &[])
+            .is_allowed());
+        assert!(
+            !c.allows(ip("192.0.2.1"), 53, None, &MAIN, &[]).is_allowed(),
+            "raw sockets are not udp"
+        );
+        assert!(c
+            .allows(ip("192.0.2.2"), 1234, Some(Proto::Tcp), &MAIN, &[])
+            .is_allowed());
+        assert!(!c
+            .allows(ip("192.0.2.2"), 1234, Some(Proto::Udp), &MAIN, &[])
+            .is_allowed());
     }
 
     #[test]
     fn names_allow_only_through_the_jobs_resolution() {
-        let c = policy(Mode::Enforce, &["github.com:443", "*.githubusercontent.com:443"]).compiled_with(&[]);
+        let c = policy(
+            Mode::Enforce,
+            &["github.com:443", "*.githubusercontent.com:443"],
+        )
+        .compiled_with(&[]);
         let a = ip("140.82.112.3");
         let tcp = Some(Proto::Tcp);
-        assert_eq!(c.allows(a, 443, tcp, &MAIN, &[]), Decision::Deny, "an address nobody resolved");
         assert_eq!(
-            c.allows(a, 443, tcp, &MAIN, &["evil.example".into(), "GitHub.com".into()]),
-            Decision::Allow(Allowed::Name { rule: 0, name: "github.com".into() })
+            c.allows(a, 443, tcp, &MAIN, &[]),
+            Decision::Deny,
+            "an address nobody resolved"
         );
-        assert_eq!(c.allows(a, 22, tcp, &MAIN, &["github.com".into()]), Decision::Deny);
-        assert!(c.allows(a, 443, tcp, &MAIN, &["raw.githubusercontent.com".into()]).is_allowed());
-        assert!(!c.allows(a, 443, tcp, &MAIN, &["githubusercontent.com".into()]).is_allowed());
-        assert_eq!(c.name_rules_for("objects.githubusercontent.com").map(|(i, _)| i).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            c.allows(
+                a,
+                443,
+                tcp,
+                &MAIN,
+                &["evil.example".into(), "GitHub.com".into()]
+            ),
+            Decision::Allow(Allowed::Name {
+                rule: 0,
+                name: "github.com".into()
+            })
+        );
+        assert_eq!(
+            c.allows(a, 22, tcp, &MAIN, &["github.com".into()]),
+            Decision::Deny
+        );
+        assert!(c
+            .allows(a, 443, tcp, &MAIN, &["raw.githubusercontent.com".into()])
+            .is_allowed());
+        assert!(!c
+            .allows(a, 443, tcp, &MAIN, &["githubusercontent.com".into()])
+            .is_allowed());
+        assert_eq!(
+            c.name_rules_for("objects.githubusercontent.com")
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
     }
 
     #[test]
@@ -619,23 +777,46 @@ mod tests {
         let mut p = policy(Mode::Enforce, &[]);
         p.rules.push(Rule {
             endpoint: "registry.npmjs.org:443".parse().unwrap(),
-            steps: StepScope::Only(vec![StepPattern("Install*".into()), StepPattern("7f3a".into())]),
+            steps: StepScope::Only(vec![
+                StepPattern("Install*".into()),
+                StepPattern("7f3a".into()),
+            ]),
             origin: Origin::File { line: 3 },
         });
         let c = p.compiled_with(&[]);
         let names = ["registry.npmjs.org".to_string()];
         let a = ip("104.16.1.1");
         let tcp = Some(Proto::Tcp);
-        assert!(c.allows(a, 443, tcp, &StepMatch::new("x", Some("Install deps")), &names).is_allowed());
-        assert!(c.allows(a, 443, tcp, &StepMatch::new("7f3a", None), &names).is_allowed(), "by id");
-        assert!(!c.allows(a, 443, tcp, &MAIN, &names).is_allowed(), "same destination, another step");
+        assert!(c
+            .allows(
+                a,
+                443,
+                tcp,
+                &StepMatch::new("x", Some("Install deps")),
+                &names
+            )
+            .is_allowed());
+        assert!(
+            c.allows(a, 443, tcp, &StepMatch::new("7f3a", None), &names)
+                .is_allowed(),
+            "by id"
+        );
+        assert!(
+            !c.allows(a, 443, tcp, &MAIN, &names).is_allowed(),
+            "same destination, another step"
+        );
         assert!(c.dns_listed("registry.npmjs.org", &StepMatch::new("x", Some("Install"))));
         assert!(!c.dns_listed("registry.npmjs.org", &MAIN));
         assert!(c.has_step_scopes());
-        assert!(!policy(Mode::Enforce, &["a.example"]).compiled_with(&[]).has_step_scopes());
+        assert!(!policy(Mode::Enforce, &["a.example"])
+            .compiled_with(&[])
+            .has_step_scopes());
         // Loopback rules (4) apply everywhere; the registry rule only in Install.
         assert_eq!(c.rules_in_scope(&MAIN), (vec![0, 1, 2, 3], vec![]));
-        assert_eq!(c.rules_in_scope(&StepMatch::new("x", Some("Install 2"))), (vec![0, 1, 2, 3], vec![0]));
+        assert_eq!(
+            c.rules_in_scope(&StepMatch::new("x", Some("Install 2"))),
+            (vec![0, 1, 2, 3], vec![0])
+        );
     }
 
     #[test]
@@ -645,25 +826,53 @@ mod tests {
         let c = p.compiled_with(&resolvers);
         let tcp = Some(Proto::Tcp);
         let udp = Some(Proto::Udp);
-        for lo in ["127.0.0.1", "127.0.0.53", "127.255.0.1", "::1", "0.0.0.0", "::", "::ffff:127.0.0.1"] {
+        for lo in [
+            "127.0.0.1",
+            "127.0.0.53",
+            "127.255.0.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(c.allows(ip(lo), 8080, tcp, &MAIN, &[]).is_allowed(), "{lo}");
         }
         assert!(c.allows(ip("10.1.0.2"), 53, udp, &MAIN, &[]).is_allowed());
         assert!(c.allows(ip("fd00::53"), 53, tcp, &MAIN, &[]).is_allowed());
-        assert!(!c.allows(ip("10.1.0.2"), 80, tcp, &MAIN, &[]).is_allowed(), "only port 53 of the resolver");
-        assert!(!c.allows(ip("8.8.8.8"), 53, udp, &MAIN, &[]).is_allowed(), "not a configured resolver");
-        assert_eq!(c.ip_rules.iter().filter(|r| r.origin == Origin::Loopback).count(), 4);
-        p.defaults = Defaults { loopback: false, resolver: false };
+        assert!(
+            !c.allows(ip("10.1.0.2"), 80, tcp, &MAIN, &[]).is_allowed(),
+            "only port 53 of the resolver"
+        );
+        assert!(
+            !c.allows(ip("8.8.8.8"), 53, udp, &MAIN, &[]).is_allowed(),
+            "not a configured resolver"
+        );
+        assert_eq!(
+            c.ip_rules
+                .iter()
+                .filter(|r| r.origin == Origin::Loopback)
+                .count(),
+            4
+        );
+        p.defaults = Defaults {
+            loopback: false,
+            resolver: false,
+        };
         let c = p.compiled_with(&resolvers);
         assert!(c.ip_rules.is_empty());
-        assert!(!c.allows(ip("127.0.0.1"), 8080, tcp, &MAIN, &[]).is_allowed());
+        assert!(!c
+            .allows(ip("127.0.0.1"), 8080, tcp, &MAIN, &[])
+            .is_allowed());
         assert!(!c.allows(ip("10.1.0.2"), 53, udp, &MAIN, &[]).is_allowed());
     }
 
     #[test]
     fn empty_allowlist_in_enforce_is_refused_unless_intended() {
         let mut p = policy(Mode::Enforce, &[]);
-        assert!(matches!(p.validate(), Err(UsageError::EmptyAllowlist { .. })));
+        assert!(matches!(
+            p.validate(),
+            Err(UsageError::EmptyAllowlist { .. })
+        ));
         p.no_egress = true;
         assert_eq!(p.validate(), Ok(()));
         assert_eq!(policy(Mode::Observe, &[]).validate(), Ok(()));
@@ -675,7 +884,8 @@ mod tests {
     #[test]
     fn allow_entries_are_checked_and_deduplicated() {
         let mut p = policy(Mode::Enforce, &["github.com:443"]);
-        p.add_endpoints(&["GitHub.com:443".into(), "example.org".into()]).unwrap();
+        p.add_endpoints(&["GitHub.com:443".into(), "example.org".into()])
+            .unwrap();
         assert_eq!(p.rules.len(), 2);
         let err = p.add_endpoints(&["a.*.b".into()]).unwrap_err();
         assert!(err.to_string().contains("leftmost label"), "{err}");

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::endpoint::{Endpoint, EndpointError, Proto, Target};
-use super::model::{Defaults, DnsPolicy, Mode, OnPolicyError, Origin, Policy, Rule, StepPattern, StepScope, VERSION};
+use super::model::{
+    Defaults, DnsPolicy, Mode, OnPolicyError, Origin, Policy, Rule, StepPattern, StepScope, VERSION,
+};
 
 /// Policy files larger than this are refused before parsing: a policy is a
 /// list of endpoints, and 1 MiB is some 30,000 of them.
@@ -27,7 +29,10 @@ pub struct Pos {
 
 impl Pos {
     fn of(loc: &Location) -> Self {
-        Pos { line: u32::try_from(loc.line()).unwrap_or(u32::MAX), column: u32::try_from(loc.column()).unwrap_or(u32::MAX) }
+        Pos {
+            line: u32::try_from(loc.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(loc.column()).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -44,17 +49,39 @@ impl fmt::Display for Pos {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("policy file {path} is {size} bytes, over the {limit}-byte limit (a policy is a list of endpoints)")]
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("{path}:{line}: not valid UTF-8 at byte {offset}; save the policy as UTF-8")]
-    NotUtf8 { path: String, offset: usize, line: u32 },
+    NotUtf8 {
+        path: String,
+        offset: usize,
+        line: u32,
+    },
     #[error("{path}:{pos} {message}")]
-    Yaml { path: String, pos: Pos, message: String },
+    Yaml {
+        path: String,
+        pos: Pos,
+        message: String,
+    },
     #[error("{path}:{pos} {field}: {message}")]
-    Invalid { path: String, pos: Pos, field: String, message: String },
+    Invalid {
+        path: String,
+        pos: Pos,
+        field: String,
+        message: String,
+    },
     #[error("{path}:{pos} {field}: duplicate rule {rule} (already at line {first_line})")]
-    Duplicate { path: String, pos: Pos, field: String, rule: String, first_line: u32 },
+    Duplicate {
+        path: String,
+        pos: Pos,
+        field: String,
+        rule: String,
+        first_line: u32,
+    },
 }
 
 impl PolicyError {
@@ -62,9 +89,9 @@ impl PolicyError {
     pub fn line(&self) -> Option<u32> {
         match self {
             PolicyError::NotUtf8 { line, .. } => Some(*line),
-            PolicyError::Yaml { pos, .. } | PolicyError::Invalid { pos, .. } | PolicyError::Duplicate { pos, .. } => {
-                (pos.line > 0).then_some(pos.line)
-            }
+            PolicyError::Yaml { pos, .. }
+            | PolicyError::Invalid { pos, .. }
+            | PolicyError::Duplicate { pos, .. } => (pos.line > 0).then_some(pos.line),
             PolicyError::Read { .. } | PolicyError::TooLarge { .. } => None,
         }
     }
@@ -88,15 +115,24 @@ pub struct Parsed {
 /// before reading it whole.
 pub fn load(path: &Path) -> Result<Parsed, PolicyError> {
     let name = path.display().to_string();
-    let read_err = |source| PolicyError::Read { path: name.clone(), source };
+    let read_err = |source| PolicyError::Read {
+        path: name.clone(),
+        source,
+    };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let size = file.metadata().map_err(read_err)?.len();
     if size > MAX_POLICY_BYTES {
-        return Err(PolicyError::TooLarge { path: name, size, limit: MAX_POLICY_BYTES });
+        return Err(PolicyError::TooLarge {
+            path: name,
+            size,
+            limit: MAX_POLICY_BYTES,
+        });
     }
     let mut bytes = Vec::new();
     // The size may change between stat and read (a pipe, a growing file).
-    file.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
     parse(&bytes, &name)
 }
 
@@ -104,15 +140,28 @@ pub fn load(path: &Path) -> Result<Parsed, PolicyError> {
 pub fn parse(bytes: &[u8], name: &str) -> Result<Parsed, PolicyError> {
     let size = bytes.len() as u64;
     if size > MAX_POLICY_BYTES {
-        return Err(PolicyError::TooLarge { path: name.into(), size, limit: MAX_POLICY_BYTES });
+        return Err(PolicyError::TooLarge {
+            path: name.into(),
+            size,
+            limit: MAX_POLICY_BYTES,
+        });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let offset = e.valid_up_to();
         let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
-        PolicyError::NotUtf8 { path: name.into(), offset, line: u32::try_from(line).unwrap_or(u32::MAX) }
+        PolicyError::NotUtf8 {
+            path: name.into(),
+            offset,
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+        }
     })?;
-    let raw: RawPolicy = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| yaml_error(&e, name))?;
-    let mut parsed = Validator { path: name, warnings: Vec::new() }.policy(raw)?;
+    let raw: RawPolicy = serde_saphyr::from_str_with_options(text, yaml_options())
+        .map_err(|e| yaml_error(&e, name))?;
+    let mut parsed = Validator {
+        path: name,
+        warnings: Vec::new(),
+    }
+    .policy(raw)?;
     parsed.policy.digest = super::sha256_hex(bytes);
     Ok(parsed)
 }
@@ -123,8 +172,15 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Parsed, PolicyError> {
 pub fn on_policy_error_hint(bytes: &[u8]) -> OnPolicyError {
     let text = String::from_utf8_lossy(bytes);
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("on-policy-error:") else { continue };
-        let value = rest.split('#').next().unwrap_or_default().trim().trim_matches(|c| c == '"' || c == '\'');
+        let Some(rest) = line.strip_prefix("on-policy-error:") else {
+            continue;
+        };
+        let value = rest
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
         return OnPolicyError::parse(value).unwrap_or_default();
     }
     OnPolicyError::Fail
@@ -142,11 +198,18 @@ fn yaml_options() -> serde_saphyr::Options {
 }
 
 fn yaml_error(e: &serde_saphyr::Error, path: &str) -> PolicyError {
-    let pos = e.location().map(|l| Pos::of(&l)).unwrap_or(Pos { line: 0, column: 0 });
+    let pos = e
+        .location()
+        .map(|l| Pos::of(&l))
+        .unwrap_or(Pos { line: 0, column: 0 });
     // The plain message; the location is ours to print, in the path:line:col form.
     let full = e.without_snippet().to_string();
     let message = strip_location(&full);
-    PolicyError::Yaml { path: path.into(), pos, message: message.to_string() }
+    PolicyError::Yaml {
+        path: path.into(),
+        pos,
+        message: message.to_string(),
+    }
 }
 
 fn strip_location(message: &str) -> &str {
@@ -233,7 +296,8 @@ impl<'de> Deserialize<'de> for RawEntry {
                 Ok(RawEntry::Short(Scalar::number(v.to_string())))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEntry, A::Error> {
-                RawLong::deserialize(de::value::MapAccessDeserializer::new(map)).map(|l| RawEntry::Long(Box::new(l)))
+                RawLong::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| RawEntry::Long(Box::new(l)))
             }
         }
         d.deserialize_any(V)
@@ -251,10 +315,16 @@ struct Scalar {
 
 impl Scalar {
     fn text(v: &str) -> Self {
-        Scalar { text: v.to_string(), is_number: false }
+        Scalar {
+            text: v.to_string(),
+            is_number: false,
+        }
     }
     fn number(v: String) -> Self {
-        Scalar { text: v, is_number: true }
+        Scalar {
+            text: v,
+            is_number: true,
+        }
     }
 }
 
@@ -294,8 +364,18 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn invalid(&self, loc: &Location, field: impl Into<String>, message: impl Into<String>) -> PolicyError {
-        PolicyError::Invalid { path: self.path.into(), pos: Pos::of(loc), field: field.into(), message: message.into() }
+    fn invalid(
+        &self,
+        loc: &Location,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
+        PolicyError::Invalid {
+            path: self.path.into(),
+            pos: Pos::of(loc),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn policy(mut self, raw: RawPolicy) -> Result<Parsed, PolicyError> {
@@ -304,21 +384,30 @@ impl Validator<'_> {
             return Err(self.invalid(
                 &version.referenced,
                 "version",
-                format!("must be a number (version {VERSION}), not the text {:?}", version.value.text),
+                format!(
+                    "must be a number (version {VERSION}), not the text {:?}",
+                    version.value.text
+                ),
             ));
         }
         if version.value.text != VERSION.to_string() {
             return Err(self.invalid(
                 &version.referenced,
                 "version",
-                format!("unsupported version {}: this ciwatch reads version {VERSION}", version.value.text),
+                format!(
+                    "unsupported version {}: this ciwatch reads version {VERSION}",
+                    version.value.text
+                ),
             ));
         }
         let mode = Mode::parse(&raw.mode.value.text).ok_or_else(|| {
             self.invalid(
                 &raw.mode.referenced,
                 "mode",
-                format!("unknown mode {:?}: expected observe, learn or enforce", raw.mode.value.text),
+                format!(
+                    "unknown mode {:?}: expected observe, learn or enforce",
+                    raw.mode.value.text
+                ),
             )
         })?;
         let on_policy_error = match &raw.on_policy_error {
@@ -335,7 +424,9 @@ impl Validator<'_> {
             loopback: d.loopback.unwrap_or(true),
             resolver: d.resolver.unwrap_or(true),
         });
-        let dns = DnsPolicy { refuse_unlisted: raw.dns.and_then(|d| d.refuse_unlisted).unwrap_or(false) };
+        let dns = DnsPolicy {
+            refuse_unlisted: raw.dns.and_then(|d| d.refuse_unlisted).unwrap_or(false),
+        };
         let rules = match &raw.allow {
             None => Vec::new(),
             Some(list) => self.rules(&list.value)?,
@@ -361,7 +452,10 @@ impl Validator<'_> {
             digest: String::new(),
             source: self.path.to_string(),
         };
-        Ok(Parsed { policy, warnings: self.warnings })
+        Ok(Parsed {
+            policy,
+            warnings: self.warnings,
+        })
     }
 
     fn rules(&mut self, entries: &[Spanned<RawEntry>]) -> Result<Vec<Rule>, PolicyError> {
@@ -390,22 +484,28 @@ impl Validator<'_> {
     }
 
     fn rule(&self, entry: &Spanned<RawEntry>, field: &str) -> Result<Rule, PolicyError> {
-        let origin = Origin::File { line: Pos::of(&entry.referenced).line };
+        let origin = Origin::File {
+            line: Pos::of(&entry.referenced).line,
+        };
         match &entry.value {
             RawEntry::Short(s) => {
-                let endpoint: Endpoint =
-                    s.text.parse().map_err(|e: EndpointError| self.invalid(&entry.referenced, field, e.to_string()))?;
-                Ok(Rule { endpoint, steps: StepScope::Any, origin })
+                let endpoint: Endpoint = s.text.parse().map_err(|e: EndpointError| {
+                    self.invalid(&entry.referenced, field, e.to_string())
+                })?;
+                Ok(Rule {
+                    endpoint,
+                    steps: StepScope::Any,
+                    origin,
+                })
             }
             RawEntry::Long(long) => {
                 let host_field = format!("{field}.host");
                 let target = self.long_target(&long.host, &host_field)?;
                 let port = match &long.port {
                     None => None,
-                    Some(p) => Some(
-                        super::endpoint::parse_port(&p.value.text)
-                            .map_err(|e| self.invalid(&p.referenced, format!("{field}.port"), e.to_string()))?,
-                    ),
+                    Some(p) => Some(super::endpoint::parse_port(&p.value.text).map_err(|e| {
+                        self.invalid(&p.referenced, format!("{field}.port"), e.to_string())
+                    })?),
                 };
                 let protocol = match &long.protocol {
                     None => None,
@@ -421,7 +521,15 @@ impl Validator<'_> {
                     None => StepScope::Any,
                     Some(s) => self.steps(s, &format!("{field}.steps"))?,
                 };
-                Ok(Rule { endpoint: Endpoint { target, port, protocol }, steps, origin })
+                Ok(Rule {
+                    endpoint: Endpoint {
+                        target,
+                        port,
+                        protocol,
+                    },
+                    steps,
+                    origin,
+                })
             }
         }
     }
@@ -443,7 +551,11 @@ impl Validator<'_> {
         Target::parse(text).map_err(err)
     }
 
-    fn steps(&self, steps: &Spanned<Vec<Spanned<Scalar>>>, field: &str) -> Result<StepScope, PolicyError> {
+    fn steps(
+        &self,
+        steps: &Spanned<Vec<Spanned<Scalar>>>,
+        field: &str,
+    ) -> Result<StepScope, PolicyError> {
         if steps.value.is_empty() {
             return Err(self.invalid(&steps.referenced, field, "an empty list would allow the rule in no step; remove `steps` to allow it in every step"));
         }
@@ -451,7 +563,11 @@ impl Validator<'_> {
         for (i, s) in steps.value.iter().enumerate() {
             let text = s.value.text.trim();
             if text.is_empty() {
-                return Err(self.invalid(&s.referenced, format!("{field}[{i}]"), "empty step id or name"));
+                return Err(self.invalid(
+                    &s.referenced,
+                    format!("{field}[{i}]"),
+                    "empty step id or name",
+                ));
             }
             patterns.push(StepPattern(text.to_string()));
         }
@@ -523,7 +639,13 @@ allow:
         let p = ok(text).policy;
         assert_eq!(p.mode, Mode::Enforce);
         assert_eq!(p.on_policy_error, OnPolicyError::Observe);
-        assert_eq!(p.defaults, Defaults { loopback: true, resolver: false });
+        assert_eq!(
+            p.defaults,
+            Defaults {
+                loopback: true,
+                resolver: false
+            }
+        );
         assert!(p.dns.refuse_unlisted);
         let rules: Vec<String> = p.rules.iter().map(Rule::describe).collect();
         assert_eq!(
@@ -558,32 +680,80 @@ allow:
 
     #[test]
     fn invalid_cidrs_name_line_and_field() {
-        let m = expect("version: 1\nmode: enforce\nallow:\n  - github.com\n  - 10.0.0.1/8\n", 5, "host bits are set");
+        let m = expect(
+            "version: 1\nmode: enforce\nallow:\n  - github.com\n  - 10.0.0.1/8\n",
+            5,
+            "host bits are set",
+        );
         assert!(m.starts_with("p.yml:5:5: allow[1]: "), "{m}");
         assert!(m.contains("10.0.0.0/8"), "suggests the network: {m}");
-        expect("version: 1\nmode: enforce\nallow:\n  - 10.0.0.0/33\n", 4, "prefix length \"33\" must be 0-32");
-        expect("version: 1\nmode: enforce\nallow:\n  - 2001:db8::/129\n", 4, "must be 0-128");
-        expect("version: 1\nmode: enforce\nallow:\n  - 10.0.0.300/24\n", 4, "not an IPv4 or IPv6 address");
-        let m = expect("version: 1\nmode: enforce\nallow:\n  - a.b\n  - host: 2001:db8::1/64\n    port: 443\n", 5, "host bits");
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - 10.0.0.0/33\n",
+            4,
+            "prefix length \"33\" must be 0-32",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - 2001:db8::/129\n",
+            4,
+            "must be 0-128",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - 10.0.0.300/24\n",
+            4,
+            "not an IPv4 or IPv6 address",
+        );
+        let m = expect(
+            "version: 1\nmode: enforce\nallow:\n  - a.b\n  - host: 2001:db8::1/64\n    port: 443\n",
+            5,
+            "host bits",
+        );
         assert!(m.contains("allow[1].host"), "{m}");
     }
 
     #[test]
     fn wildcard_in_the_middle() {
-        let m = expect("version: 1\nmode: enforce\nallow:\n  - ok.example.com\n  - \"a.*.example.com\"\n", 5, "leftmost label");
+        let m = expect(
+            "version: 1\nmode: enforce\nallow:\n  - ok.example.com\n  - \"a.*.example.com\"\n",
+            5,
+            "leftmost label",
+        );
         assert!(m.contains("allow[1]"), "{m}");
-        expect("version: 1\nmode: enforce\nallow:\n  - host: \"foo*.example.com\"\n", 4, "leftmost label");
-        expect("version: 1\nmode: enforce\nallow:\n  - \"*.com\"\n", 4, "too broad");
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - host: \"foo*.example.com\"\n",
+            4,
+            "leftmost label",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - \"*.com\"\n",
+            4,
+            "too broad",
+        );
     }
 
     #[test]
     fn unknown_fields_anywhere() {
-        let m = expect("version: 1\nmode: enforce\nallowed:\n  - github.com\n", 3, "allowed");
+        let m = expect(
+            "version: 1\nmode: enforce\nallowed:\n  - github.com\n",
+            3,
+            "allowed",
+        );
         assert!(m.contains("unknown field"), "{m}");
-        let m = expect("version: 1\nmode: enforce\nallow:\n  - host: github.com\n    ports: 443\n", 5, "ports");
+        let m = expect(
+            "version: 1\nmode: enforce\nallow:\n  - host: github.com\n    ports: 443\n",
+            5,
+            "ports",
+        );
         assert!(m.contains("unknown field"), "{m}");
-        expect("version: 1\nmode: enforce\ndefaults:\n  loopbak: false\n", 4, "loopbak");
-        expect("version: 1\nmode: enforce\ndns:\n  refuse: true\n", 4, "refuse");
+        expect(
+            "version: 1\nmode: enforce\ndefaults:\n  loopbak: false\n",
+            4,
+            "loopbak",
+        );
+        expect(
+            "version: 1\nmode: enforce\ndns:\n  refuse: true\n",
+            4,
+            "refuse",
+        );
     }
 
     #[test]
@@ -611,8 +781,21 @@ allow:
         let mut bytes = b"version: 1\nmode: enforce\nallow:\n  - caf".to_vec();
         bytes.extend_from_slice(&[0xe9, b'\n']);
         let e = parse(&bytes, "p.yml").unwrap_err();
-        assert!(matches!(e, PolicyError::NotUtf8 { offset: 39, line: 4, .. }), "{e:?}");
-        assert_eq!(e.to_string(), "p.yml:4: not valid UTF-8 at byte 39; save the policy as UTF-8");
+        assert!(
+            matches!(
+                e,
+                PolicyError::NotUtf8 {
+                    offset: 39,
+                    line: 4,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "p.yml:4: not valid UTF-8 at byte 39; save the policy as UTF-8"
+        );
     }
 
     #[test]
@@ -622,7 +805,16 @@ allow:
             bytes.extend_from_slice(b"  - a.example.com\n");
         }
         let e = parse(&bytes, "p.yml").unwrap_err();
-        assert!(matches!(e, PolicyError::TooLarge { limit: MAX_POLICY_BYTES, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                PolicyError::TooLarge {
+                    limit: MAX_POLICY_BYTES,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.yml");
         std::fs::write(&path, &bytes).unwrap();
@@ -631,41 +823,105 @@ allow:
 
     #[test]
     fn bad_ports() {
-        for (port, needle) in [("0", "\"0\""), ("0443", "\"0443\""), ("65536", "\"65536\""), ("https", "\"https\""), ("-1", "\"-1\""), ("4.5", "\"4.5\"")] {
+        for (port, needle) in [
+            ("0", "\"0\""),
+            ("0443", "\"0443\""),
+            ("65536", "\"65536\""),
+            ("https", "\"https\""),
+            ("-1", "\"-1\""),
+            ("4.5", "\"4.5\""),
+        ] {
             let m = expect(
-                &format!("version: 1\nmode: enforce\nallow:\n  - host: github.com\n    port: {port}\n"),
+                &format!(
+                    "version: 1\nmode: enforce\nallow:\n  - host: github.com\n    port: {port}\n"
+                ),
                 5,
                 needle,
             );
             assert!(m.contains("allow[0].port: port"), "{m}");
         }
-        expect("version: 1\nmode: enforce\nallow:\n  - github.com:99999\n", 4, "not a number from 1 to 65535");
-        expect("version: 1\nmode: enforce\nallow:\n  - host: github.com:443\n", 4, "`port` field");
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - github.com:99999\n",
+            4,
+            "not a number from 1 to 65535",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - host: github.com:443\n",
+            4,
+            "`port` field",
+        );
     }
 
     #[test]
     fn unknown_mode_version_and_values() {
-        let m = expect("version: 1\nmode: block\nallow: [github.com]\n", 2, "unknown mode \"block\"");
+        let m = expect(
+            "version: 1\nmode: block\nallow: [github.com]\n",
+            2,
+            "unknown mode \"block\"",
+        );
         assert!(m.starts_with("p.yml:2:7: mode: "), "{m}");
-        expect("version: 2\nmode: enforce\n", 1, "unsupported version 2: this ciwatch reads version 1");
+        expect(
+            "version: 2\nmode: enforce\n",
+            1,
+            "unsupported version 2: this ciwatch reads version 1",
+        );
         expect("version: \"1\"\nmode: enforce\n", 1, "must be a number");
-        expect("version: 1\nmode: enforce\non-policy-error: ignore\n", 3, "expected fail or observe");
-        expect("version: 1\nmode: enforce\nallow:\n  - host: github.com\n    protocol: sctp\n", 5, "not tcp or udp");
-        expect("version: 1\nmode: enforce\nallow:\n  - {host: a.example, steps: []}\n", 4, "empty list");
-        expect("version: 1\nmode: enforce\nno-egress: true\nallow: [a.example]\n", 3, "no-egress");
+        expect(
+            "version: 1\nmode: enforce\non-policy-error: ignore\n",
+            3,
+            "expected fail or observe",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - host: github.com\n    protocol: sctp\n",
+            5,
+            "not tcp or udp",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - {host: a.example, steps: []}\n",
+            4,
+            "empty list",
+        );
+        expect(
+            "version: 1\nmode: enforce\nno-egress: true\nallow: [a.example]\n",
+            3,
+            "no-egress",
+        );
     }
 
     #[test]
     fn yaml_syntax_and_type_errors_have_lines() {
         expect("version: 1\nmode: enforce\nallow:\n  - [a, b]\n", 4, "");
         expect("version: 1\nmode: [enforce]\n", 2, "");
-        expect("version: 1\nmode: enforce\nallow:\n  - github.com\n  - [unclosed\n", 5, "");
-        expect("version: 1\nmode: enforce\nallow:\n  - github.com\n - misaligned\n", 5, "");
-        expect("version: 1\nmode: enforce\ndns:\n  refuse-unlisted: maybe\n", 4, "");
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - github.com\n  - [unclosed\n",
+            5,
+            "",
+        );
+        expect(
+            "version: 1\nmode: enforce\nallow:\n  - github.com\n - misaligned\n",
+            5,
+            "",
+        );
+        expect(
+            "version: 1\nmode: enforce\ndns:\n  refuse-unlisted: maybe\n",
+            4,
+            "",
+        );
         let e = err("");
-        assert!(e.to_string().contains("version") || e.to_string().contains("EOF") || e.to_string().contains("end"), "{e}");
-        let p = ok("version: 1\nmode: observe\nallow:\n  - {host: a.example, steps: [y, on, no, 1]}\n").policy;
-        assert_eq!(p.rules[0].describe(), "a.example (steps: y, on, no, 1)", "YAML 1.1 booleans stay names");
+        assert!(
+            e.to_string().contains("version")
+                || e.to_string().contains("EOF")
+                || e.to_string().contains("end"),
+            "{e}"
+        );
+        let p =
+            ok("version: 1\nmode: observe\nallow:\n  - {host: a.example, steps: [y, on, no, 1]}\n")
+                .policy;
+        assert_eq!(
+            p.rules[0].describe(),
+            "a.example (steps: y, on, no, 1)",
+            "YAML 1.1 booleans stay names"
+        );
         let e = err("mode: enforce\n");
         assert!(e.to_string().contains("missing field `version`"), "{e}");
     }
@@ -674,8 +930,14 @@ allow:
     fn empty_allowlist_parses_but_does_not_validate_in_enforce() {
         let p = ok("version: 1\nmode: enforce\n").policy;
         assert!(p.validate().is_err());
-        assert!(ok("version: 1\nmode: enforce\nallow: []\n").policy.validate().is_err());
-        assert!(ok("version: 1\nmode: enforce\nno-egress: true\n").policy.validate().is_ok());
+        assert!(ok("version: 1\nmode: enforce\nallow: []\n")
+            .policy
+            .validate()
+            .is_err());
+        assert!(ok("version: 1\nmode: enforce\nno-egress: true\n")
+            .policy
+            .validate()
+            .is_ok());
         assert!(ok("version: 1\nmode: observe\n").policy.validate().is_ok());
     }
 
@@ -689,9 +951,19 @@ allow:
 
     #[test]
     fn fallback_hint_reads_a_broken_file() {
-        assert_eq!(on_policy_error_hint(b"version: [\non-policy-error: observe # fall back\n"), OnPolicyError::Observe);
-        assert_eq!(on_policy_error_hint(b"on-policy-error: \"observe\"\n"), OnPolicyError::Observe);
-        assert_eq!(on_policy_error_hint(b"  on-policy-error: observe\n"), OnPolicyError::Fail, "top level only");
+        assert_eq!(
+            on_policy_error_hint(b"version: [\non-policy-error: observe # fall back\n"),
+            OnPolicyError::Observe
+        );
+        assert_eq!(
+            on_policy_error_hint(b"on-policy-error: \"observe\"\n"),
+            OnPolicyError::Observe
+        );
+        assert_eq!(
+            on_policy_error_hint(b"  on-policy-error: observe\n"),
+            OnPolicyError::Fail,
+            "top level only"
+        );
         assert_eq!(on_policy_error_hint(b"version: 1\n"), OnPolicyError::Fail);
     }
 

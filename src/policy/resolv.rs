@@ -13,7 +13,9 @@ pub fn system_nameservers() -> Vec<IpAddr> {
 }
 
 pub fn nameservers_in(path: &Path) -> Vec<IpAddr> {
-    std::fs::read_to_string(path).map(|t| parse_nameservers(&t)).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|t| parse_nameservers(&t))
+        .unwrap_or_default()
 }
 
 /// `nameserver ADDR` lines, in order, without duplicates. A zone index
@@ -44,7 +46,10 @@ mod tests {
     fn reads_nameserver_lines() {
         let text = "# generated\nsearch example.internal\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n\
                     nameserver   10.0.0.2 # trailing\nnameserver bogus\n;nameserver 1.1.1.1\nnameserver 127.0.0.53\n";
-        let got: Vec<String> = parse_nameservers(text).iter().map(ToString::to_string).collect();
+        let got: Vec<String> = parse_nameservers(text)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(got, ["127.0.0.53", "fe80::1", "10.0.0.2"]);
     }
 }

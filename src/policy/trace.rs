@@ -18,13 +18,20 @@ const SCHEMA: &str = "ciwatch.events/v1";
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     #[error("cannot read trace {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: no events.ndjson here{hint}")]
     NoEvents { path: String, hint: &'static str },
     #[error("{path}: not a sealed trace ({why})")]
     NotSealed { path: String, why: String },
     #[error("{path}:{line}: {message}")]
-    Line { path: String, line: u64, message: String },
+    Line {
+        path: String,
+        line: u64,
+        message: String,
+    },
 }
 
 /// The step of a record, as the event log names it.
@@ -99,7 +106,10 @@ pub struct Trace {
 pub fn read_path(path: &Path) -> Result<Trace, TraceError> {
     let file = events_file(path)?;
     let name = file.display().to_string();
-    let f = std::fs::File::open(&file).map_err(|source| TraceError::Read { path: name.clone(), source })?;
+    let f = std::fs::File::open(&file).map_err(|source| TraceError::Read {
+        path: name.clone(),
+        source,
+    })?;
     read(BufReader::new(f), &name)
 }
 
@@ -125,7 +135,10 @@ pub fn events_file(path: &Path) -> Result<PathBuf, TraceError> {
     } else {
         ""
     };
-    Err(TraceError::NoEvents { path: path.display().to_string(), hint })
+    Err(TraceError::NoEvents {
+        path: path.display().to_string(),
+        hint,
+    })
 }
 
 /// Parses a sealed log: `trace_start` first, `trace_end` last.
@@ -139,17 +152,22 @@ pub fn read<R: Read>(reader: BufReader<R>, origin: &str) -> Result<Trace, TraceE
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|source| TraceError::Read { path: origin.into(), source })?;
+            .map_err(|source| TraceError::Read {
+                path: origin.into(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
         hasher.update(&buf);
         line_no += 1;
-        let text = std::str::from_utf8(&buf).map_err(|e| state.err(line_no, format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+        let text = std::str::from_utf8(&buf)
+            .map_err(|e| state.err(line_no, format!("not UTF-8 at byte {}", e.valid_up_to())))?;
         if text.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| state.err(line_no, format!("not JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| state.err(line_no, format!("not JSON: {e}")))?;
         state.record(line_no, &value)?;
     }
     state.finish(hex::encode(hasher.finalize()))
@@ -181,14 +199,21 @@ impl State {
     }
 
     fn err(&self, line: u64, message: String) -> TraceError {
-        TraceError::Line { path: self.origin.clone(), line, message }
+        TraceError::Line {
+            path: self.origin.clone(),
+            line,
+            message,
+        }
     }
 
     fn record(&mut self, line: u64, v: &Value) -> Result<(), TraceError> {
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
         if !self.started {
             if kind != "trace_start" {
-                return Err(self.err(line, "the first line is not a trace_start record: not a ciwatch event log".into()));
+                return Err(self.err(
+                    line,
+                    "the first line is not a trace_start record: not a ciwatch event log".into(),
+                ));
             }
             let schema = v.get("schema").and_then(Value::as_str).unwrap_or_default();
             if schema != SCHEMA {
@@ -225,8 +250,12 @@ impl State {
 
     fn connect(&self, line: u64, v: &Value, denied: bool) -> Result<Option<Connect>, TraceError> {
         // A denied record without an address is not a connect (future kinds of denial).
-        let Some(addr) = v.get("addr").and_then(Value::as_str) else { return Ok(None) };
-        let addr: IpAddr = addr.parse().map_err(|_| self.err(line, format!("addr {addr:?} is not an IP address")))?;
+        let Some(addr) = v.get("addr").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| self.err(line, format!("addr {addr:?} is not an IP address")))?;
         let port = v
             .get("port")
             .and_then(Value::as_u64)
@@ -235,7 +264,12 @@ impl State {
         let hosts = v
             .get("hosts")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(normalize_name).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(normalize_name)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Some(Connect {
             seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
@@ -253,11 +287,19 @@ impl State {
         if v.get("numeric").and_then(Value::as_bool).unwrap_or(false) {
             return Ok(None);
         }
-        let Some(host) = v.get("host").and_then(Value::as_str) else { return Ok(None) };
+        let Some(host) = v.get("host").and_then(Value::as_str) else {
+            return Ok(None);
+        };
         let addrs = v
             .get("addrs")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).filter_map(|s| s.parse::<IpAddr>().ok()).map(|a| a.to_canonical()).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|s| s.parse::<IpAddr>().ok())
+                    .map(|a| a.to_canonical())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Some(Lookup {
             seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
@@ -269,7 +311,9 @@ impl State {
     }
 
     fn step(&self, line: u64, v: &Value) -> Result<Step, TraceError> {
-        let s = v.get("step").ok_or_else(|| self.err(line, "record without a step".into()))?;
+        let s = v
+            .get("step")
+            .ok_or_else(|| self.err(line, "record without a step".into()))?;
         Ok(Step {
             id: str_field(s, "id").ok_or_else(|| self.err(line, "step without an id".into()))?,
             name: str_field(s, "name"),
@@ -279,10 +323,16 @@ impl State {
 
     fn finish(mut self, sha256: String) -> Result<Trace, TraceError> {
         if !self.started {
-            return Err(TraceError::NotSealed { path: self.origin, why: "empty".into() });
+            return Err(TraceError::NotSealed {
+                path: self.origin,
+                why: "empty".into(),
+            });
         }
         if !self.ended {
-            return Err(TraceError::NotSealed { path: self.origin, why: "no trace_end record: it was cut short".into() });
+            return Err(TraceError::NotSealed {
+                path: self.origin,
+                why: "no trace_end record: it was cut short".into(),
+            });
         }
         fill_hosts_from_lookups(&mut self.connects, &self.lookups);
         Ok(Trace {
@@ -303,7 +353,11 @@ impl State {
 fn fill_hosts_from_lookups(connects: &mut [Connect], lookups: &[Lookup]) {
     for c in connects.iter_mut().filter(|c| c.hosts.is_empty()) {
         let mut names: Vec<String> = Vec::new();
-        for l in lookups.iter().rev().filter(|l| l.seq < c.seq && l.addrs.contains(&c.addr)) {
+        for l in lookups
+            .iter()
+            .rev()
+            .filter(|l| l.seq < c.seq && l.addrs.contains(&c.addr))
+        {
             if !names.contains(&l.host) {
                 names.push(l.host.clone());
             }
@@ -354,9 +408,17 @@ mod tests {
         .unwrap();
         assert_eq!(t.job, "github-actions/j1");
         assert_eq!(t.connects.len(), 2);
-        assert_eq!(t.connects[0].hosts, ["example.com"], "filled from the earlier dns answer");
+        assert_eq!(
+            t.connects[0].hosts,
+            ["example.com"],
+            "filled from the earlier dns answer"
+        );
         assert_eq!(t.connects[0].step.label(), "Build");
-        assert_eq!(t.connects[1].addr.to_string(), "10.0.0.1", "v4-mapped read as v4");
+        assert_eq!(
+            t.connects[1].addr.to_string(),
+            "10.0.0.1",
+            "v4-mapped read as v4"
+        );
         assert_eq!(t.connects[1].step.label(), "s2");
         assert_eq!(t.lookups.len(), 1, "numeric lookups name no destination");
         assert!(t.complete);
@@ -366,12 +428,20 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_sealed_log() {
         assert!(matches!(parse(&[START]), Err(TraceError::NotSealed { .. })));
-        assert!(matches!(parse(&[r#"{"type":"exec"}"#]), Err(TraceError::Line { line: 1, .. })));
+        assert!(matches!(
+            parse(&[r#"{"type":"exec"}"#]),
+            Err(TraceError::Line { line: 1, .. })
+        ));
         let e = parse(&[START, "{oops", END]).unwrap_err();
         assert!(matches!(e, TraceError::Line { line: 2, .. }), "{e}");
         let e = parse(&[START, END, END]).unwrap_err();
         assert!(e.to_string().contains("after trace_end"), "{e}");
-        let e = parse(&[START, r#"{"type":"connect","step":{"id":"a"},"addr":"nope","port":1}"#, END]).unwrap_err();
+        let e = parse(&[
+            START,
+            r#"{"type":"connect","step":{"id":"a"},"addr":"nope","port":1}"#,
+            END,
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("t.ndjson:2: addr \"nope\""), "{e}");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("events.ndjson.partial"), START).unwrap();

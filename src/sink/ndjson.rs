@@ -51,8 +51,18 @@ impl NdjsonLog {
             .create(true)
             .truncate(true)
             .open(&partial)
-            .map_err(|source| SinkError::Create { path: partial.display().to_string(), source })?;
-        Ok(Self { partial, path, out: BufWriter::with_capacity(1 << 16, file), hasher: Sha256::new(), bytes: 0, lines: 0 })
+            .map_err(|source| SinkError::Create {
+                path: partial.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            partial,
+            path,
+            out: BufWriter::with_capacity(1 << 16, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+            lines: 0,
+        })
     }
 
     /// Writes one record as one line; the line is built whole before any byte is written.
@@ -82,7 +92,10 @@ impl NdjsonLog {
     /// Flushes, syncs and renames the log into place.
     pub fn seal(mut self) -> Result<Sealed, SinkError> {
         self.flush()?;
-        self.out.get_ref().sync_all().map_err(|e| self.write_error(e))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| self.write_error(e))?;
         if self.partial != self.path {
             std::fs::rename(&self.partial, &self.path).map_err(|e| self.write_error(e))?;
         }
@@ -90,10 +103,18 @@ impl NdjsonLog {
             // Persist the rename too; a failure here loses nothing already written.
             let _ = File::open(dir).and_then(|d| d.sync_all());
         }
-        Ok(Sealed { path: self.path, sha256: hex::encode(self.hasher.finalize()), bytes: self.bytes, lines: self.lines })
+        Ok(Sealed {
+            path: self.path,
+            sha256: hex::encode(self.hasher.finalize()),
+            bytes: self.bytes,
+            lines: self.lines,
+        })
     }
 
     fn write_error(&self, source: std::io::Error) -> SinkError {
-        SinkError::Write { path: self.partial.display().to_string(), source }
+        SinkError::Write {
+            path: self.partial.display().to_string(),
+            source,
+        }
     }
 }

@@ -109,7 +109,12 @@ impl Summary {
                 d.comms.insert(comm);
                 d.steps.insert(step);
             }
-            Body::Exec(e) => *self.execs.entry(e.filename.lossy().into_owned()).or_default() += 1,
+            Body::Exec(e) => {
+                *self
+                    .execs
+                    .entry(e.filename.lossy().into_owned())
+                    .or_default() += 1
+            }
             Body::Fork(_) | Body::Exit(_) => {}
         }
     }
@@ -133,9 +138,23 @@ impl Summary {
         let t = &self.totals;
         let n = |k: &str| t.events.get(k).copied().unwrap_or(0);
         md.push_str("| execs | connects | DNS lookups | sensitive opens | denied | lost events |\n|---:|---:|---:|---:|---:|---:|\n");
-        let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |\n", n("exec"), n("connect"), n("dns"), n("file"), n("denied"), t.lost_total);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |\n",
+            n("exec"),
+            n("connect"),
+            n("dns"),
+            n("file"),
+            n("denied"),
+            t.lost_total
+        );
         if t.lost_total > 0 {
-            let per_kind: Vec<String> = t.lost.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}: {v}")).collect();
+            let per_kind: Vec<String> = t
+                .lost
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(
                 md,
                 "> **Warning: {} events were lost** because the ring buffer was full ({}). \
@@ -145,10 +164,18 @@ impl Summary {
             );
         }
         if t.undecodable > 0 {
-            let _ = writeln!(md, "> **Warning:** {} records could not be decoded.\n", t.undecodable);
+            let _ = writeln!(
+                md,
+                "> **Warning:** {} records could not be decoded.\n",
+                t.undecodable
+            );
         }
         if ctx.still_running > 0 {
-            let _ = writeln!(md, "> {} processes of the job were still running when the trace was sealed.\n", ctx.still_running);
+            let _ = writeln!(
+                md,
+                "> {} processes of the job were still running when the trace was sealed.\n",
+                ctx.still_running
+            );
         }
         for note in ctx.notes {
             let _ = writeln!(md, "> **Note:** {}\n", cell(note));
@@ -169,8 +196,19 @@ impl Summary {
         }
         md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
         for ((addr, port, proto), d) in self.egress.iter().take(MAX_ROWS) {
-            let dest = if addr.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} | {} |", list(&d.hosts), names.list(&d.steps), list(&d.comms), d.count);
+            let dest = if addr.is_ipv6() {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            };
+            let _ = writeln!(
+                md,
+                "| {dest} | {proto:?} | {} | {} | {} | {} |",
+                list(&d.hosts),
+                names.list(&d.steps),
+                list(&d.comms),
+                d.count
+            );
         }
         more(md, self.egress.len());
     }
@@ -179,11 +217,24 @@ impl Summary {
         if self.denied.is_empty() {
             return;
         }
-        md.push_str("## Denied egress\n\nThe enforce hook refused these; the callers got EPERM.\n\n");
+        md.push_str(
+            "## Denied egress\n\nThe enforce hook refused these; the callers got EPERM.\n\n",
+        );
         md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
         for ((addr, port, proto), d) in self.denied.iter().take(MAX_ROWS) {
-            let dest = if addr.is_ipv6() { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-            let _ = writeln!(md, "| {dest} | {proto:?} | {} | {} | {} | {} |", list(&d.hosts), names.list(&d.steps), list(&d.comms), d.count);
+            let dest = if addr.is_ipv6() {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            };
+            let _ = writeln!(
+                md,
+                "| {dest} | {proto:?} | {} | {} | {} | {} |",
+                list(&d.hosts),
+                names.list(&d.steps),
+                list(&d.comms),
+                d.count
+            );
         }
         more(md, self.denied.len());
     }
@@ -196,8 +247,20 @@ impl Summary {
         }
         md.push_str("| host name | addresses | steps | count |\n|---|---|---|---:|\n");
         for (host, l) in self.dns.iter().take(MAX_ROWS) {
-            let addrs: BTreeSet<String> = l.addrs.iter().map(IpAddr::to_string).chain(l.errors.iter().map(|e| e.to_string())).collect();
-            let _ = writeln!(md, "| {} | {} | {} | {} |", cell(host), list(&addrs), names.list(&l.steps), l.count);
+            let addrs: BTreeSet<String> = l
+                .addrs
+                .iter()
+                .map(IpAddr::to_string)
+                .chain(l.errors.iter().map(|e| e.to_string()))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                cell(host),
+                list(&addrs),
+                names.list(&l.steps),
+                l.count
+            );
         }
         more(md, self.dns.len());
     }
@@ -208,10 +271,21 @@ impl Summary {
             md.push_str("None.\n\n");
             return;
         }
-        md.push_str("| path | access | steps | processes | rule | count |\n|---|---|---|---|---|---:|\n");
+        md.push_str(
+            "| path | access | steps | processes | rule | count |\n|---|---|---|---|---|---:|\n",
+        );
         for (path, o) in self.files.iter().take(MAX_ROWS) {
             let access: BTreeSet<String> = o.access.iter().map(|a| a.to_string()).collect();
-            let _ = writeln!(md, "| {} | {} | {} | {} | `{}` | {} |", cell(path), list(&access), names.list(&o.steps), list(&o.comms), o.rule, o.count);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | `{}` | {} |",
+                cell(path),
+                list(&access),
+                names.list(&o.steps),
+                list(&o.comms),
+                o.rule,
+                o.count
+            );
         }
         more(md, self.files.len());
     }
@@ -248,7 +322,11 @@ fn render_steps(md: &mut String, steps: &[StepRow]) {
         if s.degraded {
             name.push_str(" †");
         }
-        let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", s.execs, s.connects, s.dns, s.files);
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} |",
+            s.execs, s.connects, s.dns, s.files
+        );
     }
     if steps.iter().any(|s| s.degraded) {
         md.push_str("\n† attribution is less detailed for this step; see the notes above.\n");
@@ -264,8 +342,18 @@ fn render_hooks(md: &mut String, hooks: &[HookStatus]) {
             (false, true) => "disabled in the configuration".to_string(),
             (false, false) => "**NOT ATTACHED**".to_string(),
         };
-        let skipped: Vec<String> = h.skipped.iter().map(|s| format!("{} ({})", s.implementation, s.reason)).collect();
-        let _ = writeln!(md, "| {} | {} | {} |", h.hook, cell(&implementation), cell(&skipped.join("; ")));
+        let skipped: Vec<String> = h
+            .skipped
+            .iter()
+            .map(|s| format!("{} ({})", s.implementation, s.reason))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            h.hook,
+            cell(&implementation),
+            cell(&skipped.join("; "))
+        );
     }
     md.push('\n');
 }
@@ -275,7 +363,10 @@ pub struct StepNames<'a>(pub &'a [StepRow]);
 
 impl StepNames<'_> {
     pub fn name(&self, id: &str) -> String {
-        self.0.iter().find(|s| s.id == id).map_or_else(|| id.to_string(), |s| s.name.clone())
+        self.0
+            .iter()
+            .find(|s| s.id == id)
+            .map_or_else(|| id.to_string(), |s| s.name.clone())
     }
 
     fn list(&self, ids: &BTreeSet<String>) -> String {

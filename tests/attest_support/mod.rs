@@ -21,7 +21,11 @@ pub fn repo() -> PathBuf {
 /// A fresh output directory holding a copy of the realistic fixture log.
 pub fn job_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(repo().join("tests/fixtures/attest/events.ndjson"), dir.path().join("events.ndjson")).unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/attest/events.ndjson"),
+        dir.path().join("events.ndjson"),
+    )
+    .unwrap();
     dir
 }
 
@@ -37,7 +41,11 @@ pub fn options(mode: SignMode, key: Option<&Path>) -> SignOptions {
     o.key = key.map_or(KeySource::Default, |k| KeySource::Path(k.to_path_buf()));
     o.keyless = KeylessOptions {
         env: AmbientEnv::default(),
-        retry: Retry { attempts: 2, initial_backoff: Duration::from_millis(10), max_backoff: Duration::from_millis(20) },
+        retry: Retry {
+            attempts: 2,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+        },
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(10),
         ..KeylessOptions::default()
@@ -46,11 +54,19 @@ pub fn options(mode: SignMode, key: Option<&Path>) -> SignOptions {
 }
 
 pub fn ciwatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ciwatch")).args(args).env("CIWATCH_LOG", "error").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ciwatch"))
+        .args(args)
+        .env("CIWATCH_LOG", "error")
+        .output()
+        .unwrap()
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn read_json(path: &Path) -> Value {
@@ -67,7 +83,9 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 /// The statement inside a bundle.
 pub fn bundle_statement(bundle: &Value) -> Value {
-    let payload = b64().decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+    let payload = b64()
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
     serde_json::from_slice(&payload).unwrap()
 }
 
@@ -76,7 +94,8 @@ pub fn tamper_bundle(src: &Path, dst: &Path, edit: impl FnOnce(&mut Value)) {
     let mut bundle = read_json(src);
     let mut statement = bundle_statement(&bundle);
     edit(&mut statement);
-    bundle["dsseEnvelope"]["payload"] = Value::from(b64().encode(serde_json::to_vec(&statement).unwrap()));
+    bundle["dsseEnvelope"]["payload"] =
+        Value::from(b64().encode(serde_json::to_vec(&statement).unwrap()));
     write_json(dst, &bundle);
 }
 
@@ -106,22 +125,36 @@ pub struct Peers {
 /// Finds the peers. Missing peers skip the calling test with a printed reason,
 /// except under CI (env CI set), where they fail it: CI must not pass by skipping.
 pub fn peers(test: &str) -> Option<Peers> {
-    let base = std::env::var_os("CIWATCH_TEST_PEERS").map_or_else(|| repo().join(".cache/peers"), PathBuf::from);
-    let peers = Peers { node_modules: base.join("node/node_modules"), python: base.join("venv/bin/python") };
+    let base = std::env::var_os("CIWATCH_TEST_PEERS")
+        .map_or_else(|| repo().join(".cache/peers"), PathBuf::from);
+    let peers = Peers {
+        node_modules: base.join("node/node_modules"),
+        python: base.join("venv/bin/python"),
+    };
     let mut missing = Vec::new();
-    if !peers.node_modules.join("@sigstore/verify").is_dir() || !peers.node_modules.join("@sigstore/mock").is_dir() {
+    if !peers.node_modules.join("@sigstore/verify").is_dir()
+        || !peers.node_modules.join("@sigstore/mock").is_dir()
+    {
         missing.push(format!("npm peers in {}", peers.node_modules.display()));
     }
     if !peers.python.is_file() {
         missing.push(format!("python venv {}", peers.python.display()));
     }
-    if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+    if Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         missing.push("node".to_string());
     }
     if missing.is_empty() {
         return Some(peers);
     }
-    let reason = format!("{test}: independent verifiers missing ({}); run scripts/install-test-peers", missing.join(", "));
+    let reason = format!(
+        "{test}: independent verifiers missing ({}); run scripts/install-test-peers",
+        missing.join(", ")
+    );
     if std::env::var_os("CI").is_some() {
         panic!("{reason} (CI is set, so this fails instead of skipping)");
     }
@@ -131,7 +164,12 @@ pub fn peers(test: &str) -> Option<Peers> {
 
 impl Peers {
     pub fn node(&self, script: &str, args: &[&str]) -> Output {
-        Command::new("node").arg(repo().join(script)).args(args).env("NODE_PATH", &self.node_modules).output().unwrap()
+        Command::new("node")
+            .arg(repo().join(script))
+            .args(args)
+            .env("NODE_PATH", &self.node_modules)
+            .output()
+            .unwrap()
     }
 
     /// securesystemslib over an `.intoto.jsonl` file.
@@ -145,16 +183,35 @@ impl Peers {
 
     /// sigstore-js over a bundle with a public key.
     pub fn sigstore_js_key(&self, bundle: &Path, public: &Path) -> Output {
-        self.node("tests/peers/verify-sigstore-js.js", &[&s(bundle), "", "--key", &s(public)])
+        self.node(
+            "tests/peers/verify-sigstore-js.js",
+            &[&s(bundle), "", "--key", &s(public)],
+        )
     }
 
     /// sigstore-js over a keyless bundle against a trusted root.
-    pub fn sigstore_js_keyless(&self, bundle: &Path, root: &Path, san: &str, issuer: &str) -> Output {
-        self.node("tests/peers/verify-sigstore-js.js", &[&s(bundle), &s(root), "--san", san, "--issuer", issuer])
+    pub fn sigstore_js_keyless(
+        &self,
+        bundle: &Path,
+        root: &Path,
+        san: &str,
+        issuer: &str,
+    ) -> Output {
+        self.node(
+            "tests/peers/verify-sigstore-js.js",
+            &[&s(bundle), &s(root), "--san", san, "--issuer", issuer],
+        )
     }
 
     /// sigstore-python: `sigstore verify identity --offline` with a custom trust config.
-    pub fn sigstore_python(&self, trust_config: &Path, bundle: &Path, artifact: &Path, san: &str, issuer: &str) -> Output {
+    pub fn sigstore_python(
+        &self,
+        trust_config: &Path,
+        bundle: &Path,
+        artifact: &Path,
+        san: &str,
+        issuer: &str,
+    ) -> Output {
         Command::new(&self.python)
             .args(["-m", "sigstore", "--trust-config"])
             .arg(trust_config)
@@ -192,8 +249,11 @@ impl Mock {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("mock server handshake {line:?}: {e}"));
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let info: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("mock server handshake {line:?}: {e}"));
         Self { child, info, dir }
     }
 
@@ -223,7 +283,11 @@ impl Mock {
     pub fn stats(&self) -> Value {
         let url = format!("{}/stats", self.get("url"));
         let out = Command::new("node")
-            .args(["-e", "fetch(process.argv[1]).then(r=>r.text()).then(t=>process.stdout.write(t))", &url])
+            .args([
+                "-e",
+                "fetch(process.argv[1]).then(r=>r.text()).then(t=>process.stdout.write(t))",
+                &url,
+            ])
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap()

@@ -44,11 +44,17 @@ impl Trace {
             .expect("spawn ciwatch");
         let log = dir.path().join("events.ndjson");
         let text = std::fs::read_to_string(&log).unwrap_or_else(|e| {
-            panic!("no {} ({e}); ciwatch stderr:\n{}", log.display(), String::from_utf8_lossy(&output.stderr))
+            panic!(
+                "no {} ({e}); ciwatch stderr:\n{}",
+                log.display(),
+                String::from_utf8_lossy(&output.stderr)
+            )
         });
         let lines = text
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}"))
+            })
             .collect();
         Trace { dir, output, lines }
     }
@@ -77,7 +83,10 @@ impl Trace {
 
     pub fn end(&self) -> &Value {
         let last = self.lines.last().expect("empty log");
-        assert_eq!(last["type"], "trace_end", "last line is not trace_end: {last}");
+        assert_eq!(
+            last["type"], "trace_end",
+            "last line is not trace_end: {last}"
+        );
         last
     }
 
@@ -108,7 +117,8 @@ pub fn cgroup2_root() -> PathBuf {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+            (right.split(' ').next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
         })
         .expect("a cgroup v2 mount")
 }
@@ -116,7 +126,8 @@ pub fn cgroup2_root() -> PathBuf {
 /// A copy of the Python interpreter under another name, so its task name (comm) is that name.
 pub fn python_as(path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::copy("/usr/bin/python3.11", path).expect("copy /usr/bin/python3.11 (Debian's python3)");
+    std::fs::copy("/usr/bin/python3.11", path)
+        .expect("copy /usr/bin/python3.11 (Debian's python3)");
 }
 
 /// Spawns, retrying while a just-written executable is still open for writing in a
@@ -124,7 +135,9 @@ pub fn python_as(path: &Path) {
 pub fn spawn(cmd: &mut Command) -> std::process::Child {
     for _ in 0..50 {
         match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
             other => return other.expect("spawn"),
         }
     }
@@ -132,7 +145,9 @@ pub fn spawn(cmd: &mut Command) -> std::process::Child {
 }
 
 pub fn emulator(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulators").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/emulators")
+        .join(name)
 }
 
 /// Loopback listeners whose ports tag the traffic of each step.
@@ -176,14 +191,23 @@ impl Shim {
         let fifo = dir.join("shim/requests");
         let cgroup = cgroup2_root().join(format!("ciwatch-test-{}", std::process::id()));
         std::fs::create_dir_all(&cgroup).unwrap();
-        let child = spawn(Command::new(&bin).arg(emulator("shim.py")).arg(&fifo).arg(&cgroup));
+        let child = spawn(
+            Command::new(&bin)
+                .arg(emulator("shim.py"))
+                .arg(&fifo)
+                .arg(&cgroup),
+        );
         for _ in 0..100 {
             if fifo.exists() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Shim { fifo, cgroup, child }
+        Shim {
+            fifo,
+            cgroup,
+            child,
+        }
     }
 }
 
@@ -202,5 +226,9 @@ impl Drop for Shim {
 
 /// Events of a sealed log, keyed for attribution checks.
 pub fn step_of<'a>(event: &'a Value) -> (&'a str, Option<&'a str>, Option<&'a str>) {
-    (event["step"]["id"].as_str().unwrap_or(""), event["step"]["name"].as_str(), event["step"]["stage"].as_str())
+    (
+        event["step"]["id"].as_str().unwrap_or(""),
+        event["step"]["name"].as_str(),
+        event["step"]["stage"].as_str(),
+    )
 }

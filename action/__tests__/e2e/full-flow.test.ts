@@ -12,7 +12,7 @@
 // loopback Fulcio/Rekor from the signing work can be configured through them).
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -53,12 +53,32 @@ async function runAsWorker(job: JobConfig, steps: Step[]): Promise<Outcome> {
   const resultPath = join(job.root, 'result.json');
   writeFileSync(scenario, JSON.stringify({ job, steps }));
   const code = await new Promise<number | null>((resolve) => {
-    const p = spawn(worker, ['--import', 'tsx', join(HARNESS, 'runner.ts'), scenario, resultPath], { cwd: join(REPO, 'action'), stdio: 'inherit' });
+    const p = spawn(worker, ['--import', 'tsx', join(HARNESS, 'runner.ts'), scenario, resultPath], { cwd: join(REPO, 'action'), stdio: 'inherit', env: { ...process.env, CIWATCH_E2E_NODE: process.execPath } });
     p.on('exit', resolve);
   });
   assert.equal(code, 0, 'the Runner.Worker emulator completed');
   const { results } = JSON.parse(readFileSync(resultPath, 'utf8')) as { results: StepResult[] };
   return { results, byName: new Map(results.map((r) => [r.name, r])), root: job.root };
+}
+
+/** The loopback Fulcio + Rekor + token endpoint the Rust keyless tests use (tests/sigstore/mock-server.js). */
+async function startSigstore(): Promise<{ proc: ChildProcess; info: Record<string, string> }> {
+  const out = mkdtempSync(join(tmpdir(), 'ciwatch-sigstore-'));
+  const modules = join(REPO, '.cache', 'peers', 'node', 'node_modules');
+  if (!existsSync(join(modules, '@sigstore', 'mock'))) throw new Error(`${modules} lacks @sigstore/mock: run scripts/install-test-peers`);
+  const proc = spawn(process.execPath, [join(REPO, 'tests', 'sigstore', 'mock-server.js'), out, '0'], {
+    env: { ...process.env, NODE_PATH: modules },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const line = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    proc.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString('utf8');
+      if (buf.includes('\n')) resolve(buf.slice(0, buf.indexOf('\n')));
+    });
+    proc.on('exit', (code) => reject(new Error(`the Sigstore mock exited with ${code}`)));
+  });
+  return { proc, info: JSON.parse(line) as Record<string, string> };
 }
 
 describe('full flow with the real ciwatch binary', { concurrency: false }, () => {
@@ -69,6 +89,7 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
   }
 
   let env: Env;
+  let sigstore: { proc: ChildProcess; info: Record<string, string> };
   let binary: Buffer;
   let http: Server;
   let httpPort = 0;
@@ -76,6 +97,7 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
     binary = readFileSync(prerequisites());
     env = await startServices();
     env.gh.release = { binary };
+    sigstore = await startSigstore();
     http = createServer((_req, res) => res.end('hello from 127.0.0.2\n'));
     await new Promise<void>((r) => http.listen(0, '127.0.0.2', () => r()));
     const a = http.address();
@@ -83,6 +105,7 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
   });
   after(async () => {
     http?.close();
+    sigstore?.proc.kill('SIGTERM');
     await env?.stop();
   });
 
@@ -92,7 +115,15 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
     mkdirSync(join(home, '.ssh'), { recursive: true });
     writeFileSync(join(home, '.ssh', 'id_ed25519'), '-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n', { mode: 0o600 });
     const passThrough = Object.fromEntries(Object.entries(process.env).filter(([k, v]) => k.startsWith('CIWATCH_') && k !== 'CIWATCH_BIN' && v !== undefined)) as Record<string, string>;
-    return { actionDir: REPO, root, env: { ...env.gh.actionEnv(), ...passThrough, HOME: home }, inputs: { ...downloadInputs(env.gh, sha256(binary)), ...inputs } };
+    // Keyless signing against the loopback Sigstore: its token endpoint stands in for the runner's.
+    const keyless = {
+      ACTIONS_ID_TOKEN_REQUEST_URL: sigstore.info['token_url']!,
+      ACTIONS_ID_TOKEN_REQUEST_TOKEN: sigstore.info['request_token']!,
+      CIWATCH_FULCIO_URL: sigstore.info['url']!,
+      CIWATCH_REKOR_URL: sigstore.info['url']!,
+      CIWATCH_SIGNING_TRUSTED_ROOT: sigstore.info['trusted_root']!,
+    };
+    return { actionDir: REPO, root, env: { ...env.gh.actionEnv(), ...passThrough, ...keyless, HOME: home }, inputs: { ...downloadInputs(env.gh, sha256(binary)), ...inputs } };
   }
 
   const fetchScript = (): string => `exec 3<>/dev/tcp/127.0.0.2/${httpPort}\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3\ncat <&3\n`;
@@ -114,8 +145,8 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
 
     // Outputs.
     const outDir = join(o.root, 'work', '_temp', 'ciwatch', 'out');
-    assert.equal(post.outputs['events-path'], join(outDir, 'events.ndjson'));
-    assert.ok(Number(post.outputs['exec-count']) >= 3);
+    assert.equal(post.outputs['events-path'], join(outDir, 'events.ndjson'), post.stdout + post.stderr + JSON.stringify(post.annotations));
+    assert.ok(Number(post.outputs['exec-count']) >= 3, readFileSync(join(outDir, 'agent.log'), 'utf8') + readFileSync(join(outDir, 'events.ndjson'), 'utf8').slice(0, 3000));
     assert.ok(Number(post.outputs['connect-count']) >= 1);
     assert.ok(Number(post.outputs['dns-count']) >= 1);
     assert.ok(Number(post.outputs['file-count']) >= 1);
@@ -133,16 +164,16 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
     assert.ok(events.some((e) => e['type'] === 'dns' && e['host'] === 'localhost' && stepOf(e) === 'Resolve names'), 'DNS attributed');
     assert.ok(events.some((e) => e['type'] === 'exec' && stepOf(e) === 'Node action'), 'exec attributed to the node action');
 
-    // Signed: the bundle verifies with the command the summary prints.
-    if (post.outputs['signing-method'] !== 'none') {
-      assert.ok(files.has('attestation.sigstore.json') || files.has('attestation.intoto.jsonl'));
-      const dir = mkdtempSync(join(tmpdir(), 'ciwatch-verify-'));
-      for (const [n, b] of files) writeFileSync(join(dir, n), b);
-      const argv = (post.outputs['verify-command'] ?? '').split(/\s+/).filter(Boolean);
-      assert.equal(argv[0], 'ciwatch');
-      const vcode = await new Promise<number | null>((resolve) => spawn(process.env['CIWATCH_BIN']!, argv.slice(1), { cwd: dir, stdio: 'inherit' }).on('exit', resolve));
-      assert.equal(vcode, 0, 'the printed verify command accepts the downloaded artifact');
-    }
+    // Signed keyless: the downloaded bundle verifies with the command the post step prints.
+    assert.equal(post.outputs['signing-method'], 'keyless', post.stdout);
+    assert.ok(files.has('attestation.sigstore.json'));
+    const dir = mkdtempSync(join(tmpdir(), 'ciwatch-verify-'));
+    for (const [n, b] of files) writeFileSync(join(dir, n), b);
+    const argv = (post.outputs['verify-command'] ?? '').split(/\s+/).filter(Boolean).map((a) => a.replaceAll(outDir, dir));
+    assert.equal(argv[0], 'ciwatch');
+    assert.ok(argv.includes(sigstore.info['san']!), `verify command pins the workflow identity: ${argv.join(' ')}`);
+    const vcode = await new Promise<number | null>((resolve) => spawn(process.env['CIWATCH_BIN']!, argv.slice(1), { cwd: dir, stdio: 'inherit' }).on('exit', resolve));
+    assert.equal(vcode, 0, 'the printed verify command accepts the downloaded artifact');
 
     // The summary: one row per step, with the counts in the right columns.
     const row = (name: string): number[] => {

@@ -7,8 +7,16 @@ use crate::attribute::env::StepEnv;
 pub struct Buildkite;
 
 const PHASES: &[&str] = &[
-    "environment", "pre-checkout", "checkout", "post-checkout", "pre-command", "command", "post-command",
-    "pre-artifact", "post-artifact", "pre-exit",
+    "environment",
+    "pre-checkout",
+    "checkout",
+    "post-checkout",
+    "pre-command",
+    "command",
+    "post-command",
+    "pre-artifact",
+    "post-artifact",
+    "pre-exit",
 ];
 
 impl Detector for Buildkite {
@@ -17,7 +25,8 @@ impl Detector for Buildkite {
     }
 
     fn proof(&self, env: &StepEnv, _argv: &[String]) -> Option<Vec<String>> {
-        env.is_true("BUILDKITE").then(|| vec!["BUILDKITE=true".into()])
+        env.is_true("BUILDKITE")
+            .then(|| vec!["BUILDKITE=true".into()])
     }
 
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity> {
@@ -25,7 +34,10 @@ impl Detector for Buildkite {
         Some(JobIdentity {
             platform: self.platform(),
             id: env.get("BUILDKITE_JOB_ID")?.to_string(),
-            name: env.get("BUILDKITE_LABEL").or_else(|| env.get("BUILDKITE_STEP_KEY")).map(String::from),
+            name: env
+                .get("BUILDKITE_LABEL")
+                .or_else(|| env.get("BUILDKITE_STEP_KEY"))
+                .map(String::from),
             url: None,
             proof,
         })
@@ -36,13 +48,27 @@ impl Detector for Buildkite {
             .get("BUILDKITE_HOOK_PHASE")
             .map(String::from)
             .or_else(|| hook_from_argv(argv))
-            .or_else(|| (argv.iter().any(|a| a == "-c") && program(argv).ends_with("sh")).then(|| "command".to_string()));
+            .or_else(|| {
+                (argv.iter().any(|a| a == "-c") && program(argv).ends_with("sh"))
+                    .then(|| "command".to_string())
+            });
         Some(match phase {
-            Some(p) => StepIdentity { key: Some(p.clone()), name: Some(p.clone()), stage: Some(p), ..Default::default() },
-            None if program(argv) == "buildkite-agent" => {
-                StepIdentity { key: Some("agent".into()), name: Some("buildkite-agent".into()), internal: true, ..Default::default() }
-            }
-            None => StepIdentity { notes: vec!["no hook phase in environment or argv; numbered in order".into()], ..Default::default() },
+            Some(p) => StepIdentity {
+                key: Some(p.clone()),
+                name: Some(p.clone()),
+                stage: Some(p),
+                ..Default::default()
+            },
+            None if program(argv) == "buildkite-agent" => StepIdentity {
+                key: Some("agent".into()),
+                name: Some("buildkite-agent".into()),
+                internal: true,
+                ..Default::default()
+            },
+            None => StepIdentity {
+                notes: vec!["no hook phase in environment or argv; numbered in order".into()],
+                ..Default::default()
+            },
         })
     }
 

@@ -12,12 +12,15 @@ impl Detector for CircleCi {
     }
 
     fn proof(&self, env: &StepEnv, _argv: &[String]) -> Option<Vec<String>> {
-        env.is_true("CIRCLECI").then(|| vec!["CIRCLECI=true".into()])
+        env.is_true("CIRCLECI")
+            .then(|| vec!["CIRCLECI=true".into()])
     }
 
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity> {
         let proof = self.proof(env, argv)?;
-        let job = env.get("CIRCLE_WORKFLOW_JOB_ID").or_else(|| env.get("CIRCLE_BUILD_NUM"))?;
+        let job = env
+            .get("CIRCLE_WORKFLOW_JOB_ID")
+            .or_else(|| env.get("CIRCLE_BUILD_NUM"))?;
         Some(JobIdentity {
             platform: self.platform(),
             id: format!("{job}/{}", env.get("CIRCLE_NODE_INDEX").unwrap_or("0")),

@@ -21,7 +21,10 @@ impl Detector for Drone {
         let build = env.get("DRONE_BUILD_NUMBER")?;
         Some(JobIdentity {
             platform: self.platform(),
-            id: format!("{repo}#{build}/{}", env.get("DRONE_STAGE_NUMBER").unwrap_or("1")),
+            id: format!(
+                "{repo}#{build}/{}",
+                env.get("DRONE_STAGE_NUMBER").unwrap_or("1")
+            ),
             name: env.get("DRONE_STAGE_NAME").map(String::from),
             url: None,
             proof,
@@ -30,8 +33,15 @@ impl Detector for Drone {
 
     fn step(&self, env: &StepEnv, _argv: &[String]) -> Option<StepIdentity> {
         let name = env.get("DRONE_STEP_NAME").map(String::from);
-        let key = env.get("DRONE_STEP_NUMBER").map(String::from).or_else(|| name.clone());
-        Some(StepIdentity { key, name, ..Default::default() })
+        let key = env
+            .get("DRONE_STEP_NUMBER")
+            .map(String::from)
+            .or_else(|| name.clone());
+        Some(StepIdentity {
+            key,
+            name,
+            ..Default::default()
+        })
     }
 
     fn launcher_comms(&self) -> &'static [&'static str] {

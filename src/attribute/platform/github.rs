@@ -7,7 +7,13 @@ use crate::attribute::env::StepEnv;
 
 pub struct GitHub;
 
-const FILE_COMMANDS: &[&str] = &["GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_STATE", "GITHUB_STEP_SUMMARY", "GITHUB_PATH"];
+const FILE_COMMANDS: &[&str] = &[
+    "GITHUB_OUTPUT",
+    "GITHUB_ENV",
+    "GITHUB_STATE",
+    "GITHUB_STEP_SUMMARY",
+    "GITHUB_PATH",
+];
 
 impl Detector for GitHub {
     fn platform(&self) -> Platform {
@@ -15,31 +21,54 @@ impl Detector for GitHub {
     }
 
     fn proof(&self, env: &StepEnv, _argv: &[String]) -> Option<Vec<String>> {
-        env.is_true("GITHUB_ACTIONS").then(|| vec!["GITHUB_ACTIONS=true".into()])
+        env.is_true("GITHUB_ACTIONS")
+            .then(|| vec!["GITHUB_ACTIONS=true".into()])
     }
 
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity> {
         let proof = self.proof(env, argv)?;
         // GITHUB_JOB repeats across a matrix; RUNNER_TRACKING_ID is unique per job.
-        let run = [env.get("GITHUB_REPOSITORY"), env.get("GITHUB_RUN_ID"), env.get("GITHUB_RUN_ATTEMPT"), env.get("GITHUB_JOB")];
+        let run = [
+            env.get("GITHUB_REPOSITORY"),
+            env.get("GITHUB_RUN_ID"),
+            env.get("GITHUB_RUN_ATTEMPT"),
+            env.get("GITHUB_JOB"),
+        ];
         let id = match env.get("RUNNER_TRACKING_ID") {
             Some(tracking) => tracking.to_string(),
-            None => run.iter().map(|p| p.unwrap_or("?")).collect::<Vec<_>>().join("/"),
+            None => run
+                .iter()
+                .map(|p| p.unwrap_or("?"))
+                .collect::<Vec<_>>()
+                .join("/"),
         };
         let url = match (env.get("GITHUB_SERVER_URL"), run[0], run[1]) {
-            (Some(server), Some(repo), Some(run_id)) => {
-                Some(format!("{server}/{repo}/actions/runs/{run_id}/attempts/{}", run[2].unwrap_or("1")))
-            }
+            (Some(server), Some(repo), Some(run_id)) => Some(format!(
+                "{server}/{repo}/actions/runs/{run_id}/attempts/{}",
+                run[2].unwrap_or("1")
+            )),
             _ => None,
         };
-        Some(JobIdentity { platform: self.platform(), id, name: env.get("GITHUB_JOB").map(String::from), url, proof })
+        Some(JobIdentity {
+            platform: self.platform(),
+            id,
+            name: env.get("GITHUB_JOB").map(String::from),
+            url,
+            proof,
+        })
     }
 
     fn step(&self, env: &StepEnv, argv: &[String]) -> Option<StepIdentity> {
-        let guid = FILE_COMMANDS.iter().find_map(|k| env.get(k).and_then(guid_suffix));
+        let guid = FILE_COMMANDS
+            .iter()
+            .find_map(|k| env.get(k).and_then(guid_suffix));
         let action = env.get("GITHUB_ACTION").map(String::from);
         Some(match guid {
-            Some(guid) => StepIdentity { key: Some(guid.to_string()), action, ..Default::default() },
+            Some(guid) => StepIdentity {
+                key: Some(guid.to_string()),
+                action,
+                ..Default::default()
+            },
             None => StepIdentity {
                 key: Some("runner-internal".into()),
                 name: Some(format!("runner-internal ({})", internal_label(argv))),
@@ -57,11 +86,16 @@ impl Detector for GitHub {
 
 /// What the runner ran for itself: hashFiles(), the docker CLI, a job hook, …
 fn internal_label(argv: &[String]) -> String {
-    if argv.iter().any(|a| a.ends_with("/hashFiles") || a.ends_with("hashFiles\"")) {
+    if argv
+        .iter()
+        .any(|a| a.ends_with("/hashFiles") || a.ends_with("hashFiles\""))
+    {
         return "hashFiles".into();
     }
     match program(argv) {
-        "docker" => format!("docker {}", argv.get(1).map_or("", String::as_str)).trim().to_string(),
+        "docker" => format!("docker {}", argv.get(1).map_or("", String::as_str))
+            .trim()
+            .to_string(),
         "" => "unknown".into(),
         other => other.to_string(),
     }
@@ -76,10 +110,16 @@ mod tests {
         let env = StepEnv::from_pairs([
             ("GITHUB_ACTIONS", "true"),
             ("GITHUB_ACTION", "__actions_checkout"),
-            ("GITHUB_OUTPUT", "/w/_temp/_runner_file_commands/set_output_6c1d0e2a-8a9b-4f3c-9d11-2b7e6f0a1c55"),
+            (
+                "GITHUB_OUTPUT",
+                "/w/_temp/_runner_file_commands/set_output_6c1d0e2a-8a9b-4f3c-9d11-2b7e6f0a1c55",
+            ),
         ]);
         let step = GitHub.step(&env, &[]).unwrap();
-        assert_eq!(step.key.as_deref(), Some("6c1d0e2a-8a9b-4f3c-9d11-2b7e6f0a1c55"));
+        assert_eq!(
+            step.key.as_deref(),
+            Some("6c1d0e2a-8a9b-4f3c-9d11-2b7e6f0a1c55")
+        );
         assert_eq!(step.action.as_deref(), Some("__actions_checkout"));
         assert!(!step.internal);
     }
@@ -87,7 +127,10 @@ mod tests {
     #[test]
     fn children_without_file_commands_are_runner_internal() {
         let env = StepEnv::from_pairs([("GITHUB_ACTIONS", "true")]);
-        let argv = vec!["/runner/externals/node20/bin/node".to_string(), "/runner/bin/hashFiles".to_string()];
+        let argv = vec![
+            "/runner/externals/node20/bin/node".to_string(),
+            "/runner/bin/hashFiles".to_string(),
+        ];
         let step = GitHub.step(&env, &argv).unwrap();
         assert!(step.internal);
         assert_eq!(step.name.as_deref(), Some("runner-internal (hashFiles)"));

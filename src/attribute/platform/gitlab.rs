@@ -10,9 +10,18 @@ pub struct GitLab;
 
 /// The runner's build stages (common/build.go), in execution order.
 pub const STAGES: &[&str] = &[
-    "prepare_script", "get_sources", "clear_worktree", "restore_cache", "download_artifacts", "step_script",
-    "after_script", "archive_cache", "archive_cache_on_failure", "upload_artifacts_on_success",
-    "upload_artifacts_on_failure", "cleanup_file_variables",
+    "prepare_script",
+    "get_sources",
+    "clear_worktree",
+    "restore_cache",
+    "download_artifacts",
+    "step_script",
+    "after_script",
+    "archive_cache",
+    "archive_cache_on_failure",
+    "upload_artifacts_on_success",
+    "upload_artifacts_on_failure",
+    "cleanup_file_variables",
 ];
 
 impl Detector for GitLab {
@@ -65,7 +74,8 @@ impl Detector for GitLab {
 fn script_stage(argv: &[String]) -> Option<String> {
     argv.iter().find_map(|a| {
         let (dir, stage) = a.rsplit_once('/')?;
-        (dir.rsplit('/').next()?.starts_with("scripts-") && STAGES.contains(&stage)).then(|| stage.to_string())
+        (dir.rsplit('/').next()?.starts_with("scripts-") && STAGES.contains(&stage))
+            .then(|| stage.to_string())
     })
 }
 
@@ -73,7 +83,10 @@ fn script_stage(argv: &[String]) -> Option<String> {
 fn scripts_dir_job(argv: &[String]) -> Option<String> {
     argv.iter().find_map(|a| {
         let dir = a.split('/').find(|c| c.starts_with("scripts-"))?;
-        dir.rsplit('-').next().filter(|j| j.chars().all(|c| c.is_ascii_digit())).map(String::from)
+        dir.rsplit('-')
+            .next()
+            .filter(|j| j.chars().all(|c| c.is_ascii_digit()))
+            .map(String::from)
     })
 }
 
@@ -83,7 +96,10 @@ mod tests {
 
     #[test]
     fn stage_from_kubernetes_script_path() {
-        let argv: Vec<String> = ["bash", "/scripts-42-1337/step_script"].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["bash", "/scripts-42-1337/step_script"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let step = GitLab.step(&StepEnv::default(), &argv).unwrap();
         assert_eq!(step.stage.as_deref(), Some("step_script"));
         assert_eq!(GitLab.job(&StepEnv::default(), &argv).unwrap().id, "1337");

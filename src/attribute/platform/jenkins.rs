@@ -17,24 +17,46 @@ impl Detector for Jenkins {
         if env.has("JENKINS_URL") {
             return Some(vec!["JENKINS_URL".into()]);
         }
-        env.get("BUILD_TAG").filter(|t| t.starts_with("jenkins-")).map(|_| vec!["BUILD_TAG=jenkins-…".into()])
+        env.get("BUILD_TAG")
+            .filter(|t| t.starts_with("jenkins-"))
+            .map(|_| vec!["BUILD_TAG=jenkins-…".into()])
     }
 
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity> {
         let proof = self.proof(env, argv)?;
-        let id = env.get("BUILD_TAG").or_else(|| env.get("BUILD_URL"))?.to_string();
+        let id = env
+            .get("BUILD_TAG")
+            .or_else(|| env.get("BUILD_URL"))?
+            .to_string();
         let name = match (env.get("JOB_NAME"), env.get("BUILD_NUMBER")) {
             (Some(job), Some(n)) => Some(format!("{job} #{n}")),
             (job, _) => job.map(String::from),
         };
-        Some(JobIdentity { platform: self.platform(), id, name, url: env.get("BUILD_URL").map(String::from), proof })
+        Some(JobIdentity {
+            platform: self.platform(),
+            id,
+            name,
+            url: env.get("BUILD_URL").map(String::from),
+            proof,
+        })
     }
 
     fn step(&self, env: &StepEnv, argv: &[String]) -> Option<StepIdentity> {
         let stage = env.get("STAGE_NAME").map(String::from);
         Some(match durable_dir(argv) {
-            Some(dir) => StepIdentity { name: Some(format!("sh ({dir})")), key: Some(dir), stage, ..Default::default() },
-            None => StepIdentity { key: Some("agent-internal".into()), name: Some("agent-internal".into()), stage, internal: true, ..Default::default() },
+            Some(dir) => StepIdentity {
+                name: Some(format!("sh ({dir})")),
+                key: Some(dir),
+                stage,
+                ..Default::default()
+            },
+            None => StepIdentity {
+                key: Some("agent-internal".into()),
+                name: Some("agent-internal".into()),
+                stage,
+                internal: true,
+                ..Default::default()
+            },
         })
     }
 
@@ -58,7 +80,11 @@ mod tests {
 
     #[test]
     fn durable_directory_is_the_step() {
-        let argv = vec!["sh".into(), "-xe".into(), "/ws/app@tmp/durable-0a1b2c3d/script.sh.copy".into()];
+        let argv = vec![
+            "sh".into(),
+            "-xe".into(),
+            "/ws/app@tmp/durable-0a1b2c3d/script.sh.copy".into(),
+        ];
         let env = StepEnv::from_pairs([("JENKINS_URL", "https://ci/"), ("STAGE_NAME", "Build")]);
         let step = Jenkins.step(&env, &argv).unwrap();
         assert_eq!(step.key.as_deref(), Some("durable-0a1b2c3d"));

@@ -51,11 +51,15 @@ impl Platform {
 
     /// The id the kernel stores in a launcher entry.
     pub fn id(self) -> u32 {
-        ALL.iter().position(|d| d.platform() == self).map_or(0, |i| i as u32 + 1)
+        ALL.iter()
+            .position(|d| d.platform() == self)
+            .map_or(0, |i| i as u32 + 1)
     }
 
     pub fn from_id(id: u32) -> Platform {
-        id.checked_sub(1).and_then(|i| ALL.get(i as usize)).map_or(Platform::None, |d| d.platform())
+        id.checked_sub(1)
+            .and_then(|i| ALL.get(i as usize))
+            .map_or(Platform::None, |d| d.platform())
     }
 }
 
@@ -135,15 +139,31 @@ pub struct Detection {
 
 /// Detects the platform; `preferred` (the launcher's platform, when known) wins a conflict.
 pub fn detect(env: &StepEnv, argv: &[String], preferred: Option<Platform>) -> Detection {
-    let present: Vec<&dyn Detector> = ALL.iter().copied().filter(|d| d.proof(env, argv).is_some()).collect();
+    let present: Vec<&dyn Detector> = ALL
+        .iter()
+        .copied()
+        .filter(|d| d.proof(env, argv).is_some())
+        .collect();
     let chosen = preferred
         .and_then(|p| present.iter().copied().find(|d| d.platform() == p))
         .or_else(|| present.first().copied());
     let Some(chosen) = chosen else {
-        return Detection { platform: Platform::None, job: None, conflicts: Vec::new() };
+        return Detection {
+            platform: Platform::None,
+            job: None,
+            conflicts: Vec::new(),
+        };
     };
-    let conflicts = present.iter().map(|d| d.platform()).filter(|p| *p != chosen.platform()).collect();
-    Detection { platform: chosen.platform(), job: chosen.job(env, argv), conflicts }
+    let conflicts = present
+        .iter()
+        .map(|d| d.platform())
+        .filter(|p| *p != chosen.platform())
+        .collect();
+    Detection {
+        platform: chosen.platform(),
+        job: chosen.job(env, argv),
+        conflicts,
+    }
 }
 
 /// The GUID suffix of a file-command path (`…/set_output_<guid>`).
@@ -151,13 +171,20 @@ pub(crate) fn guid_suffix(path: &str) -> Option<&str> {
     let tail = path.rsplit('/').next()?;
     let guid = tail.get(tail.len().checked_sub(36)?..)?;
     let ok = guid.len() == 36
-        && guid.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+        && guid.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
     ok.then_some(guid)
 }
 
 /// `argv[0]`'s file name.
 pub(crate) fn program(argv: &[String]) -> &str {
-    argv.first().map_or("", |a| a.rsplit('/').next().unwrap_or(a))
+    argv.first()
+        .map_or("", |a| a.rsplit('/').next().unwrap_or(a))
 }
 
 #[cfg(test)]
@@ -185,17 +212,30 @@ mod tests {
 
     #[test]
     fn conflicting_variables_prefer_the_launchers_platform_and_say_so() {
-        let e = env(&[("GITHUB_ACTIONS", "true"), ("RUNNER_TRACKING_ID", "github_x"), ("GITLAB_CI", "true"), ("CI_JOB_ID", "7"), ("CI_SERVER_URL", "https://gitlab.example")]);
+        let e = env(&[
+            ("GITHUB_ACTIONS", "true"),
+            ("RUNNER_TRACKING_ID", "github_x"),
+            ("GITLAB_CI", "true"),
+            ("CI_JOB_ID", "7"),
+            ("CI_SERVER_URL", "https://gitlab.example"),
+        ]);
         let d = detect(&e, &[], Some(Platform::GitlabCi));
         assert_eq!(d.platform, Platform::GitlabCi);
         assert_eq!(d.conflicts, vec![Platform::GithubActions]);
         let d = detect(&e, &[], None);
-        assert_eq!(d.platform, Platform::GithubActions, "precedence order without a launcher");
+        assert_eq!(
+            d.platform,
+            Platform::GithubActions,
+            "precedence order without a launcher"
+        );
         assert_eq!(d.conflicts, vec![Platform::GitlabCi]);
     }
 
     #[test]
     fn nothing_present_is_platform_none() {
-        assert_eq!(detect(&env(&[("HOME", "/root")]), &[], None).platform, Platform::None);
+        assert_eq!(
+            detect(&env(&[("HOME", "/root")]), &[], None).platform,
+            Platform::None
+        );
     }
 }

@@ -14,15 +14,24 @@ impl Detector for Tekton {
     }
 
     fn proof(&self, _env: &StepEnv, argv: &[String]) -> Option<Vec<String>> {
-        (argv.first().is_some_and(|a| a.ends_with("/tekton/bin/entrypoint")) || step_index(argv).is_some())
-            .then(|| vec!["argv /tekton/bin/entrypoint".into()])
+        (argv
+            .first()
+            .is_some_and(|a| a.ends_with("/tekton/bin/entrypoint"))
+            || step_index(argv).is_some())
+        .then(|| vec!["argv /tekton/bin/entrypoint".into()])
     }
 
     fn job(&self, env: &StepEnv, argv: &[String]) -> Option<JobIdentity> {
         let proof = self.proof(env, argv)?;
         let pod = env.get("HOSTNAME")?;
         let taskrun = pod.strip_suffix("-pod").unwrap_or(pod);
-        Some(JobIdentity { platform: self.platform(), id: taskrun.to_string(), name: Some(taskrun.to_string()), url: None, proof })
+        Some(JobIdentity {
+            platform: self.platform(),
+            id: taskrun.to_string(),
+            name: Some(taskrun.to_string()),
+            url: None,
+            proof,
+        })
     }
 
     fn step(&self, _env: &StepEnv, argv: &[String]) -> Option<StepIdentity> {
@@ -44,5 +53,9 @@ impl Detector for Tekton {
 fn step_index(argv: &[String]) -> Option<u32> {
     let at = argv.iter().position(|a| a == "-post_file")?;
     let path = argv.get(at + 1)?;
-    path.strip_prefix("/tekton/run/")?.split('/').next()?.parse().ok()
+    path.strip_prefix("/tekton/run/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }

@@ -15,6 +15,10 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } fr
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+// The real runner execs actions with its bundled `node`, never with itself: when this emulator runs as a
+// `Runner.Worker` hard link, steps must still run as `node` or the agent would see them as the runner.
+const NODE = process.env['CIWATCH_E2E_NODE'] ?? process.execPath;
+
 export interface Annotation {
   level: 'warning' | 'error' | 'notice' | 'debug';
   message: string;
@@ -137,7 +141,7 @@ export class Job {
       env['GITHUB_ACTION_REPOSITORY'] = 'octo/ciwatch';
       env['GITHUB_ACTION_REF'] = 'v1';
       env['GITHUB_ACTION_PATH'] = this.config.actionDir;
-      file = process.execPath;
+      file = NODE;
       args = [...(step.nodeArgs ?? []), join(this.config.actionDir, 'dist', step.stage, 'index.js')];
       Object.assign(env, step.env);
     } else if (step.kind === 'run') {
@@ -154,7 +158,7 @@ export class Job {
       name = step.name;
       const script = join(this.temp, `${guid}.mjs`);
       writeFileSync(script, step.script);
-      file = process.execPath;
+      file = NODE;
       args = [script];
       Object.assign(env, step.env);
     }
