@@ -385,7 +385,9 @@ impl Consumer for Engine {
                             .as_ref()
                             .and_then(|_| Kind::from_type(event.body.kind()))
                         {
-                            self.daemon.as_ref().map(|d| d.metrics.count_event(kind));
+                            if let Some(d) = &self.daemon {
+                                d.metrics.count_event(kind);
+                            }
                         }
                         self.route(&placement.job, &event);
                     }

@@ -62,7 +62,7 @@ pub fn seal(output: JobOutput, input: SealInput<'_>) -> Result<SealedJob, SinkEr
         return Err(e);
     }
     log.flush()?;
-    let live = log.path().to_path_buf();
+    let live = log.live_path().to_path_buf();
     drop(log);
 
     let steps = input.registry.steps_of(input.job);

@@ -41,6 +41,12 @@ pub enum PlanError {
          allow endpoints with --allow or --policy, or pass --on-policy-error observe to record only"
     )]
     Empty,
+    #[error(
+        "`dns.refuse-unlisted: true` cannot be enforced yet: ciwatch sees lookups through a uprobe, which \
+         cannot fail them. Connects to addresses of unlisted names are still denied. Remove the key, or set \
+         it to false; `ciwatch policy diff` still reports which lookups it would refuse"
+    )]
+    DnsRefusalUnsupported,
 }
 
 /// The mode that will run, and what enforcement needs.
@@ -74,6 +80,9 @@ pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
         Some(p) => {
             if requested == Mode::Enforce {
                 p.validate()?;
+                if p.dns.refuse_unlisted {
+                    return Err(PlanError::DnsRefusalUnsupported);
+                }
             }
             Ok(Some(p))
         }
@@ -186,5 +195,16 @@ mod tests {
         assert!(p.enforce());
         assert_eq!(p.policy.unwrap().rules, 1);
         assert!(p.compiled.is_some());
+    }
+
+    #[test]
+    fn dns_refusal_is_not_silently_ignored_in_enforce() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.yml");
+        std::fs::write(&file, "version: 1\nmode: enforce\ndns:\n  refuse-unlisted: true\nallow:\n  - 127.0.0.1\n").unwrap();
+        let with_file = |mode| ModeArgs { mode: Some(mode), policy: Some(file.clone()), ..Default::default() };
+        let e = plan(&with_file(Mode::Enforce), Mode::Observe).unwrap_err();
+        assert!(e.to_string().contains("refuse-unlisted"), "{e}");
+        assert!(plan(&with_file(Mode::Observe), Mode::Observe).is_ok());
     }
 }

@@ -81,7 +81,8 @@ impl NdjsonLog {
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
+    /// Where the log is being written (the `.partial` file until sealed).
+    pub fn live_path(&self) -> &Path {
         &self.partial
     }
 

@@ -225,7 +225,7 @@ impl Drop for Shim {
 }
 
 /// Events of a sealed log, keyed for attribution checks.
-pub fn step_of<'a>(event: &'a Value) -> (&'a str, Option<&'a str>, Option<&'a str>) {
+pub fn step_of(event: &Value) -> (&str, Option<&str>, Option<&str>) {
     (
         event["step"]["id"].as_str().unwrap_or(""),
         event["step"]["name"].as_str(),
