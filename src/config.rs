@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn shipped_example_config_parses() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/config.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/config.toml");
         Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
     }
 

@@ -22,26 +22,19 @@ use crate::sink::object_store::TraceStore;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Agent configuration (TOML). Without it the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: super::agent_args::AgentArgs,
     /// Where each job's trace directory is written
     /// [default: the config's output.dir, else $STATE_DIRECTORY/traces, else /var/lib/ciwatch/traces].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE")]
-    pub btf: Option<PathBuf>,
-    /// Record even if a hook cannot attach on this kernel; the gap is recorded.
-    #[arg(long)]
-    pub allow_partial: bool,
     /// Seconds a job seen only in containers may stay without live processes before it is sealed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub idle_secs: u64,
 }
 
 pub async fn execute(args: DaemonArgs) -> u8 {
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match args.agent.load_config() {
         Ok(c) => c,
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
     };
@@ -53,10 +46,7 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         );
         return crate::exit::OUTPUT_DIR;
     }
-    let config_name = args
-        .config
-        .as_ref()
-        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let config_name = args.agent.config_name();
     if config.mode == crate::config::Mode::Enforce {
         eprintln!("ciwatch: error: {config_name}: mode = \"enforce\" needs a per-job policy, which the daemon does not have; enforce with `ciwatch start --mode enforce` inside the job, or use observe/learn here");
         return crate::exit::CONFIG;
@@ -64,8 +54,8 @@ pub async fn execute(args: DaemonArgs) -> u8 {
     let mut agent = match Agent::load(
         &config,
         &config_name,
-        args.btf.as_deref(),
-        !args.allow_partial,
+        args.agent.btf.as_deref(),
+        !args.agent.allow_partial,
         false,
     ) {
         Ok(a) => a,

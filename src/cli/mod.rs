@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand.
 
+mod agent_args;
 pub mod check;
 pub mod daemon;
 pub mod finish;

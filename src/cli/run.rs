@@ -21,7 +21,6 @@ use crate::config::{Config, ConfigError};
 use crate::enforce::plan::{plan, ModeArgs, Plan, PlanError};
 use crate::event::{rfc3339, Agent as AgentInfo, JobRef, Totals, TraceEnd, TraceStart, SCHEMA};
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::redact::CaptureArgs;
 use crate::sink::SinkError;
 use crate::text::Text;
 
@@ -30,18 +29,8 @@ pub struct RunArgs {
     /// Directory for events.ndjson and summary.md.
     #[arg(long, value_name = "DIR", default_value = "ciwatch-out")]
     pub out: PathBuf,
-    /// Agent configuration (TOML). Without it the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE")]
-    pub btf: Option<PathBuf>,
-    /// What of each argv the log keeps (overrides the config file).
-    #[arg(long, value_enum)]
-    pub capture_args: Option<CaptureArgs>,
-    /// Record even if a hook cannot attach on this kernel; the gap is recorded.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[command(flatten)]
+    pub agent: super::agent_args::AgentArgs,
     /// Do not print the summary to the terminal.
     #[arg(long, short)]
     pub quiet: bool,
@@ -119,17 +108,19 @@ const JOB: u32 = 1;
 const STEP: u32 = 1;
 
 async fn run(args: RunArgs) -> Result<u8, RunError> {
-    let mut config = Config::load(args.config.as_deref())?;
-    if let Some(policy) = args.capture_args {
-        config.capture_args = policy;
-    }
-    let config_name = args
-        .config
-        .as_ref()
-        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let config = args.agent.load_config()?;
+    let config_name = args.agent.config_name();
     let plan = plan(&args.policy, config.mode)?;
     let prepared = spawn::prepare(&args.command)?;
-    // A missing or malformed signing key fails before the job runs, not after.
+    let mut agent = Agent::load(
+        &config,
+        &config_name,
+        args.agent.btf.as_deref(),
+        !args.agent.allow_partial,
+        plan.enforce(),
+    )?;
+    // A missing or malformed signing key fails before the job runs, not after
+    // (but after the privilege checks, whose message is the more useful one).
     let mut sign_opts = args.signing.options(SignMode::Key);
     if let Some(key) = attest::prepare_key(&sign_opts).map_err(RunError::SigningKey)? {
         if key.created {
@@ -140,13 +131,6 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
             );
         }
     }
-    let mut agent = Agent::load(
-        &config,
-        &config_name,
-        args.btf.as_deref(),
-        !args.allow_partial,
-        plan.enforce(),
-    )?;
     let scopes = if plan.enforce() {
         Some(agent.install_policy(&plan)?)
     } else {

@@ -23,27 +23,15 @@ use crate::attribute::Attributor;
 use crate::cli::run::{create_output, seal_job, trace_start};
 use crate::cli::signals::Signals;
 use crate::cli::spawn::pipe;
-use crate::config::Config;
 use crate::pipeline::Pipeline;
-use crate::redact::CaptureArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
     /// Directory for the trace; `ciwatch finish --out` must name the same one.
     #[arg(long, value_name = "DIR", default_value = "ciwatch-out")]
     pub out: PathBuf,
-    /// Agent configuration (TOML). Without it the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE")]
-    pub btf: Option<PathBuf>,
-    /// What of each argv the log keeps (overrides the config file).
-    #[arg(long, value_enum)]
-    pub capture_args: Option<CaptureArgs>,
-    /// Record even if a hook cannot attach on this kernel; the gap is recorded.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[command(flatten)]
+    pub agent: super::agent_args::AgentArgs,
     /// The step launcher's pid, when it is not an ancestor of this process.
     #[arg(long, value_name = "PID")]
     pub launcher_pid: Option<u32>,
@@ -92,10 +80,14 @@ pub fn launch(args: StartArgs) -> u8 {
     }
 }
 
-/// Errors worth reporting before forking: a bad config or an unusable output directory.
+/// Errors worth reporting before forking: a bad config, missing privileges or
+/// BTF, an unusable output directory or signing key.
 fn preflight_in_foreground(args: &StartArgs) -> Result<(), u8> {
-    if let Err(e) = Config::load(args.config.as_deref()) {
+    if let Err(e) = args.agent.load_config() {
         return Err(super::fail(crate::exit::CONFIG, &e));
+    }
+    if let Err(e) = crate::bpf::preflight::check(args.agent.btf.as_deref()) {
+        return Err(super::fail(crate::exit::preflight(&e), &e));
     }
     if let Err(e) = std::fs::create_dir_all(&args.out).and_then(|()| probe_writable(&args.out)) {
         eprintln!(
@@ -210,21 +202,15 @@ fn report_failure(ready: OwnedFd, code: u8, message: &str) -> u8 {
 }
 
 async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
-    let mut config = match Config::load(args.config.as_deref()) {
+    let mut config = match args.agent.load_config() {
         Ok(c) => c,
         Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
     };
-    if let Some(policy) = args.capture_args {
-        config.capture_args = policy;
-    }
     config
         .files
         .extra_sensitive
         .extend(args.sensitive_paths.iter().cloned());
-    let config_name = args
-        .config
-        .as_ref()
-        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let config_name = args.agent.config_name();
     let plan = match crate::enforce::plan::plan(&args.policy, config.mode) {
         Ok(p) => p,
         Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
@@ -232,8 +218,8 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     let mut agent = match Agent::load(
         &config,
         &config_name,
-        args.btf.as_deref(),
-        !args.allow_partial,
+        args.agent.btf.as_deref(),
+        !args.agent.allow_partial,
         plan.enforce(),
     ) {
         Ok(a) => a,

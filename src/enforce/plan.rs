@@ -201,8 +201,16 @@ mod tests {
     fn dns_refusal_is_not_silently_ignored_in_enforce() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("policy.yml");
-        std::fs::write(&file, "version: 1\nmode: enforce\ndns:\n  refuse-unlisted: true\nallow:\n  - 127.0.0.1\n").unwrap();
-        let with_file = |mode| ModeArgs { mode: Some(mode), policy: Some(file.clone()), ..Default::default() };
+        std::fs::write(
+            &file,
+            "version: 1\nmode: enforce\ndns:\n  refuse-unlisted: true\nallow:\n  - 127.0.0.1\n",
+        )
+        .unwrap();
+        let with_file = |mode| ModeArgs {
+            mode: Some(mode),
+            policy: Some(file.clone()),
+            ..Default::default()
+        };
         let e = plan(&with_file(Mode::Enforce), Mode::Observe).unwrap_err();
         assert!(e.to_string().contains("refuse-unlisted"), "{e}");
         assert!(plan(&with_file(Mode::Observe), Mode::Observe).is_ok());
