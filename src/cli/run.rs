@@ -186,6 +186,23 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     let engine = pipeline.finish().await?;
     let sealed = seal_job(&agent, engine, &job, Some(ended), still_running)?;
     log_own_usage();
+    if plan.mode == crate::config::Mode::Learn {
+        if let Some((_, diff)) =
+            crate::learn::for_job(&sealed.log.path, args.policy.policy.as_deref())
+        {
+            let file = sealed
+                .log
+                .path
+                .with_file_name(crate::learn::PROPOSED_POLICY);
+            eprintln!(
+                "ciwatch: learn: the policy that would have allowed this job is in {}",
+                file.display()
+            );
+            if let Some(diff) = diff {
+                eprintln!("{diff}");
+            }
+        }
+    }
     sign_opts.expected_log_sha256 = Some(sealed.log.sha256.clone());
     let signed = attest::sign_trace(&args.out, &sign_opts).await;
     let summary = sealed.summary.clone() + &attest::summary_markdown(&signed, &args.out);

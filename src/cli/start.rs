@@ -338,12 +338,32 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
     };
     crate::cli::run::log_own_usage();
     match seal_job(&agent, engine, &job, None, still_running) {
-        Ok(sealed) => match Report::from_sealed(&sealed).write(&args.out) {
-            Ok(()) => 0,
-            Err(e) => super::fail(crate::exit::WRITE, &e),
-        },
+        Ok(sealed) => {
+            match learned(Report::from_sealed(&sealed), &plan, &args.policy).write(&args.out) {
+                Ok(()) => 0,
+                Err(e) => super::fail(crate::exit::WRITE, &e),
+            }
+        }
         Err(e) => super::fail(crate::exit::WRITE, &e),
     }
+}
+
+/// In learn mode the report carries the proposed policy (and its diff against
+/// the policy in force), which the GitHub Action shows in the job summary.
+fn learned(
+    mut report: Report,
+    plan: &crate::enforce::plan::Plan,
+    args: &crate::enforce::plan::ModeArgs,
+) -> Report {
+    if plan.mode == crate::config::Mode::Learn {
+        if let Some((proposal, diff)) =
+            crate::learn::for_job(&report.events, args.policy.as_deref())
+        {
+            report.proposed_policy = Some(proposal);
+            report.policy_diff = diff;
+        }
+    }
+    report
 }
 
 /// Where `ciwatch start` runs inside a job script (GitLab, Jenkins, CircleCI, Buildkite,

@@ -472,10 +472,11 @@ impl Proposal {
         if !self.trusted {
             let _ = writeln!(
                 out,
-                "# WARNING: {} job{} are too few to trust (want at least {MIN_TRUSTED_JOBS}): egress that happens only \
+                "# WARNING: {} job{} {} too few to trust (want at least {MIN_TRUSTED_JOBS}): egress that happens only \
                  sometimes is likely missing.",
                 self.jobs,
-                plural(self.jobs)
+                plural(self.jobs),
+                if self.jobs == 1 { "is" } else { "are" }
             );
         }
         for t in self.traces.iter().take(20) {
