@@ -23,3 +23,4 @@ pub mod policy;
 pub mod redact;
 pub mod sink;
 pub mod text;
+pub mod tls;

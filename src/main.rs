@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    ciwatch::tls::install_default_provider();
     let cli = ciwatch::cli::Cli::parse();
     // `start` forks its background agent, which must happen before any thread exists.
     if let ciwatch::cli::Command::Start(args) = cli.command {

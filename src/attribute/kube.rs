@@ -662,6 +662,7 @@ impl KubeConfig {
 /// The in-cluster client (ServiceAccount token and CA), or kubeconfig when
 /// run outside a cluster.
 pub async fn client() -> Result<kube::Client, KubeError> {
+    crate::tls::install_default_provider();
     kube::Client::try_default()
         .await
         .map_err(|e| KubeError::Config {
@@ -966,6 +967,7 @@ mod tests {
         tokio::task::JoinHandle<()>,
     ) {
         let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        crate::tls::install_default_provider();
         let client = kube::Client::try_from(config).unwrap();
         let cache = PodCache::new(options);
         let metrics = Metrics::new();

@@ -230,6 +230,7 @@ fn client(api_url: &str, token: Option<&str>) -> Result<octocrab::Octocrab, Gith
             "it needs a scheme and a host, as in https://api.github.com".into(),
         ));
     }
+    crate::tls::install_default_provider();
     let mut builder = octocrab::Octocrab::builder()
         .base_uri(uri)
         .map_err(GithubError::Client)?
