@@ -160,6 +160,31 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
     job_ids.sort();
     job_ids.dedup();
     assert_eq!(job_ids.len(), 4, "four distinct jobs");
+
+    // Each sealed trace is signed with the node's key (created next to the state directory),
+    // and verifies against it.
+    let public = tmp.path().join("ciwatch.pub");
+    for trace in &traces {
+        let envelope = trace.join("attestation.intoto.jsonl");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !envelope.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = Command::new(CIWATCH)
+            .args(["verify", "--key"])
+            .arg(&public)
+            .arg("--envelope")
+            .arg(&envelope)
+            .arg(trace.join("events.ndjson"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            trace.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn trace_of(state: &Path, port: u16) -> Vec<Value> {

@@ -63,8 +63,8 @@ pub struct DaemonState {
     pub sealed: Vec<PathBuf>,
     pub seal_errors: Vec<String>,
     pub metrics: Arc<Metrics>,
-    /// Sealed trace directories to upload to the object store.
-    pub uploads: Option<mpsc::UnboundedSender<PathBuf>>,
+    /// Sealed trace directories, for signing and upload.
+    pub sealed_jobs: Option<mpsc::UnboundedSender<PathBuf>>,
 }
 
 impl DaemonState {
@@ -87,7 +87,7 @@ impl DaemonState {
             sealed: Vec::new(),
             seal_errors: Vec::new(),
             metrics,
-            uploads: None,
+            sealed_jobs: None,
         }
     }
 }
@@ -346,8 +346,8 @@ impl Engine {
                     let _ = super::report::Report::from_sealed(&sealed).write(&sealed.dir);
                     tracing::info!("job {job} sealed: {}", sealed.log.path.display());
                     daemon.metrics.job_finished();
-                    if let Some(uploads) = &daemon.uploads {
-                        let _ = uploads.send(sealed.dir.clone());
+                    if let Some(post) = &daemon.sealed_jobs {
+                        let _ = post.send(sealed.dir.clone());
                     }
                     daemon.sealed.push(sealed.dir);
                 }

@@ -31,6 +31,10 @@ pub struct DaemonArgs {
     /// Seconds a job seen only in containers may stay without live processes before it is sealed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub idle_secs: u64,
+    /// How each sealed trace is signed (default for the daemon: --sign key, with the node's key:
+    /// --signing-key, else ciwatch.key next to the state directory, created on first use).
+    #[command(flatten)]
+    pub signing: super::signing::SigningArgs,
 }
 
 pub async fn execute(args: DaemonArgs) -> u8 {
@@ -50,6 +54,16 @@ pub async fn execute(args: DaemonArgs) -> u8 {
     if config.mode == crate::config::Mode::Enforce {
         eprintln!("ciwatch: error: {config_name}: mode = \"enforce\" needs a per-job policy, which the daemon does not have; enforce with `ciwatch start --mode enforce` inside the job, or use observe/learn here");
         return crate::exit::CONFIG;
+    }
+    let sign = signing_options(&args, &state_dir);
+    match crate::attest::prepare_key(&sign) {
+        Ok(Some(key)) => tracing::info!(
+            "signing sealed traces with {} (key id {})",
+            key.private_path.display(),
+            key.key_id
+        ),
+        Ok(None) => {}
+        Err(e) => return super::fail(crate::exit::CONFIG, &e),
     }
     let mut agent = match Agent::load(
         &config,
@@ -122,18 +136,20 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         Duration::from_secs(args.idle_secs),
         metrics.clone(),
     );
-    match TraceStore::from_config(&config.output) {
-        Ok(Some(store)) => {
-            state.uploads = Some(spawn_uploader(
-                store,
-                config.output.keep_local,
-                &state_dir,
-                metrics.clone(),
-            ))
-        }
-        Ok(None) => {}
+    let store = match TraceStore::from_config(&config.output) {
+        Ok(store) => store,
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
-    }
+    };
+    let (sealed_jobs, post_seal) = spawn_post_seal(
+        PostSeal {
+            sign,
+            store,
+            keep_local: config.output.keep_local,
+            metrics: metrics.clone(),
+        },
+        &state_dir,
+    );
+    state.sealed_jobs = Some(sealed_jobs);
     let mut engine = Engine::new(
         Attributor::new(registry, config.capture_args, agent.sensitive.clone()),
         outputs,
@@ -174,6 +190,13 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         }
         Err(e) => super::fail(crate::exit::INTERNAL, &e),
     };
+    // The engine (and with it the channel's sender) is gone: let the last jobs be signed and uploaded.
+    if tokio::time::timeout(POST_SEAL_GRACE, post_seal)
+        .await
+        .is_err()
+    {
+        tracing::error!("signing or uploading the last traces took over {POST_SEAL_GRACE:?}; unsigned ones are signed at the next start");
+    }
     if let Some(server) = health {
         server.shutdown().await;
     }
@@ -188,29 +211,101 @@ fn state_dir(args: &DaemonArgs, config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/ciwatch/traces"))
 }
 
-/// Uploads sealed traces in order; a failed upload stays on disk and is retried at the next start.
-fn spawn_uploader(
-    store: TraceStore,
+/// The node's signing choice: `--sign` (default key) with `--signing-key`, else
+/// a key created next to the state directory (StateDirectory= under systemd, a
+/// hostPath on Kubernetes) so that it survives restarts.
+fn signing_options(args: &DaemonArgs, state_dir: &std::path::Path) -> crate::attest::SignOptions {
+    let mut sign = args.signing.options(crate::attest::SignMode::Key);
+    if args.signing.signing_key.is_none() {
+        let keys = state_dir.parent().unwrap_or(state_dir).to_path_buf();
+        sign.key = crate::attest::KeySource::CreateIn(keys);
+    }
+    sign
+}
+
+/// What happens to a job's directory once it is sealed.
+struct PostSeal {
+    sign: crate::attest::SignOptions,
+    store: Option<TraceStore>,
     keep_local: bool,
-    root: &std::path::Path,
     metrics: std::sync::Arc<Metrics>,
-) -> tokio::sync::mpsc::UnboundedSender<PathBuf> {
+}
+
+/// Signs, then uploads, sealed traces in order. A trace whose signing fails
+/// keeps the failure in its summary; a failed upload stays on disk and is
+/// retried at the next start.
+fn spawn_post_seal(
+    post: PostSeal,
+    root: &std::path::Path,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<PathBuf>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    for pending in crate::sink::object_store::pending_uploads(root).unwrap_or_default() {
+    for pending in unfinished(root, post.store.is_some()) {
         let _ = tx.send(pending);
     }
-    tokio::spawn(async move {
+    let worker = tokio::spawn(async move {
         while let Some(dir) = rx.recv().await {
-            match store.upload(&dir, keep_local).await {
-                Ok(_) => metrics.set_output_ok(true),
+            if !dir.join(crate::attest::ENVELOPE_FILE).exists() {
+                sign_sealed(&dir, &post.sign).await;
+            }
+            let Some(store) = &post.store else { continue };
+            match store.upload(&dir, post.keep_local).await {
+                Ok(_) => post.metrics.set_output_ok(true),
                 Err(e) => {
                     tracing::error!("upload of {} failed (kept on disk): {e}", dir.display());
-                    metrics.output_error(e.failure());
+                    post.metrics.output_error(e.failure());
                 }
             }
         }
     });
-    tx
+    (tx, worker)
+}
+
+/// How long a stopping daemon waits for the last traces to be signed and uploaded.
+const POST_SEAL_GRACE: Duration = Duration::from_secs(60);
+
+/// Sealed traces a previous run left unsigned (or, with a store, not uploaded).
+fn unfinished(root: &std::path::Path, uploading: bool) -> Vec<PathBuf> {
+    let mut dirs = if uploading {
+        crate::sink::object_store::pending_uploads(root).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let sealed = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    for dir in sealed {
+        let signed = dir.join(crate::attest::ENVELOPE_FILE).exists();
+        if !signed && dir.join("events.ndjson").exists() && !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// Signs one sealed trace and adds the outcome to its summary.
+async fn sign_sealed(dir: &std::path::Path, sign: &crate::attest::SignOptions) {
+    if sign.mode == crate::attest::SignMode::None {
+        return;
+    }
+    let signed = crate::attest::sign_trace(dir, sign).await;
+    match &signed {
+        Ok(_) => tracing::info!("signed {}", dir.display()),
+        Err(e) => tracing::error!("signing {} failed: {e}", dir.display()),
+    }
+    let summary = dir.join("summary.md");
+    let text = std::fs::read_to_string(&summary).unwrap_or_default()
+        + &crate::attest::summary_markdown(&signed, dir);
+    if let Err(e) = crate::sink::write_atomically(&summary, text.as_bytes()) {
+        tracing::error!(
+            "cannot add the signing result to {}: {e}",
+            summary.display()
+        );
+    }
 }
 
 /// Launchers already running when the daemon starts: their later steps are still attributed.

@@ -1,5 +1,5 @@
-//! Signing flags shared by the subcommands that sign a trace (`run`, and
-//! `finish` later). Each caller picks its own default for `--sign`.
+//! Signing flags shared by the subcommands that sign a trace (`run`, `start`
+//! and `finish`, `daemon`). Each caller picks its own default for `--sign`.
 
 use std::path::PathBuf;
 
@@ -14,7 +14,7 @@ pub struct SigningArgs {
     pub sign: Option<SignMode>,
     /// PKCS#8 PEM P-256 private key. Default: ciwatch.key in $XDG_CONFIG_HOME/ciwatch
     /// (or ~/.config/ciwatch), created on first use.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "CIWATCH_SIGNING_KEY", value_name = "PATH")]
     pub signing_key: Option<PathBuf>,
     /// A build output to name as a subject of the attestation (path or glob; repeatable).
     #[arg(long = "subject", value_name = "PATH/GLOB")]
