@@ -221,54 +221,34 @@ impl TraceStore {
                     key: format!("retry_timeout = {t:?} ({e})"),
                 })?;
         }
+        // The three cloud builders share no trait, but take the same steps.
+        macro_rules! cloud_store {
+            ($builder:path, $name:literal) => {{
+                let mut b = <$builder>::from_env().with_url(url);
+                for (k, v) in opts {
+                    let key = k.parse().map_err(|_| OutputError::BadOption {
+                        store: $name,
+                        key: k.clone(),
+                    })?;
+                    b = b.with_config(key, v);
+                }
+                Arc::new(
+                    b.with_retry(retry.clone())
+                        .with_http_connector(HyperConnector)
+                        .build()
+                        .map_err(|e| bad(e.to_string()))?,
+                )
+            }};
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::AmazonS3 => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-                for (k, v) in opts {
-                    let key = k.parse().map_err(|_| OutputError::BadOption {
-                        store: "s3",
-                        key: k.clone(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
-                Arc::new(
-                    b.with_retry(retry.clone())
-                        .with_http_connector(HyperConnector)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                )
+                cloud_store!(object_store::aws::AmazonS3Builder, "s3")
             }
             ObjectStoreScheme::GoogleCloudStorage => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
-                for (k, v) in opts {
-                    let key = k.parse().map_err(|_| OutputError::BadOption {
-                        store: "gcs",
-                        key: k.clone(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
-                Arc::new(
-                    b.with_retry(retry.clone())
-                        .with_http_connector(HyperConnector)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                )
+                cloud_store!(object_store::gcp::GoogleCloudStorageBuilder, "gcs")
             }
             ObjectStoreScheme::MicrosoftAzure => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-                for (k, v) in opts {
-                    let key = k.parse().map_err(|_| OutputError::BadOption {
-                        store: "azure",
-                        key: k.clone(),
-                    })?;
-                    b = b.with_config(key, v);
-                }
-                Arc::new(
-                    b.with_retry(retry.clone())
-                        .with_http_connector(HyperConnector)
-                        .build()
-                        .map_err(|e| bad(e.to_string()))?,
-                )
+                cloud_store!(object_store::azure::MicrosoftAzureBuilder, "azure")
             }
             ObjectStoreScheme::Local => {
                 if let Some(k) = opts.keys().next() {

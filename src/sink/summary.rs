@@ -194,23 +194,7 @@ impl Summary {
             md.push_str("None.\n\n");
             return;
         }
-        md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
-        for ((addr, port, proto), d) in self.egress.iter().take(MAX_ROWS) {
-            let dest = if addr.is_ipv6() {
-                format!("[{addr}]:{port}")
-            } else {
-                format!("{addr}:{port}")
-            };
-            let _ = writeln!(
-                md,
-                "| {dest} | {proto:?} | {} | {} | {} | {} |",
-                list(&d.hosts),
-                names.list(&d.steps),
-                list(&d.comms),
-                d.count
-            );
-        }
-        more(md, self.egress.len());
+        destination_table(md, names, &self.egress);
     }
 
     fn render_denied(&self, md: &mut String, names: &StepNames<'_>) {
@@ -220,23 +204,7 @@ impl Summary {
         md.push_str(
             "## Denied egress\n\nThe enforce hook refused these; the callers got EPERM.\n\n",
         );
-        md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
-        for ((addr, port, proto), d) in self.denied.iter().take(MAX_ROWS) {
-            let dest = if addr.is_ipv6() {
-                format!("[{addr}]:{port}")
-            } else {
-                format!("{addr}:{port}")
-            };
-            let _ = writeln!(
-                md,
-                "| {dest} | {proto:?} | {} | {} | {} | {} |",
-                list(&d.hosts),
-                names.list(&d.steps),
-                list(&d.comms),
-                d.count
-            );
-        }
-        more(md, self.denied.len());
+        destination_table(md, names, &self.denied);
     }
 
     fn render_dns(&self, md: &mut String, names: &StepNames<'_>) {
@@ -381,6 +349,31 @@ fn list(items: &BTreeSet<String>) -> String {
 /// Keeps table cells on one line and their pipes literal.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// Egress and denials share one table: destination, protocol, names, steps, processes, count.
+fn destination_table(
+    md: &mut String,
+    names: &StepNames<'_>,
+    rows: &BTreeMap<(IpAddr, u16, Protocol), Destination>,
+) {
+    md.push_str("| destination | protocol | host names | steps | processes | count |\n|---|---|---|---|---|---:|\n");
+    for ((addr, port, proto), d) in rows.iter().take(MAX_ROWS) {
+        let dest = if addr.is_ipv6() {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        };
+        let _ = writeln!(
+            md,
+            "| {dest} | {proto:?} | {} | {} | {} | {} |",
+            list(&d.hosts),
+            names.list(&d.steps),
+            list(&d.comms),
+            d.count
+        );
+    }
+    more(md, rows.len());
 }
 
 fn more(md: &mut String, total: usize) {
