@@ -15,6 +15,7 @@ struct cw_connect abi_cw_connect;
 struct cw_file abi_cw_file;
 struct cw_dns_addr abi_cw_dns_addr;
 struct cw_dns abi_cw_dns;
+struct cw_dns_refused abi_cw_dns_refused;
 struct cw_name_key abi_cw_name_key;
 struct cw_launcher abi_cw_launcher;
 struct cw_comm_key abi_cw_comm_key;

@@ -7,6 +7,7 @@
 #include "lineage.bpf.h"
 #include "exec.bpf.h"
 #include "enforce.bpf.h"
+#include "dns_refuse.bpf.h"
 #include "connect.bpf.h"
 #include "file.bpf.h"
 #include "dns.bpf.h"

@@ -30,6 +30,7 @@
 #define CW_KIND_DNS 6
 #define CW_KIND_ENV 7 /* a step root's environment; consumed by attribution, never logged */
 #define CW_KIND_DENIED 8 /* a cw_connect the enforce hook refused (EPERM) */
+#define CW_KIND_DNS_REFUSED 9 /* a DNS query the enforce hook dropped (EPERM) */
 
 /* cw_header.flags */
 #define CW_F_TRUNC_FILENAME (1 << 0)
@@ -63,6 +64,10 @@
 #define CW_PROTO_TCP 6
 #define CW_PROTO_UDP 17
 #define CW_NAME_MAX 128
+
+/* cw_dns_refused.reason */
+#define CW_REFUSED_UNLISTED 1 /* no name rule in scope lists the name */
+#define CW_REFUSED_UNREADABLE 2 /* not one plain query ciwatch can read: refused rather than trusted */
 
 /* cw_file.hook */
 #define CW_FILE_KPROBE 1
@@ -158,6 +163,21 @@ struct cw_dns {
 	__u64 latency_ns;
 	struct cw_dns_addr addrs[CW_DNS_ADDRS];
 	char host[CW_HOST_MAX];
+};
+
+/* A DNS query dropped before it left: the sender's socket was marked by its connect/sendmsg. */
+struct cw_dns_refused {
+	struct cw_header h;
+	__u16 family;
+	__u16 port; /* host byte order */
+	__u8 proto;
+	__u8 reason;
+	__u16 name_len;
+	__u16 qtype;
+	__u16 _pad0;
+	__u32 _pad1;
+	__u8 addr[16]; /* the resolver; IPv4 in the first 4 bytes */
+	char name[CW_NAME_MAX]; /* lower-cased, dot-separated, as far as it could be read */
 };
 
 /* A process whose exec'd children start steps (key: its tgid). */

@@ -165,6 +165,10 @@ static __always_inline int observe_connect(struct bpf_sock_addr *ctx, __u16 fami
 		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, addr, port, CW_SRC_CGROUP_CONNECT);
 		return 0; /* the caller's connect() fails with EPERM */
 	}
+	if (!mark_dns_socket(ctx, port, tag)) {
+		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, addr, port, CW_SRC_CGROUP_CONNECT);
+		return 0;
+	}
 	if (!noted)
 		emit_sockaddr(ctx, tag, CW_KIND_CONNECT, family, addr, port, CW_SRC_CGROUP_CONNECT);
 	return 1;
@@ -182,6 +186,10 @@ static __always_inline int observe_sendmsg(struct bpf_sock_addr *ctx, __u16 fami
 	if (cw_enforce && !egress_allowed(family, flow.addr, flow.port, (__u8)ctx->protocol, tag)) {
 		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, flow.addr, flow.port, CW_SRC_CGROUP_SENDMSG);
 		return 0; /* sendto()/sendmsg() fails with EPERM */
+	}
+	if (!mark_dns_socket(ctx, flow.port, tag)) {
+		emit_sockaddr(ctx, tag, CW_KIND_DENIED, family, flow.addr, flow.port, CW_SRC_CGROUP_SENDMSG);
+		return 0;
 	}
 	__u64 now = bpf_ktime_get_boot_ns();
 	if (bpf_map_update_elem(&udp_flows, &flow, &now, BPF_NOEXIST) != 0)

@@ -48,6 +48,8 @@ pub enum Record {
     Env(Env),
     /// A connect or send the enforce hook refused.
     Denied(Connect),
+    /// A DNS query the enforce hook dropped before it left.
+    DnsRefused(DnsRefused),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +135,29 @@ pub struct Dns {
     pub addrs: Vec<IpAddr>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// No name rule in scope for the step lists the name.
+    Unlisted,
+    /// Not one plain query the kernel could read; refused rather than trusted.
+    Unreadable,
+    Unknown(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRefused {
+    pub common: Common,
+    /// The resolver the query was sent to.
+    pub resolver: IpAddr,
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub proto: u8,
+    pub reason: RefusalReason,
+    /// Lower-case, dot-separated, as far as it could be read.
+    pub name: Vec<u8>,
+    pub qtype: u16,
+}
+
 impl Record {
     pub fn common(&self) -> &Common {
         match self {
@@ -144,6 +169,7 @@ impl Record {
             Record::Dns(r) => &r.common,
             Record::Env(r) => &r.common,
             Record::Denied(r) => &r.common,
+            Record::DnsRefused(r) => &r.common,
         }
     }
 }
@@ -176,6 +202,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         abi::KIND_CONNECT => Record::Connect(connect(read(bytes, "connect record")?, common)),
         abi::KIND_DENIED => Record::Denied(connect(read(bytes, "denied record")?, common)),
+        abi::KIND_DNS_REFUSED => {
+            Record::DnsRefused(dns_refused(read(bytes, "dns_refused record")?, common))
+        }
         abi::KIND_FILE => Record::File(file(read(bytes, "file record")?, common)),
         abi::KIND_DNS => Record::Dns(dns(read(bytes, "dns record")?, common)),
         abi::KIND_ENV => Record::Env(env(read_boxed(bytes, "env record")?, common)),
@@ -300,6 +329,23 @@ fn connect(r: abi::Connect, common: Common) -> Connect {
         port: r.port,
         sock_type: r.sock_type,
         source,
+    }
+}
+
+fn dns_refused(r: abi::DnsRefused, common: Common) -> DnsRefused {
+    let reason = match r.reason {
+        abi::REFUSED_UNLISTED => RefusalReason::Unlisted,
+        abi::REFUSED_UNREADABLE => RefusalReason::Unreadable,
+        other => RefusalReason::Unknown(other),
+    };
+    DnsRefused {
+        common,
+        resolver: ip(r.family, &r.addr),
+        port: r.port,
+        proto: r.proto,
+        reason,
+        name: until_nul(prefix(&r.name, r.name_len as usize)).to_vec(),
+        qtype: r.qtype,
     }
 }
 
@@ -453,6 +499,34 @@ pub(crate) mod tests {
             panic!("not connect")
         };
         assert_eq!(c.addr, "::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn refused_query_keeps_its_name_resolver_and_reason() {
+        let mut name = [0u8; abi::NAME_MAX];
+        name[..12].copy_from_slice(b"blocked.test");
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 53, 0, 1]);
+        let raw = abi::DnsRefused {
+            h: header(abi::KIND_DNS_REFUSED, size_of::<abi::DnsRefused>()),
+            family: 2,
+            port: 53,
+            proto: 17,
+            reason: abi::REFUSED_UNLISTED,
+            name_len: 200,
+            qtype: 28,
+            _pad0: 0,
+            _pad1: 0,
+            addr,
+            name,
+        };
+        let Record::DnsRefused(r) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not dns_refused")
+        };
+        assert_eq!(r.name, b"blocked.test", "length clamped, NUL-terminated");
+        assert_eq!(r.resolver, "127.53.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((r.port, r.proto, r.qtype), (53, 17, 28));
+        assert_eq!(r.reason, RefusalReason::Unlisted);
     }
 
     #[test]

@@ -61,6 +61,22 @@ pub enum Body {
     Dns(DnsBody),
     /// Egress the enforce hook refused; the caller got EPERM.
     Denied(ConnectBody),
+    /// A DNS query the enforce hook dropped before it left (`dns.refuse-unlisted`).
+    DnsRefused(DnsRefusedBody),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsRefusedBody {
+    /// Lower-case and dot-separated, as far as the kernel could read it.
+    pub host: Text,
+    /// `unlisted` (no name rule in scope for the step) or `unreadable` (not one plain query).
+    pub reason: &'static str,
+    /// The query type (1 A, 28 AAAA, …); 0 when unreadable.
+    pub qtype: u16,
+    pub resolver: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub host_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -147,6 +163,7 @@ impl Body {
             Body::File(_) => "file",
             Body::Dns(_) => "dns",
             Body::Denied(_) => "denied",
+            Body::DnsRefused(_) => "dns_refused",
         }
     }
 }

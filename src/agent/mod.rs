@@ -66,7 +66,7 @@ impl Agent {
         config_name: &str,
         btf: Option<&Path>,
         require_all: bool,
-        enforce: bool,
+        enforce: loader::Enforcement,
     ) -> Result<Self, AgentError> {
         let sensitive = config
             .sensitive_paths()
@@ -199,6 +199,8 @@ pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
             (abi::KIND_FILE, "file"),
             (abi::KIND_DNS, "dns"),
             (abi::KIND_ENV, "env"),
+            (abi::KIND_DENIED, "denied"),
+            (abi::KIND_DNS_REFUSED, "dns_refused"),
         ] {
             let lost: u64 = counters
                 .get(&u32::from(kind), 0)

@@ -136,7 +136,16 @@ pub fn recover(dir: &Path, mut end: TraceEnd) -> Result<(Sealed, TraceEnd), Sink
 }
 
 /// Event kinds that can appear in a log, as the static names totals use.
-const KINDS: [&str; 7] = ["exec", "fork", "exit", "connect", "file", "dns", "denied"];
+const KINDS: [&str; 8] = [
+    "exec",
+    "fork",
+    "exit",
+    "connect",
+    "file",
+    "dns",
+    "denied",
+    "dns_refused",
+];
 
 fn rewrite(
     dir: &Path,

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 use crate::bpf::abi;
 use crate::decode::{self, ConnectSource, Record};
 use crate::event::{
-    Body, ConnectBody, DnsBody, Event, ExecBody, ExitBody, FileBody, ForkBody, JobRef, Proc,
-    Protocol, StepRef, Totals,
+    Body, ConnectBody, DnsBody, DnsRefusedBody, Event, ExecBody, ExitBody, FileBody, ForkBody,
+    JobRef, Proc, Protocol, StepRef, Totals,
 };
 use crate::filter::glob::normalize;
 use crate::filter::sensitive::{SensitivePaths, Verdict};
@@ -92,6 +92,7 @@ impl Attributor {
             Record::File(r) => Body::File(self.file(r)?),
             Record::Dns(r) => Body::Dns(self.dns(r)),
             Record::Denied(r) => Body::Denied(self.connect(r)),
+            Record::DnsRefused(r) => Body::DnsRefused(dns_refused(r)),
         };
         self.registry.count(&placement, body.kind());
         self.seq += 1;
@@ -248,6 +249,26 @@ fn exit_body(status: i32) -> ExitBody {
             exit_code: None,
             signal: Some(signal),
         }
+    }
+}
+
+fn dns_refused(r: decode::DnsRefused) -> DnsRefusedBody {
+    DnsRefusedBody {
+        host_truncated: r.common.flags & abi::F_TRUNC_HOST != 0,
+        host: Text::new(r.name),
+        reason: match r.reason {
+            decode::RefusalReason::Unlisted => "unlisted",
+            decode::RefusalReason::Unreadable => "unreadable",
+            decode::RefusalReason::Unknown(_) => "unknown",
+        },
+        qtype: r.qtype,
+        resolver: r.resolver,
+        port: r.port,
+        protocol: match r.proto {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => Protocol::Unknown,
+        },
     }
 }
 

@@ -20,6 +20,10 @@ pub const KIND_FILE: u16 = 5;
 pub const KIND_DNS: u16 = 6;
 pub const KIND_ENV: u16 = 7;
 pub const KIND_DENIED: u16 = 8;
+pub const KIND_DNS_REFUSED: u16 = 9;
+
+pub const REFUSED_UNLISTED: u8 = 1;
+pub const REFUSED_UNREADABLE: u8 = 2;
 
 pub const ALLOW_ENTRIES: usize = 8;
 pub const SCOPE_ALL: u32 = 1 << 31;
@@ -162,6 +166,22 @@ pub struct Dns {
     pub latency_ns: u64,
     pub addrs: [DnsAddr; DNS_ADDRS],
     pub host: [u8; HOST_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DnsRefused {
+    pub h: Header,
+    pub family: u16,
+    pub port: u16,
+    pub proto: u8,
+    pub reason: u8,
+    pub name_len: u16,
+    pub qtype: u16,
+    pub _pad0: u16,
+    pub _pad1: u32,
+    pub addr: [u8; 16],
+    pub name: [u8; NAME_MAX],
 }
 
 #[repr(C)]
@@ -350,6 +370,13 @@ mod tests {
             (
                 "cw_dns",
                 layout!(Dns, h, ret, naddrs, host_len, latency_ns, addrs, host),
+            ),
+            (
+                "cw_dns_refused",
+                layout!(
+                    DnsRefused, h, family, port, proto, reason, name_len, qtype, _pad0, _pad1,
+                    addr, name
+                ),
             ),
             ("cw_name_key", layout!(NameKey, name)),
             ("cw_launcher", layout!(Launcher, job, platform, flags, _pad)),

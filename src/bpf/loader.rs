@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::UProbeScope;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
+};
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 use crate::bpf::abi::{CommKey, Launcher, NameKey, Tag};
@@ -40,10 +42,19 @@ pub struct LoadOptions<'a> {
     pub sensitive: &'a SensitivePaths,
     pub cgroup2: Option<&'a Path>,
     pub enabled: crate::config::Hooks,
-    /// Load the connect/sendmsg hooks in enforcing form (deny what the allowlist does not allow).
-    pub enforce: bool,
+    /// What the connect/sendmsg hooks deny.
+    pub enforce: Enforcement,
     /// Fail when a hook has no working implementation (the default).
     pub require_all: bool,
+}
+
+/// What enforce mode asks of the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforcement {
+    /// Deny connects and sends the allowlist does not allow.
+    pub egress: bool,
+    /// Drop DNS queries for names no rule lists (`dns.refuse-unlisted`).
+    pub refuse_dns: bool,
 }
 
 /// The lineage map: tgid → job tag.
@@ -81,14 +92,15 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         .btf(Some(&btf))
         .override_global("cw_wakeup_bytes", &opts.wakeup_bytes, true)
         .override_global("cw_args_max", &opts.args_max, true)
-        .override_global("cw_enforce", &u32::from(opts.enforce), true)
+        .override_global("cw_enforce", &u32::from(opts.enforce.egress), true)
+        .override_global("cw_dns_refuse", &u32::from(opts.enforce.refuse_dns), true)
         .map_max_entries("events", opts.ring_bytes)
         .load(crate::bpf::OBJECT)
         .map_err(|e| LoadError::Object(chain(&e)))?;
 
     fill_sensitive_maps(&mut ebpf, opts.sensitive)?;
     let on = opts.enabled;
-    let hooks = vec![
+    let mut hooks = vec![
         attach_lineage(&mut ebpf, &btf),
         attach_exec(&mut ebpf),
         if on.connect {
@@ -107,16 +119,22 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
             disabled("dns")
         },
     ];
+    if opts.enforce.refuse_dns {
+        let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2);
+        if !refusal.attached {
+            // Enforcement asked for is never dropped for a partial run.
+            return Err(LoadError::Required {
+                hook: refusal.hook,
+                reasons: join(skipped_reasons(&refusal)),
+            });
+        }
+        hooks.push(refusal);
+    }
     if opts.require_all {
         if let Some(missing) = hooks.iter().find(|h| !h.attached && !h.disabled) {
-            let reasons = missing
-                .skipped
-                .iter()
-                .map(|s| format!("{}: {}", s.implementation, s.reason))
-                .collect();
             return Err(LoadError::Required {
                 hook: missing.hook,
-                reasons: join(reasons),
+                reasons: join(skipped_reasons(missing)),
             });
         }
     }
@@ -228,6 +246,7 @@ enum Attach<'a> {
     KProbe(&'static str),
     FEntry(&'static str, &'a Btf),
     Cgroup(Option<&'a Path>),
+    CgroupEgress(Option<&'a Path>),
     UProbe(&'a Path),
 }
 
@@ -268,6 +287,7 @@ fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
             load_once(loaded, || p.load(function, btf)).and_then(|()| attach_result(p.attach()))
         }
         (Attach::Cgroup(root), Program::CgroupSockAddr(p)) => attach_cgroup(p, *root, loaded),
+        (Attach::CgroupEgress(root), Program::CgroupSkb(p)) => attach_egress(p, *root, loaded),
         (Attach::UProbe(target), Program::UProbe(p)) => {
             load_once(loaded, || p.load()).and_then(|()| {
                 attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))
@@ -293,21 +313,32 @@ fn attach_result<T>(r: Result<T, ProgramError>) -> Result<(), ProgramError> {
     r.map(drop)
 }
 
-fn attach_cgroup(
-    p: &mut CgroupSockAddr,
-    root: Option<&Path>,
-    loaded: bool,
-) -> Result<(), ProgramError> {
+fn cgroup_dir(root: Option<&Path>) -> Result<std::fs::File, ProgramError> {
     let root = root.ok_or_else(|| {
         ProgramError::IOError(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no cgroup v2 hierarchy is mounted",
         ))
     })?;
-    let dir = std::fs::File::open(root).map_err(ProgramError::IOError)?;
+    std::fs::File::open(root).map_err(ProgramError::IOError)
+}
+
+// A cgroup bpf_link is always multi-attach, so other agents keep their programs.
+fn attach_cgroup(
+    p: &mut CgroupSockAddr,
+    root: Option<&Path>,
+    loaded: bool,
+) -> Result<(), ProgramError> {
+    let dir = cgroup_dir(root)?;
     load_once(loaded, || p.load())?;
-    // A cgroup bpf_link is always multi-attach, so other agents keep their programs.
     p.attach(dir, CgroupAttachMode::Single).map(drop)
+}
+
+fn attach_egress(p: &mut CgroupSkb, root: Option<&Path>, loaded: bool) -> Result<(), ProgramError> {
+    let dir = cgroup_dir(root)?;
+    load_once(loaded, || p.load())?;
+    p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map(drop)
 }
 
 /// A short reason: the error chain, with any verifier log reduced to its last line.
@@ -452,6 +483,20 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     hook
 }
 
+/// The packet filter behind `dns.refuse-unlisted`; see ebpf/dns_refuse.bpf.h.
+fn attach_dns_refusal(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+    let mut skipped = Vec::new();
+    let candidate = Candidate::new(
+        "cgroup_skb/egress",
+        "dns_egress",
+        Attach::CgroupEgress(cgroup2),
+    );
+    let attached = first_of(ebpf, std::slice::from_ref(&candidate), &mut skipped)
+        .into_iter()
+        .collect();
+    status("dns_refusal", attached, skipped, true, 1)
+}
+
 fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
     let mut skipped = Vec::new();
     let kernel_hooks = [
@@ -537,6 +582,13 @@ fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc]) -> HookStatus {
     let mut hook = status("dns", attached, skipped, false, 1);
     hook.targets = targets;
     hook
+}
+
+fn skipped_reasons(hook: &HookStatus) -> Vec<String> {
+    hook.skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.implementation, s.reason))
+        .collect()
 }
 
 fn join(parts: Vec<String>) -> String {

@@ -51,7 +51,7 @@ pub async fn execute(args: CheckArgs) -> u8 {
         sensitive: &sensitive,
         cgroup2: env.cgroup2.as_deref(),
         enabled: config.hooks,
-        enforce: false,
+        enforce: Default::default(),
         require_all: false,
     }) {
         Ok(p) => p,

@@ -70,7 +70,7 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         &config_name,
         args.agent.btf.as_deref(),
         !args.agent.allow_partial,
-        false,
+        Default::default(),
     ) {
         Ok(a) => a,
         Err(e) => return super::fail(e.exit_code(), &e),

@@ -117,7 +117,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
         &config_name,
         args.agent.btf.as_deref(),
         !args.agent.allow_partial,
-        plan.enforce(),
+        plan.enforcement(),
     )?;
     // A missing or malformed signing key fails before the job runs, not after
     // (but after the privilege checks, whose message is the more useful one).

@@ -220,7 +220,7 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         &config_name,
         args.agent.btf.as_deref(),
         !args.agent.allow_partial,
-        plan.enforce(),
+        plan.enforcement(),
     ) {
         Ok(a) => a,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::bpf::loader::chain(&e)),

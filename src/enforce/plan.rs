@@ -41,12 +41,6 @@ pub enum PlanError {
          allow endpoints with --allow or --policy, or pass --on-policy-error observe to record only"
     )]
     Empty,
-    #[error(
-        "`dns.refuse-unlisted: true` cannot be enforced yet: ciwatch sees lookups through a uprobe, which \
-         cannot fail them. Connects to addresses of unlisted names are still denied. Remove the key, or set \
-         it to false; `ciwatch policy diff` still reports which lookups it would refuse"
-    )]
-    DnsRefusalUnsupported,
 }
 
 /// The mode that will run, and what enforcement needs.
@@ -64,6 +58,18 @@ impl Plan {
     pub fn enforce(&self) -> bool {
         self.mode == Mode::Enforce
     }
+
+    /// What the kernel is asked to deny.
+    pub fn enforcement(&self) -> crate::bpf::loader::Enforcement {
+        crate::bpf::loader::Enforcement {
+            egress: self.enforce(),
+            refuse_dns: self.enforce()
+                && self
+                    .compiled
+                    .as_ref()
+                    .is_some_and(|c| c.refuse_unlisted_dns),
+        }
+    }
 }
 
 pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
@@ -80,9 +86,6 @@ pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
         Some(p) => {
             if requested == Mode::Enforce {
                 p.validate()?;
-                if p.dns.refuse_unlisted {
-                    return Err(PlanError::DnsRefusalUnsupported);
-                }
             }
             Ok(Some(p))
         }
@@ -198,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn dns_refusal_is_not_silently_ignored_in_enforce() {
+    fn dns_refusal_is_asked_of_the_kernel_only_in_enforce() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("policy.yml");
         std::fs::write(
@@ -211,8 +214,9 @@ mod tests {
             policy: Some(file.clone()),
             ..Default::default()
         };
-        let e = plan(&with_file(Mode::Enforce), Mode::Observe).unwrap_err();
-        assert!(e.to_string().contains("refuse-unlisted"), "{e}");
-        assert!(plan(&with_file(Mode::Observe), Mode::Observe).is_ok());
+        let enforce = plan(&with_file(Mode::Enforce), Mode::Observe).unwrap();
+        assert!(enforce.enforcement().egress && enforce.enforcement().refuse_dns);
+        let observe = plan(&with_file(Mode::Observe), Mode::Observe).unwrap();
+        assert_eq!(observe.enforcement(), Default::default());
     }
 }

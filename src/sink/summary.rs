@@ -19,6 +19,16 @@ pub struct Summary {
     pub execs: BTreeMap<String, u64>,
     /// Egress the enforce hook refused.
     pub denied: BTreeMap<(IpAddr, u16, Protocol), Destination>,
+    /// DNS queries the enforce hook dropped, by name.
+    pub refused: BTreeMap<String, Refusal>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Refusal {
+    pub count: u64,
+    pub reasons: BTreeSet<&'static str>,
+    pub comms: BTreeSet<String>,
+    pub steps: BTreeSet<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -109,6 +119,19 @@ impl Summary {
                 d.comms.insert(comm);
                 d.steps.insert(step);
             }
+            Body::DnsRefused(r) => {
+                let host = r.host.lossy();
+                let shown = if host.is_empty() {
+                    "(unreadable)".into()
+                } else {
+                    host.into_owned()
+                };
+                let d = self.refused.entry(shown).or_default();
+                d.count += 1;
+                d.reasons.insert(r.reason);
+                d.comms.insert(comm);
+                d.steps.insert(step);
+            }
             Body::Exec(e) => {
                 *self
                     .execs
@@ -126,6 +149,7 @@ impl Summary {
         render_steps(&mut md, ctx.steps);
         let names = StepNames(ctx.steps);
         self.render_denied(&mut md, &names);
+        self.render_refused(&mut md, &names);
         self.render_egress(&mut md, &names);
         self.render_dns(&mut md, &names);
         self.render_files(&mut md, &names);
@@ -137,15 +161,16 @@ impl Summary {
     fn render_overview(&self, md: &mut String, ctx: &Context<'_>) {
         let t = &self.totals;
         let n = |k: &str| t.events.get(k).copied().unwrap_or(0);
-        md.push_str("| execs | connects | DNS lookups | sensitive opens | denied | lost events |\n|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("| execs | connects | DNS lookups | sensitive opens | denied | refused lookups | lost events |\n|---:|---:|---:|---:|---:|---:|---:|\n");
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             n("exec"),
             n("connect"),
             n("dns"),
             n("file"),
             n("denied"),
+            n("dns_refused"),
             t.lost_total
         );
         if t.lost_total > 0 {
@@ -205,6 +230,30 @@ impl Summary {
             "## Denied egress\n\nThe enforce hook refused these; the callers got EPERM.\n\n",
         );
         destination_table(md, names, &self.denied);
+    }
+
+    fn render_refused(&self, md: &mut String, names: &StepNames<'_>) {
+        if self.refused.is_empty() {
+            return;
+        }
+        md.push_str(
+            "## Refused DNS lookups\n\n`dns.refuse-unlisted`: these queries never left the host; \
+             the callers got EPERM.\n\n| host name | reason | steps | processes | count |\n\
+             |---|---|---|---|---:|\n",
+        );
+        for (host, r) in self.refused.iter().take(MAX_ROWS) {
+            let reasons: BTreeSet<String> = r.reasons.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                cell(host),
+                list(&reasons),
+                names.list(&r.steps),
+                list(&r.comms),
+                r.count
+            );
+        }
+        more(md, self.refused.len());
     }
 
     fn render_dns(&self, md: &mut String, names: &StepNames<'_>) {
