@@ -344,3 +344,205 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     assert_eq!(lines[0]["mode"], "enforce");
     assert!(lines[0]["policy"]["sha256"].as_str().unwrap().len() == 64);
 }
+
+/// A loopback DNS server (tests/emulators/dns_server.py) on port 53 of `addr`; killed on drop.
+struct DnsServer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl DnsServer {
+    fn start(addr: &str, log: std::path::PathBuf) -> DnsServer {
+        use std::io::BufRead;
+        let mut child = common::spawn(
+            Command::new("python3")
+                .arg(common::emulator("dns_server.py"))
+                .arg(addr)
+                .arg(&log)
+                .stdout(std::process::Stdio::piped()),
+        );
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(
+            ready.trim(),
+            "ready",
+            "the DNS server did not start on {addr}:53"
+        );
+        DnsServer { child, log }
+    }
+
+    /// The question names it received, labels joined by `|`.
+    fn questions(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python that builds a DNS query for `labels` (a list of labels).
+const DNS_QUERY_PY: &str = "import socket, struct, errno\n\
+    def query(labels, qtype=1):\n\
+    \x20   name = b''.join(bytes([len(l)]) + l.encode() for l in labels) + b'\\0'\n\
+    \x20   return struct.pack('!6H', 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack('!HH', qtype, 1)\n\
+    def udp(labels, connected=False):\n\
+    \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+    \x20   try:\n\
+    \x20       if connected:\n\
+    \x20           s.connect((RESOLVER, 53)); s.send(query(labels))\n\
+    \x20       else:\n\
+    \x20           s.sendto(query(labels), (RESOLVER, 53))\n\
+    \x20       return 'answer' if s.recv(512) else 'empty'\n\
+    \x20   except OSError as e:\n\
+    \x20       return errno.errorcode.get(e.errno, str(e))\n\
+    def tcp(labels):\n\
+    \x20   s = socket.create_connection((RESOLVER, 53)); s.settimeout(1.5)\n\
+    \x20   q = query(labels)\n\
+    \x20   try:\n\
+    \x20       s.sendall(struct.pack('!H', len(q)) + q)\n\
+    \x20       return 'answer' if s.recv(512) else 'closed'\n\
+    \x20   except socket.timeout:\n\
+    \x20       return 'no answer'\n\
+    \x20   except OSError as e:\n\
+    \x20       return errno.errorcode.get(e.errno, str(e))\n\
+    def lookup(name):\n\
+    \x20   try:\n\
+    \x20       return socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]\n\
+    \x20   except socket.gaierror:\n\
+    \x20       return 'failed'\n";
+
+#[test]
+fn unlisted_dns_queries_never_leave_the_host_whatever_sends_them() {
+    if !require_root() {
+        return;
+    }
+    const RESOLVER: &str = "127.53.0.1";
+    let tmp = tempfile::tempdir().unwrap();
+    let server = DnsServer::start(RESOLVER, tmp.path().join("questions.log"));
+    write(
+        &tmp.path().join("resolv.conf"),
+        &format!("nameserver {RESOLVER}\noptions attempts:1 timeout:1\n"),
+    );
+    write(&tmp.path().join("hosts"), "127.0.0.1 localhost\n");
+    let policy = tmp.path().join("policy.yml");
+    write(
+        &policy,
+        "version: 1\nmode: enforce\ndns:\n  refuse-unlisted: true\nallow:\n  - allowed.test\n  - \"*.ok.test\"\n",
+    );
+    let probe = format!(
+        "{DNS_QUERY_PY}RESOLVER = {RESOLVER:?}\n\
+         print(lookup('allowed.test'))\n\
+         print(lookup('x.ok.test'))\n\
+         print(lookup('blocked.test'))\n\
+         print(lookup('ok.test'))\n\
+         print(udp(['allowed', 'test']))\n\
+         print(udp(['BLOCKED', 'Test']))\n\
+         print(udp(['blocked', 'test'], connected=True))\n\
+         print(udp(['allowed.test']))\n\
+         print(tcp(['allowed', 'test']))\n\
+         print(tcp(['blocked', 'test']))\n"
+    );
+    let script = tmp.path().join("probe.py");
+    write(&script, &probe);
+    let inner = format!(
+        "mount --bind {dir}/resolv.conf /etc/resolv.conf && mount --bind {dir}/hosts /etc/hosts && exec python3 {script}",
+        dir = tmp.path().display(),
+        script = script.display()
+    );
+    let t = Trace::run(
+        &["--mode", "enforce", "--policy", policy.to_str().unwrap()],
+        &["unshare", "-m", "sh", "-c", &inner],
+    );
+    let lines = stdout(&t);
+    assert_eq!(
+        lines,
+        [
+            "127.0.0.9", // an exact rule
+            "127.0.0.9", // a wildcard rule
+            "failed",    // unlisted: getaddrinfo's queries were dropped
+            "failed",    // `*.ok.test` never lists ok.test itself
+            "answer",    // a hand-made query for a listed name
+            "EPERM",     // case does not hide a name
+            "EPERM",     // a connected UDP socket is judged like sendto
+            "EPERM",     // a dot inside one label is unreadable, so refused
+            "answer",    // DNS over TCP, listed
+            "no answer", // DNS over TCP, unlisted: the segment never leaves
+        ],
+        "{}",
+        t.stderr()
+    );
+    let questions = server.questions();
+    assert!(
+        questions.contains(&"allowed|test".to_string()),
+        "{questions:?}"
+    );
+    assert!(
+        questions.contains(&"x|ok|test".to_string()),
+        "{questions:?}"
+    );
+    assert!(
+        questions
+            .iter()
+            .all(|q| !q.to_lowercase().contains("blocked")
+                && q != "ok|test"
+                && q != "allowed.test"),
+        "a refused query reached the server: {questions:?}"
+    );
+
+    let refused = t.events("dns_refused");
+    let hosts: std::collections::BTreeSet<(&str, &str, &str)> = refused
+        .iter()
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap(),
+                e["reason"].as_str().unwrap(),
+                e["protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("blocked.test", "unlisted", "udp"),
+        ("ok.test", "unlisted", "udp"),
+        ("blocked.test", "unlisted", "tcp"),
+        ("allowed", "unreadable", "udp"), // read up to the dot inside the label
+    ] {
+        assert!(hosts.contains(&expected), "{expected:?} not in {hosts:?}");
+    }
+    assert!(refused
+        .iter()
+        .all(|e| e["resolver"] == RESOLVER && e["port"] == 53 && e["step"]["id"] == "command"));
+    let hook = t.start()["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "dns_refusal")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hook["implementation"], "cgroup_skb/egress", "{hook:#?}");
+    let summary = t.summary();
+    assert!(
+        summary.contains("## Refused DNS lookups")
+            && summary.contains("| blocked.test | unlisted |"),
+        "{summary}"
+    );
+
+    // The same unlisted query from outside the job is answered.
+    let outside = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "{DNS_QUERY_PY}RESOLVER = {RESOLVER:?}\nprint(udp(['blocked', 'test']))\n"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "answer");
+}
