@@ -1,9 +1,9 @@
 """A loopback DNS server for the refusal tests: answers every A question with
 127.0.0.9 (other types with no answer), over UDP and TCP, and appends each
 question name it receives to a log file. Prints `ready` once both sockets are
-bound.
+bound. With `silent`, it logs and never answers (for send-only storms).
 
-    dns_server.py ADDRESS LOG
+    dns_server.py ADDRESS LOG [silent]
 """
 import socket
 import struct
@@ -11,6 +11,7 @@ import sys
 import threading
 
 ADDRESS, LOG = sys.argv[1], sys.argv[2]
+SILENT = sys.argv[3:] == ["silent"]
 log = open(LOG, "a", buffering=1)
 
 
@@ -61,4 +62,6 @@ threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
 print("ready", flush=True)
 while True:
     query, peer = udp.recvfrom(4096)
-    udp.sendto(answer(query), peer)
+    reply = answer(query)
+    if not SILENT:
+        udp.sendto(reply, peer)
