@@ -24,3 +24,5 @@ struct cw_allow_key abi_cw_allow_key;
 struct cw_allow_entry abi_cw_allow_entry;
 struct cw_allow_val abi_cw_allow_val;
 struct cw_host_key abi_cw_host_key;
+struct cw_step_pattern abi_cw_step_pattern;
+struct cw_step_var abi_cw_step_var;

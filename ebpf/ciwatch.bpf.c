@@ -5,8 +5,9 @@
  */
 #include "common.bpf.h"
 #include "lineage.bpf.h"
-#include "exec.bpf.h"
 #include "enforce.bpf.h"
+#include "step_scope.bpf.h"
+#include "exec.bpf.h"
 #include "dns_refuse.bpf.h"
 #include "connect.bpf.h"
 #include "file.bpf.h"

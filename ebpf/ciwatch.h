@@ -65,6 +65,12 @@
 #define CW_PROTO_UDP 17
 #define CW_NAME_MAX 128
 
+/* Step scoping matched in the kernel at a step's first exec (step_scope.bpf.h). */
+#define CW_STEP_PATTERNS 64
+#define CW_STEP_TEXT 64
+#define CW_STEP_VARS 4
+#define CW_STEP_VAR_NAME 32
+
 /* cw_dns_refused.reason */
 #define CW_REFUSED_UNLISTED 1 /* no name rule in scope lists the name */
 #define CW_REFUSED_UNREADABLE 2 /* not one plain query ciwatch can read: refused rather than trusted */
@@ -219,6 +225,20 @@ struct cw_allow_val {
 	__u32 count;
 	__u32 _pad;
 	struct cw_allow_entry entries[CW_ALLOW_ENTRIES];
+};
+
+/* A `steps:` pattern, with the step groups a step whose id or name it matches is in. */
+struct cw_step_pattern {
+	__u32 groups; /* 0: an unused slot, and the end of the list */
+	__u32 len;
+	char text[CW_STEP_TEXT];
+};
+
+/* An environment variable whose value is a step's id or name, with its '=' ("GITHUB_ACTION="). */
+struct cw_step_var {
+	__u32 len;
+	__u32 _pad;
+	char name[CW_STEP_VAR_NAME];
 };
 
 /* Key of the allow_names / allow_suffixes maps: a NUL-padded host name. */

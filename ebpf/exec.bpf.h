@@ -6,7 +6,8 @@
  *  - exec'd by a launcher: the root of a new step;
  *  - exec'd by a container runtime: a container step, resolved in userspace.
  * Those three also send their environment (one cw_env record, never logged),
- * read here before the process can run, so even a 1 ms step is named.
+ * read here before the process can run, so even a 1 ms step is named; a new
+ * step is put into its policy step groups here too (step_scope.bpf.h).
  */
 
 /* Is @task's name (comm) a key of @map? */
@@ -34,7 +35,7 @@ static __always_inline void emit_env(struct task_struct *task, struct cw_tag *ta
 	e->env_len = len;
 	e->env_total = total;
 	e->ppid = ppid;
-	/* Wake the reader now: step-scoped rules apply once userspace has named the step. */
+	/* Wake the reader now: the step's events are named from this record. */
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 }
 
@@ -69,6 +70,9 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 		return 0;
 	}
 	bpf_map_update_elem(&tasks, &tgid, &tag, BPF_ANY);
+	/* Before the env record: userspace's later groups must land after, and over, the kernel's. */
+	if (tag.step)
+		scope_step(task, tag.step);
 	struct cw_tag *stored = bpf_map_lookup_elem(&tasks, &tgid);
 	if (stored)
 		emit_env(task, stored, reason, ppid);

@@ -299,9 +299,9 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     python_as(&root.join("bin/Runner.Worker"));
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = target.local_addr().unwrap().port();
-    // Both steps connect to the same destination; the rule names the Build step by its workflow `id:`.
+    // Both steps connect to the same destination; the rule names the Build step by a glob over its workflow `id:`.
     let policy = tmp.path().join("policy.yml");
-    write(&policy, &format!("version: 1\nmode: enforce\ndefaults:\n  loopback: false\n  resolver: false\nallow:\n  - host: 127.0.0.1\n    port: {port}\n    steps: [build]\n"));
+    write(&policy, &format!("version: 1\nmode: enforce\ndefaults:\n  loopback: false\n  resolver: false\nallow:\n  - host: 127.0.0.1\n    port: {port}\n    steps: [\"b?il*\"]\n"));
     let out = tmp.path().join("trace");
     let config = tmp.path().join("config.json");
     write(
@@ -340,7 +340,10 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
         .iter()
         .filter(|e| e["type"] == "connect" && e["step"]["name"] == "Build")
         .count();
-    assert!(build_ok >= 1, "the Build step connected");
+    assert_eq!(
+        build_ok, 10,
+        "each of the 10 Build steps connected on its first instruction"
+    );
     assert_eq!(lines[0]["mode"], "enforce");
     assert!(lines[0]["policy"]["sha256"].as_str().unwrap().len() == 64);
 }

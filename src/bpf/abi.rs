@@ -32,6 +32,11 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const NAME_MAX: usize = 128;
 
+pub const STEP_PATTERNS: u32 = 64;
+pub const STEP_TEXT: usize = 64;
+pub const STEP_VARS: u32 = 4;
+pub const STEP_VAR_NAME: usize = 32;
+
 pub const TAG_STEP_ROOT: u32 = 1 << 0;
 pub const TAG_LAUNCHER: u32 = 1 << 1;
 pub const TAG_CONTAINER: u32 = 1 << 2;
@@ -281,6 +286,63 @@ impl HostKey {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPattern {
+    pub groups: u32,
+    pub len: u32,
+    pub text: [u8; STEP_TEXT],
+}
+
+// SAFETY: integers and a byte array; any bit pattern is valid.
+unsafe impl aya::Pod for StepPattern {}
+
+impl StepPattern {
+    /// None when the pattern cannot fit.
+    pub fn new(pattern: &str, groups: u32) -> Option<Self> {
+        let bytes = pattern.as_bytes();
+        if bytes.is_empty() || bytes.len() >= STEP_TEXT {
+            return None;
+        }
+        let mut text = [0u8; STEP_TEXT];
+        text[..bytes.len()].copy_from_slice(bytes);
+        Some(Self {
+            groups,
+            len: bytes.len() as u32,
+            text,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepVar {
+    pub len: u32,
+    pub _pad: u32,
+    pub name: [u8; STEP_VAR_NAME],
+}
+
+// SAFETY: integers and a byte array; any bit pattern is valid.
+unsafe impl aya::Pod for StepVar {}
+
+impl StepVar {
+    /// `NAME=`, as the kernel compares it; None when it cannot fit.
+    pub fn new(var: &str) -> Option<Self> {
+        let with_eq = format!("{var}=");
+        let bytes = with_eq.as_bytes();
+        if bytes.len() >= STEP_VAR_NAME {
+            return None;
+        }
+        let mut name = [0u8; STEP_VAR_NAME];
+        name[..bytes.len()].copy_from_slice(bytes);
+        Some(Self {
+            len: bytes.len() as u32,
+            _pad: 0,
+            name,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameKey {
     pub name: [u8; NAME_KEY],
 }
@@ -392,6 +454,8 @@ mod tests {
             ),
             ("cw_allow_val", layout!(AllowVal, count, _pad, entries)),
             ("cw_host_key", layout!(HostKey, name)),
+            ("cw_step_pattern", layout!(StepPattern, groups, len, text)),
+            ("cw_step_var", layout!(StepVar, len, _pad, name)),
         ];
         for (c_name, rust) in cases {
             let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));

@@ -84,6 +84,9 @@ pub struct AllowMaps {
     pub suffixes: HashMap<MapData, crate::bpf::abi::HostKey, crate::bpf::abi::AllowVal>,
     /// Shared with the engine, which learns each step's identity and so its groups.
     pub step_groups: std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, u32>>>,
+    /// The `steps:` patterns the exec hook matches itself; see ebpf/step_scope.bpf.h.
+    pub step_patterns: aya::maps::Array<MapData, crate::bpf::abi::StepPattern>,
+    pub step_vars: aya::maps::Array<MapData, crate::bpf::abi::StepVar>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
@@ -160,6 +163,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         step_groups: std::sync::Arc::new(std::sync::Mutex::new(
             HashMap::try_from(take(&mut ebpf, "step_groups")?).map_err(map_err("step_groups"))?,
         )),
+        step_patterns: aya::maps::Array::try_from(take(&mut ebpf, "step_patterns")?)
+            .map_err(map_err("step_patterns"))?,
+        step_vars: aya::maps::Array::try_from(take(&mut ebpf, "step_vars")?)
+            .map_err(map_err("step_vars"))?,
     };
     Ok(Probes {
         hooks,

@@ -2,8 +2,9 @@
 //! allowlist maps of ebpf/enforce.bpf.h. Networks go into an LPM trie keyed
 //! by IPv4-mapped IPv6 addresses, so IPv4, IPv6 and dual-stack sockets are
 //! enforced by one lookup; exact names and `*.` parents go into hash maps the
-//! DNS return probe consults. A step-scoped rule carries a step-group bit that
-//! the engine sets for each step once it knows the step's identity.
+//! DNS return probe consults. A step-scoped rule carries a step-group bit: the
+//! exec hook sets a new step's bits from its environment before it runs
+//! (ebpf/step_scope.bpf.h), and the engine adds what only it learns later.
 
 pub mod plan;
 
@@ -11,7 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 
 use crate::bpf::abi::{
-    AllowEntry, AllowVal, HostKey, ALLOW_ENTRIES, PROTO_TCP, PROTO_UDP, SCOPE_ALL,
+    AllowEntry, AllowVal, HostKey, StepVar, ALLOW_ENTRIES, PROTO_TCP, PROTO_UDP, SCOPE_ALL,
+    STEP_PATTERNS,
 };
 use crate::bpf::loader::AllowMaps;
 use crate::policy::{CompiledPolicy, NamePattern, Proto, StepMatch, StepPattern, StepScope};
@@ -64,6 +66,33 @@ impl Scopes {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
+
+    /// Each distinct pattern with the groups it puts a matching step in.
+    fn patterns(&self) -> BTreeMap<&str, u32> {
+        let mut out: BTreeMap<&str, u32> = BTreeMap::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            for p in group {
+                *out.entry(p.0.as_str()).or_default() |= 1 << i;
+            }
+        }
+        out
+    }
+}
+
+/// Variables whose value a platform uses as a step's id (`action`) or name,
+/// read by the exec hook: GitHub and Azure step ids, Azure and Drone names.
+/// The engine matches the same values (src/attribute/platform/), so the
+/// kernel's groups are never more than the engine's.
+pub const KERNEL_STEP_VARS: [&str; 4] = [
+    "GITHUB_ACTION",
+    "SYSTEM_TASKINSTANCENAME",
+    "SYSTEM_TASKDISPLAYNAME",
+    "DRONE_STEP_NAME",
+];
+
+/// Patterns the kernel can match byte for byte exactly as `glob` does by character: ASCII, short enough.
+fn kernel_matchable(pattern: &str) -> bool {
+    pattern.is_ascii() && crate::bpf::abi::StepPattern::new(pattern, 1).is_some()
 }
 
 type NetKey = (u32, [u8; 16]);
@@ -91,7 +120,41 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
     }
     let nets = with_covering(&nets);
     load(maps, &nets, &names, &suffixes)?;
+    load_step_patterns(maps, &scopes)?;
     Ok(scopes)
+}
+
+/// Gives the exec hook the patterns it can match at a step's first exec; the rest wait for the engine.
+fn load_step_patterns(maps: &mut AllowMaps, scopes: &Scopes) -> Result<(), EnforceError> {
+    let err = |map| {
+        move |e: aya::maps::MapError| EnforceError::Map {
+            map,
+            reason: crate::bpf::loader::chain(&e),
+        }
+    };
+    for (index, var) in KERNEL_STEP_VARS.iter().enumerate() {
+        let var = StepVar::new(var).expect("the step variables fit the kernel's buffer");
+        maps.step_vars
+            .set(index as u32, var, 0)
+            .map_err(err("step_vars"))?;
+    }
+    let patterns = scopes.patterns();
+    let (kernel, later): (Vec<_>, Vec<_>) = patterns.iter().partition(|(p, _)| kernel_matchable(p));
+    let (kernel, overflow) = kernel.split_at(kernel.len().min(STEP_PATTERNS as usize));
+    for (slot, (pattern, groups)) in kernel.iter().enumerate() {
+        let entry = crate::bpf::abi::StepPattern::new(pattern, **groups)
+            .expect("kernel_matchable checked the length");
+        maps.step_patterns
+            .set(slot as u32, entry, 0)
+            .map_err(err("step_patterns"))?;
+    }
+    for (pattern, _) in later.iter().chain(overflow) {
+        tracing::warn!(
+            "step pattern {pattern:?} is matched once the agent has named the step, not at its first exec \
+             (non-ASCII, over 63 bytes, or past the kernel's {STEP_PATTERNS} patterns); see docs/policy.md"
+        );
+    }
+    Ok(())
 }
 
 fn entry(port: Option<u16>, proto: Option<Proto>, scope: u32) -> AllowEntry {
@@ -300,6 +363,27 @@ mod tests {
                 name: Some("Test")
             }),
             0
+        );
+    }
+
+    #[test]
+    fn the_kernel_gets_each_pattern_once_with_all_its_groups() {
+        let only =
+            |p: &[&str]| StepScope::Only(p.iter().map(|s| StepPattern(s.to_string())).collect());
+        let mut scopes = Scopes::default();
+        let a = scopes.bit(&only(&["build", "lint-*"])).unwrap();
+        let b = scopes.bit(&only(&["build"])).unwrap();
+        let patterns = scopes.patterns();
+        assert_eq!(patterns["build"], a | b);
+        assert_eq!(patterns["lint-*"], a);
+        assert!(kernel_matchable("deploy-?"));
+        assert!(
+            !kernel_matchable("déploiement"),
+            "byte and character globs differ"
+        );
+        assert!(
+            !kernel_matchable(&"x".repeat(64)),
+            "longer than the kernel's slot"
         );
     }
 

@@ -7,6 +7,7 @@ Usage (exec'd as <root>/bin/Runner.Worker): github_worker.py CONFIG.json
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -107,11 +108,16 @@ if cfg.get("scenario") == "bench":
 if cfg.get("scenario") == "scoped":
     # Enforce with a policy that allows a destination only in the Build step.
     done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {cfg['out']} --mode enforce --policy {cfg['policy']} --runner-diag {root}/_diag > {cfg['out']}.start.json", action="__ciwatch"))
-    # Step groups are written by the agent once it has placed the step (docs/policy.md, "The first
-    # milliseconds of a step"): a connect inside that window is judged by unscoped rules only, which
-    # denies. The pause keeps this test about scoping, not about that window.
-    done(run_step("Build", f"sleep 0.5\n{tcp(ports['build'])}", action="build"))
-    done(run_step("Test", f"sleep 0.5\n{tcp(ports['test'])} || true", action="test"))
+    # The agent is stopped while the steps run: only the kernel, which scopes a step at its exec,
+    # can let Build through. Each Build connects first thing.
+    agent = int(open(os.path.join(cfg["out"], "agent.pid")).read().split()[0])
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        for n in range(10):
+            done(run_step("Build", tcp(ports["build"]), action="build"))
+        done(run_step("Test", f"{tcp(ports['test'])} || true", action="test"))
+    finally:
+        os.kill(agent, signal.SIGCONT)
     done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
     sys.exit(0)
 if cfg.get("scenario") == "short":
