@@ -41,6 +41,8 @@
 #define CW_F_CWD_REVERSED (1 << 5)
 #define CW_F_TRUNC_HOST (1 << 6)
 #define CW_F_TRUNC_ADDRS (1 << 7)
+#define CW_F_DNS_JUDGED (1 << 8) /* enforce judged this lookup against the policy's name rules */
+#define CW_F_DNS_UNLISTED (1 << 9) /* … and no rule in scope for the step lists the name */
 
 /* cw_tag.flags */
 #define CW_TAG_STEP_ROOT (1 << 0) /* this process started its step */

@@ -151,6 +151,60 @@ static long walk_answer(__u32 i, void *ctx)
 	return 0;
 }
 
+/* The uprobe's own scratch: an egress filter in softirq may interrupt it and use dns_scratch. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_scratch);
+} gai_scratch SEC(".maps");
+
+LISTED_SUFFIX_STEP(gai_suffix_step, gai_scratch)
+
+static long lower_step(__u32 i, void *ctx)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&gai_scratch, &zero);
+	if (!s || i >= CW_NAME_MAX)
+		return 1;
+	char c = s->name.name[i];
+	if (c == 0)
+		return 1;
+	if (c >= 'A' && c <= 'Z')
+		s->name.name[i] = c + ('a' - 'A');
+	return 0;
+}
+
+/* The looked-up name as rules are written (lower-case, no trailing dot); its length, 0 if no rule can list it. */
+static __always_inline __u32 normalize_host(struct dns_scratch *s, const struct gai_call *c)
+{
+	__builtin_memset(&s->name, 0, sizeof(s->name));
+	__u32 len = c->host_len;
+	if (len == 0 || len >= CW_NAME_MAX || (c->flags & CW_F_TRUNC_HOST))
+		return 0;
+	bpf_probe_read_kernel_str(s->name.name, sizeof(s->name.name), c->host);
+	bpf_loop(CW_NAME_MAX, lower_step, 0, 0);
+	if (s->name.name[(len - 1) & (CW_NAME_MAX - 1)] == '.') {
+		s->name.name[(len - 1) & (CW_NAME_MAX - 1)] = 0;
+		len--;
+	}
+	return len;
+}
+
+/* Under enforce: the rule whose answers the caller may reach, and whether a rule in scope lists the name. */
+static __always_inline struct cw_allow_val *judge_lookup(const struct gai_call *c, const struct cw_tag *tag,
+							 bool *unlisted)
+{
+	__u32 zero = 0;
+	struct dns_scratch *s = bpf_map_lookup_elem(&gai_scratch, &zero);
+	__u32 len = s ? normalize_host(s, c) : 0;
+	*unlisted = true;
+	if (!s || !len)
+		return 0;
+	*unlisted = !query_listed(s, len, groups_of(tag->step), gai_suffix_step);
+	return name_rule(s->name.name, len);
+}
+
 SEC("uretprobe")
 int BPF_KRETPROBE(gai_exit, int ret)
 {
@@ -168,7 +222,8 @@ int BPF_KRETPROBE(gai_exit, int ret)
 	if (ret == 0)
 		bpf_probe_read_user(&w->ai, sizeof(w->ai), (const void *)c->res_pp);
 	/* Enforce: a name the policy allows lets its answers through before the caller sees them. */
-	struct cw_allow_val *rule = cw_enforce ? name_rule(c->host, c->host_len) : 0;
+	bool unlisted = false;
+	struct cw_allow_val *rule = cw_enforce ? judge_lookup(c, tag, &unlisted) : 0;
 	if (rule) {
 		w->rule = *rule;
 		w->has_rule = 1;
@@ -180,6 +235,8 @@ int BPF_KRETPROBE(gai_exit, int ret)
 		goto out;
 	fill_header(&e->h, CW_KIND_DNS, sizeof(*e), tag);
 	e->h.flags |= c->flags | (w->truncated ? CW_F_TRUNC_ADDRS : 0);
+	if (cw_enforce)
+		e->h.flags |= CW_F_DNS_JUDGED | (unlisted ? CW_F_DNS_UNLISTED : 0);
 	e->ret = ret;
 	e->host_len = c->host_len;
 	e->latency_ns = bpf_ktime_get_boot_ns() - c->start_ns;

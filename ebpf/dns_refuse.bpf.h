@@ -208,13 +208,10 @@ struct listed_walk {
 	__u32 listed;
 };
 
-/* One bpf_loop step: at each dot, is the rest of the name a listed `*.` parent? */
-static long listed_suffix_step(__u32 i, void *ctx)
+/* At a dot, is the rest of the name a listed `*.` parent? Returns the bpf_loop verdict. */
+static __always_inline long listed_suffix_at(struct dns_scratch *s, __u32 i, struct listed_walk *w)
 {
-	struct listed_walk *w = ctx;
-	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
-	if (!s || i + 1 >= w->len || i >= CW_NAME_MAX - 1)
+	if (i + 1 >= w->len || i >= CW_NAME_MAX - 1)
 		return 1;
 	if (s->name.name[i] != '.')
 		return 0;
@@ -228,15 +225,37 @@ static long listed_suffix_step(__u32 i, void *ctx)
 	return 0;
 }
 
+/* One bpf_loop step over the name in @map's scratch; each context has its own scratch map. */
+#define LISTED_SUFFIX_STEP(fn, map)                                        \
+	static long fn(__u32 i, void *ctx)                                 \
+	{                                                                  \
+		__u32 zero = 0;                                            \
+		struct dns_scratch *s = bpf_map_lookup_elem(&map, &zero);  \
+		return s ? listed_suffix_at(s, i, ctx) : 1;                \
+	}
+
+LISTED_SUFFIX_STEP(listed_suffix_step, dns_scratch)
+
 /* Is the name in scratch listed by a rule in force for these step groups? */
-static __always_inline bool query_listed(struct dns_scratch *s, __u32 len, __u32 groups)
+static __always_inline bool query_listed(struct dns_scratch *s, __u32 len, __u32 groups,
+					 long (*suffix_step)(__u32, void *))
 {
 	struct cw_allow_val *v = bpf_map_lookup_elem(&allow_names, &s->name);
 	if (v && entry_in_scope(v, groups))
 		return true;
 	struct listed_walk w = { .len = len, .groups = groups };
-	bpf_loop(CW_NAME_MAX, listed_suffix_step, &w, 0);
+	bpf_loop(CW_NAME_MAX, suffix_step, &w, 0);
 	return w.listed;
+}
+
+/* The step groups a tagged process's step is in. */
+static __always_inline __u32 groups_of(__u32 step)
+{
+	__u32 groups = CW_SCOPE_ALL;
+	__u32 *g = bpf_map_lookup_elem(&step_groups, &step);
+	if (g)
+		groups |= *g;
+	return groups;
 }
 
 static __always_inline void emit_refused(const struct dns_sock *o, const struct dns_packet *p, __u8 reason,
@@ -308,11 +327,7 @@ static __always_inline int judge_query(struct __sk_buff *skb, __u32 off, __u32 e
 		emit_refused(o, p, too_long ? CW_REFUSED_UNLISTED : CW_REFUSED_UNREADABLE, s, w.len, true, 0);
 		return 0;
 	}
-	__u32 groups = CW_SCOPE_ALL;
-	__u32 *g = bpf_map_lookup_elem(&step_groups, &o->tag.step);
-	if (g)
-		groups |= *g;
-	if (query_listed(s, w.len, groups))
+	if (query_listed(s, w.len, groups_of(o->tag.step), listed_suffix_step))
 		return 1;
 	__u8 qtype[2] = {};
 	__u32 wire_len = w.len ? w.len + 2 : 1;

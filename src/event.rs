@@ -151,6 +151,9 @@ pub struct DnsBody {
     pub error: Option<&'static str>,
     pub latency_us: u64,
     pub host_truncated: bool,
+    /// Enforce mode only: whether a name rule in scope for the step lists the name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listed: Option<bool>,
 }
 
 impl Body {

@@ -193,6 +193,7 @@ fn names_allowed_by_rule_connect_on_the_first_try_and_others_do_not() {
         \x20       return errno.errorcode[e.errno]\n\
         print(attempt('allowed.test', 9))\n\
         print(attempt('blocked.test', 9))\n\
+        print(attempt('ALLOWED.Test', 9))\n\
         results = [attempt(f'n{i}.fresh.test', 9) for i in range(1000)]\n\
         print('EPERM after lookup:', results.count('EPERM'))\n";
     let script = tmp.path().join("probe.py");
@@ -224,9 +225,28 @@ fn names_allowed_by_rule_connect_on_the_first_try_and_others_do_not() {
     );
     assert_eq!(lines[1], "EPERM", "blocked.test is not");
     assert_eq!(
-        lines[2], "EPERM after lookup: 0",
+        lines[2], "ECONNREFUSED",
+        "rules match names case-insensitively, like DNS"
+    );
+    assert_eq!(
+        lines[3], "EPERM after lookup: 0",
         "no first connect after an allowed lookup was denied"
     );
+    let listed = |host: &str| {
+        t.events("dns")
+            .iter()
+            .find(|d| d["host"] == host)
+            .map(|d| d["listed"].clone())
+    };
+    assert_eq!(listed("allowed.test"), Some(Value::Bool(true)));
+    assert_eq!(listed("ALLOWED.Test"), Some(Value::Bool(true)));
+    assert_eq!(listed("n7.fresh.test"), Some(Value::Bool(true)));
+    assert_eq!(
+        listed("blocked.test"),
+        Some(Value::Bool(false)),
+        "an unlisted lookup is reported as such"
+    );
+    assert!(t.summary().contains("| blocked.test (unlisted) |"));
     let denied = t.events("denied");
     assert!(
         denied.iter().all(|d| d["addr"] == "127.0.0.4"),

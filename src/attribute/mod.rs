@@ -194,7 +194,9 @@ impl Attributor {
                 self.names.learn(*addr, &host);
             }
         }
+        let judged = r.common.flags & abi::F_DNS_JUDGED != 0 && !numeric;
         DnsBody {
+            listed: judged.then_some(r.common.flags & abi::F_DNS_UNLISTED == 0),
             host: Text::new(r.host),
             numeric,
             addrs: r.addrs,

@@ -53,6 +53,8 @@ pub const F_PATH_REVERSED: u16 = 1 << 4;
 pub const F_CWD_REVERSED: u16 = 1 << 5;
 pub const F_TRUNC_HOST: u16 = 1 << 6;
 pub const F_TRUNC_ADDRS: u16 = 1 << 7;
+pub const F_DNS_JUDGED: u16 = 1 << 8;
+pub const F_DNS_UNLISTED: u16 = 1 << 9;
 
 pub const SRC_SYSCALL: u8 = 1;
 pub const SRC_CGROUP_CONNECT: u8 = 2;

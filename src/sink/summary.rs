@@ -43,6 +43,8 @@ pub struct Destination {
 #[derive(Debug, Default, Clone)]
 pub struct Lookup {
     pub count: u64,
+    /// Enforce judged it unlisted (no name rule in scope for the step).
+    pub unlisted: bool,
     pub addrs: BTreeSet<IpAddr>,
     pub errors: BTreeSet<&'static str>,
     pub steps: BTreeSet<String>,
@@ -100,6 +102,7 @@ impl Summary {
             Body::Dns(d) => {
                 let l = self.dns.entry(d.host.lossy().into_owned()).or_default();
                 l.count += 1;
+                l.unlisted |= d.listed == Some(false);
                 l.addrs.extend(d.addrs.iter().copied());
                 l.errors.extend(d.error);
                 l.steps.insert(step);
@@ -270,9 +273,10 @@ impl Summary {
                 .map(IpAddr::to_string)
                 .chain(l.errors.iter().map(|e| e.to_string()))
                 .collect();
+            let unlisted = if l.unlisted { " (unlisted)" } else { "" };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} |",
+                "| {}{unlisted} | {} | {} | {} |",
                 cell(host),
                 list(&addrs),
                 names.list(&l.steps),
