@@ -147,6 +147,13 @@ describe('post: a started agent', () => {
     assert.match(io.summaries[0] ?? '', /Failing the job \(`fail-on`\)/);
   });
 
+  it('fails on refused DNS lookups too, and counts them', async () => {
+    const s = await prepared({ mode: 'enforce' });
+    const { io } = await post(s, { result: (st) => finishResult(st.outDir, { refused_lookups: [{ host: 'exfil.example', count: 2 }] }) });
+    assert.match(io.failed[0] ?? '', /2 DNS lookup\(s\) were refused/);
+    assert.equal(io.outputs['refused-count'], '2');
+  });
+
   it('honours fail-on none, lost-events and unsigned', async () => {
     const bad = (st: SavedState) => finishResult(st.outDir, { denied: 1, lost: 4, signing: { method: 'none', fallback: 'no OIDC token and no key', identity: '', verify_command: '' } });
     const none = await post(await prepared({ failOn: [] }), { code: 1, result: bad });

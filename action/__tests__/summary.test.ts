@@ -58,6 +58,19 @@ describe('renderSummary', () => {
     assert.match(md, /5 event\(s\) were lost/);
   });
 
+  it('lists refused DNS lookups and marks unlisted names', () => {
+    const md = renderSummary(
+      finishResult('/o', {
+        dns: [{ host: 'exfil.example', addrs: [], steps: ['s2'], unlisted: true }],
+        refused_lookups: [{ host: 'exfil.example', reasons: ['unlisted'], steps: ['s2'], comm: 'python3', count: 3 }],
+      }),
+      ctx({ mode: 'enforce' }),
+    );
+    assert.match(md, /### Refused DNS lookups \(3\)/);
+    assert.ok(md.includes('| exfil.example | unlisted | Run npm ci | python3 | 3 |'), md);
+    assert.ok(md.includes('| exfil.example (unlisted) |'), md);
+  });
+
   it('shows the learned policy and its diff in learn mode', () => {
     const md = renderSummary(finishResult('/o', { proposed_policy: 'allow:\n  - github.com:443\n', policy_diff: '+  - github.com:443\n' }), ctx({ mode: 'learn' }));
     assert.match(md, /### Learned policy/);
@@ -76,7 +89,7 @@ describe('renderSummary', () => {
   });
 
   it('escapes hostile names so they cannot break the table or inject HTML', () => {
-    const r = finishResult('/o', { dns: [{ host: 'a|b<script>`x`\n## fake', addrs: [], steps: [] }] });
+    const r = finishResult('/o', { dns: [{ host: 'a|b<script>`x`\n## fake', addrs: [], steps: [], unlisted: null }] });
     const md = renderSummary(r, ctx());
     assert.ok(md.includes('| a\\|b&lt;script&gt;\\`x\\` \\#\\# fake |  |  |'), md);
     assert.ok(!md.includes('<script>'));

@@ -20,6 +20,7 @@ import {
   literal,
   nullable,
   object,
+  optional,
   port,
   record,
   str,
@@ -102,7 +103,8 @@ const egress = object({
   steps: array(str),
 });
 
-const dnsName = object({ host: str, addrs: array(str), steps: array(str) });
+// `unlisted`: enforce judged the name unlisted (absent from older agents).
+const dnsName = object({ host: str, addrs: array(str), steps: array(str), unlisted: optional(bool) });
 
 const fileOpen = object({ path: str, steps: array(str) });
 
@@ -121,6 +123,7 @@ const finishResult = object({
   dns: array(dnsName),
   files: array(fileOpen),
   denied_events: array(record),
+  refused_lookups: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str),
 });

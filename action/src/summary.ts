@@ -75,6 +75,22 @@ function deniedRow(e: Record<string, unknown>, byId: Map<string, StepCounts>): s
   return row([cell(destination(addr, port)), cell(hosts.join(', ')), stepNames(steps, byId), cell(proc), times]);
 }
 
+/** DNS queries the kernel refused under `dns.refuse-unlisted`. */
+export function refusedCount(r: FinishResult): number {
+  return (r.refused_lookups ?? []).reduce((n, e) => n + (typeof e['count'] === 'number' ? (e['count'] as number) : 1), 0);
+}
+
+function refusedRow(e: Record<string, unknown>, byId: Map<string, StepCounts>): string {
+  const times = typeof e['count'] === 'number' ? (e['count'] as number) : 1;
+  return row([
+    cell(asString(e['host']) ?? '?'),
+    cell(asStrings(e['reasons']).join(', ')),
+    stepNames(asStrings(e['steps']), byId),
+    cell(asString(e['comm']) ?? ''),
+    times,
+  ]);
+}
+
 function sections(r: FinishResult): Section[] {
   const byId = new Map(r.steps.map((s) => [s.id, s]));
   const out: Section[] = [
@@ -95,7 +111,7 @@ function sections(r: FinishResult): Section[] {
     {
       title: 'DNS names resolved',
       header: table(['host', 'addresses', 'steps'], ['l', 'l', 'l']),
-      rows: r.dns.map((d) => row([cell(d.host), cell(d.addrs.join(', ')), stepNames(d.steps, byId)])),
+      rows: r.dns.map((d) => row([cell(d.host) + (d.unlisted ? ' (unlisted)' : ''), cell(d.addrs.join(', ')), stepNames(d.steps, byId)])),
       empty: 'No name was resolved through libc.',
     },
     {
@@ -112,6 +128,16 @@ function sections(r: FinishResult): Section[] {
       header: table(['destination', 'host names', 'steps', 'process', 'times'], ['l', 'l', 'l', 'l', 'r']),
       rows: r.denied_events.map((e) => deniedRow(e, byId)),
       empty: 'The agent counted denials but listed none.',
+    });
+  }
+  const refused = r.refused_lookups ?? [];
+  if (refused.length > 0) {
+    out.push({
+      title: `Refused DNS lookups (${refusedCount(r)})`,
+      intro: 'With `dns.refuse-unlisted`, these queries never left the runner; the callers got EPERM.',
+      header: table(['host name', 'reason', 'steps', 'process', 'times'], ['l', 'l', 'l', 'l', 'r']),
+      rows: refused.map((e) => refusedRow(e, byId)),
+      empty: '',
     });
   }
   return out;
@@ -179,7 +205,7 @@ function header(r: FinishResult | null, ctx: SummaryContext): string {
     const c = r.counts;
     md +=
       `Mode **${ctx.mode}** · ciwatch ${cell(ctx.version)} · ${c.exec} execs · ${c.connect} connects · ` +
-      `${c.dns} DNS lookups · ${c.file} sensitive file opens · ${r.denied} denied · ${r.lost} lost\n\n`;
+      `${c.dns} DNS lookups · ${c.file} sensitive file opens · ${r.denied} denied${refusedCount(r) > 0 ? ` · ${refusedCount(r)} refused lookups` : ''} · ${r.lost} lost\n\n`;
   }
   return md;
 }

@@ -21084,14 +21084,14 @@ var require_reflection_json_writer = __commonJS({
       /**
        * Returns `null` as the default for google.protobuf.NullValue.
        */
-      enum(type, value, fieldName, optional, emitDefaultValues, enumAsInteger) {
+      enum(type, value, fieldName, optional2, emitDefaultValues, enumAsInteger) {
         if (type[0] == "google.protobuf.NullValue")
-          return !emitDefaultValues && !optional ? void 0 : null;
+          return !emitDefaultValues && !optional2 ? void 0 : null;
         if (value === void 0) {
-          assert_1.assert(optional);
+          assert_1.assert(optional2);
           return void 0;
         }
-        if (value === 0 && !emitDefaultValues && !optional)
+        if (value === 0 && !emitDefaultValues && !optional2)
           return void 0;
         assert_1.assert(typeof value == "number");
         assert_1.assert(Number.isInteger(value));
@@ -21106,12 +21106,12 @@ var require_reflection_json_writer = __commonJS({
           return options.emitDefaultValues ? null : void 0;
         return type.internalJsonWrite(value, options);
       }
-      scalar(type, value, fieldName, optional, emitDefaultValues) {
+      scalar(type, value, fieldName, optional2, emitDefaultValues) {
         if (value === void 0) {
-          assert_1.assert(optional);
+          assert_1.assert(optional2);
           return void 0;
         }
-        const ed = emitDefaultValues || optional;
+        const ed = emitDefaultValues || optional2;
         switch (type) {
           // int32, fixed32, uint32: JSON value will be a decimal number. Either numbers or strings are accepted.
           case reflection_info_1.ScalarType.INT32:
@@ -105759,6 +105759,9 @@ function literal(...allowed) {
 function nullable(inner) {
   return (v, p) => v === null ? null : inner(v, p);
 }
+function optional(inner) {
+  return (v, p) => v === null || v === void 0 ? null : inner(v, p);
+}
 function array(inner) {
   return (v, p) => {
     if (!Array.isArray(v)) fail(p, "an array", v);
@@ -105805,7 +105808,7 @@ var egress = object({
   hosts: array(str),
   steps: array(str)
 });
-var dnsName = object({ host: str, addrs: array(str), steps: array(str) });
+var dnsName = object({ host: str, addrs: array(str), steps: array(str), unlisted: optional(bool) });
 var fileOpen = object({ path: str, steps: array(str) });
 var finishResult = object({
   events: str,
@@ -105822,6 +105825,7 @@ var finishResult = object({
   dns: array(dnsName),
   files: array(fileOpen),
   denied_events: array(record),
+  refused_lookups: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str)
 });
@@ -106015,6 +106019,19 @@ function deniedRow(e, byId) {
   const times = typeof e["count"] === "number" ? e["count"] : 1;
   return row([cell(destination(addr, port2)), cell(hosts.join(", ")), stepNames(steps, byId), cell(proc), times]);
 }
+function refusedCount(r) {
+  return (r.refused_lookups ?? []).reduce((n, e) => n + (typeof e["count"] === "number" ? e["count"] : 1), 0);
+}
+function refusedRow(e, byId) {
+  const times = typeof e["count"] === "number" ? e["count"] : 1;
+  return row([
+    cell(asString(e["host"]) ?? "?"),
+    cell(asStrings(e["reasons"]).join(", ")),
+    stepNames(asStrings(e["steps"]), byId),
+    cell(asString(e["comm"]) ?? ""),
+    times
+  ]);
+}
 function sections(r) {
   const byId = new Map(r.steps.map((s) => [s.id, s]));
   const out = [
@@ -106035,7 +106052,7 @@ function sections(r) {
     {
       title: "DNS names resolved",
       header: table(["host", "addresses", "steps"], ["l", "l", "l"]),
-      rows: r.dns.map((d) => row([cell(d.host), cell(d.addrs.join(", ")), stepNames(d.steps, byId)])),
+      rows: r.dns.map((d) => row([cell(d.host) + (d.unlisted ? " (unlisted)" : ""), cell(d.addrs.join(", ")), stepNames(d.steps, byId)])),
       empty: "No name was resolved through libc."
     },
     {
@@ -106052,6 +106069,16 @@ function sections(r) {
       header: table(["destination", "host names", "steps", "process", "times"], ["l", "l", "l", "l", "r"]),
       rows: r.denied_events.map((e) => deniedRow(e, byId)),
       empty: "The agent counted denials but listed none."
+    });
+  }
+  const refused = r.refused_lookups ?? [];
+  if (refused.length > 0) {
+    out.push({
+      title: `Refused DNS lookups (${refusedCount(r)})`,
+      intro: "With `dns.refuse-unlisted`, these queries never left the runner; the callers got EPERM.",
+      header: table(["host name", "reason", "steps", "process", "times"], ["l", "l", "l", "l", "r"]),
+      rows: refused.map((e) => refusedRow(e, byId)),
+      empty: ""
     });
   }
   return out;
@@ -106128,7 +106155,7 @@ function header(r, ctx) {
 `;
   if (r) {
     const c = r.counts;
-    md += `Mode **${ctx.mode}** \xB7 ciwatch ${cell(ctx.version)} \xB7 ${c.exec} execs \xB7 ${c.connect} connects \xB7 ${c.dns} DNS lookups \xB7 ${c.file} sensitive file opens \xB7 ${r.denied} denied \xB7 ${r.lost} lost
+    md += `Mode **${ctx.mode}** \xB7 ciwatch ${cell(ctx.version)} \xB7 ${c.exec} execs \xB7 ${c.connect} connects \xB7 ${c.dns} DNS lookups \xB7 ${c.file} sensitive file opens \xB7 ${r.denied} denied${refusedCount(r) > 0 ? ` \xB7 ${refusedCount(r)} refused lookups` : ""} \xB7 ${r.lost} lost
 
 `;
   }
@@ -106213,6 +106240,7 @@ function outputsOf(r, artifact, outDir) {
     "dns-count": String(r?.counts.dns ?? 0),
     "file-count": String(r?.counts.file ?? 0),
     "denied-count": String(r?.denied ?? 0),
+    "refused-count": String(r ? refusedCount(r) : 0),
     "lost-count": String(r?.lost ?? 0),
     "agent-died": String(r ? r.agent_died : true),
     "signing-method": r?.signing.method ?? "none",
@@ -106227,6 +106255,8 @@ function failuresOf(failOn, r, finishError, artifact) {
   const on = (f) => failOn.includes(f);
   if (r) {
     if (on("denied") && r.denied > 0) out.push(`${r.denied} connection(s) were denied by the egress policy (fail-on: denied)`);
+    const refused = refusedCount(r);
+    if (on("denied") && refused > 0) out.push(`${refused} DNS lookup(s) were refused by the egress policy (fail-on: denied)`);
     if (on("lost-events") && r.lost > 0) out.push(`${r.lost} event(s) were lost (fail-on: lost-events)`);
     if (on("agent-failure") && r.agent_died) out.push("the ciwatch agent died during the job (fail-on: agent-failure)");
     if (on("unsigned") && r.signing.method === "none") out.push("the trace is not signed (fail-on: unsigned)");

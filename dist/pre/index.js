@@ -20550,6 +20550,9 @@ function literal(...allowed) {
 function nullable(inner) {
   return (v, p) => v === null ? null : inner(v, p);
 }
+function optional(inner) {
+  return (v, p) => v === null || v === void 0 ? null : inner(v, p);
+}
 function array(inner) {
   return (v, p) => {
     if (!Array.isArray(v)) fail(p, "an array", v);
@@ -20610,7 +20613,7 @@ var egress = object({
   hosts: array(str),
   steps: array(str)
 });
-var dnsName = object({ host: str, addrs: array(str), steps: array(str) });
+var dnsName = object({ host: str, addrs: array(str), steps: array(str), unlisted: optional(bool) });
 var fileOpen = object({ path: str, steps: array(str) });
 var finishResult = object({
   events: str,
@@ -20627,6 +20630,7 @@ var finishResult = object({
   dns: array(dnsName),
   files: array(fileOpen),
   denied_events: array(record),
+  refused_lookups: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str)
 });

@@ -32,6 +32,9 @@ pub struct Report {
     pub files: Vec<ReportFile>,
     #[serde(default)]
     pub denied_events: Vec<serde_json::Value>,
+    /// DNS queries refused under `dns.refuse-unlisted`, by name.
+    #[serde(default)]
+    pub refused_lookups: Vec<serde_json::Value>,
     #[serde(default)]
     pub proposed_policy: Option<String>,
     #[serde(default)]
@@ -70,6 +73,9 @@ pub struct ReportLookup {
     pub host: String,
     pub addrs: Vec<String>,
     pub steps: Vec<String>,
+    /// Enforce judged it unlisted (docs/policy.md, "DNS").
+    #[serde(default)]
+    pub unlisted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +137,12 @@ impl Report {
             dns: s
                 .dns
                 .iter()
-                .map(|(host, l)| ReportLookup { host: host.clone(), addrs: l.addrs.iter().map(|a| a.to_string()).collect(), steps: step_names(&l.steps) })
+                .map(|(host, l)| ReportLookup {
+                    host: host.clone(),
+                    addrs: l.addrs.iter().map(|a| a.to_string()).collect(),
+                    steps: step_names(&l.steps),
+                    unlisted: l.unlisted,
+                })
                 .collect(),
             files: s.files.iter().map(|(path, o)| ReportFile { path: path.clone(), steps: step_names(&o.steps) }).collect(),
             denied_events: s
@@ -141,6 +152,16 @@ impl Report {
                     serde_json::json!({
                         "addr": addr.to_string(), "port": port, "protocol": format!("{proto:?}").to_lowercase(),
                         "hosts": d.hosts, "steps": step_names(&d.steps), "comm": d.comms.iter().next(), "count": d.count,
+                    })
+                })
+                .collect(),
+            refused_lookups: s
+                .refused
+                .iter()
+                .map(|(host, r)| {
+                    serde_json::json!({
+                        "host": host, "reasons": r.reasons, "steps": step_names(&r.steps),
+                        "comm": r.comms.iter().next(), "count": r.count,
                     })
                 })
                 .collect(),

@@ -186,6 +186,7 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
         dns: Vec::new(),
         files: Vec::new(),
         denied_events: Vec::new(),
+        refused_lookups: Vec::new(),
         proposed_policy: None,
         policy_diff: None,
         envelope: None,

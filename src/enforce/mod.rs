@@ -90,7 +90,7 @@ pub const KERNEL_STEP_VARS: [&str; 4] = [
     "DRONE_STEP_NAME",
 ];
 
-/// Patterns the kernel can match byte for byte exactly as `glob` does by character: ASCII, short enough.
+/// Patterns the kernel matches byte for byte exactly as `glob` does by character: ASCII, short enough.
 fn kernel_matchable(pattern: &str) -> bool {
     pattern.is_ascii() && crate::bpf::abi::StepPattern::new(pattern, 1).is_some()
 }
@@ -126,35 +126,39 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
 
 /// Gives the exec hook the patterns it can match at a step's first exec; the rest wait for the engine.
 fn load_step_patterns(maps: &mut AllowMaps, scopes: &Scopes) -> Result<(), EnforceError> {
-    let err = |map| {
-        move |e: aya::maps::MapError| EnforceError::Map {
-            map,
-            reason: crate::bpf::loader::chain(&e),
-        }
-    };
     for (index, var) in KERNEL_STEP_VARS.iter().enumerate() {
-        let var = StepVar::new(var).expect("the step variables fit the kernel's buffer");
-        maps.step_vars
-            .set(index as u32, var, 0)
-            .map_err(err("step_vars"))?;
+        if let Some(var) = StepVar::new(var) {
+            maps.step_vars
+                .set(index as u32, var, 0)
+                .map_err(map_error("step_vars"))?;
+        }
     }
-    let patterns = scopes.patterns();
-    let (kernel, later): (Vec<_>, Vec<_>) = patterns.iter().partition(|(p, _)| kernel_matchable(p));
-    let (kernel, overflow) = kernel.split_at(kernel.len().min(STEP_PATTERNS as usize));
-    for (slot, (pattern, groups)) in kernel.iter().enumerate() {
-        let entry = crate::bpf::abi::StepPattern::new(pattern, **groups)
-            .expect("kernel_matchable checked the length");
+    let mut slot = 0;
+    for (pattern, groups) in scopes.patterns() {
+        let entry = kernel_matchable(pattern)
+            .then(|| crate::bpf::abi::StepPattern::new(pattern, groups))
+            .flatten()
+            .filter(|_| slot < STEP_PATTERNS);
+        let Some(entry) = entry else {
+            tracing::warn!(
+                "step pattern {pattern:?} is matched once the agent has named the step, not at its first \
+                 exec (non-ASCII, over 63 bytes, or past the kernel's {STEP_PATTERNS} patterns); see docs/policy.md"
+            );
+            continue;
+        };
         maps.step_patterns
-            .set(slot as u32, entry, 0)
-            .map_err(err("step_patterns"))?;
-    }
-    for (pattern, _) in later.iter().chain(overflow) {
-        tracing::warn!(
-            "step pattern {pattern:?} is matched once the agent has named the step, not at its first exec \
-             (non-ASCII, over 63 bytes, or past the kernel's {STEP_PATTERNS} patterns); see docs/policy.md"
-        );
+            .set(slot, entry, 0)
+            .map_err(map_error("step_patterns"))?;
+        slot += 1;
     }
     Ok(())
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
+    move |e| EnforceError::Map {
+        map,
+        reason: crate::bpf::loader::chain(&e),
+    }
 }
 
 fn entry(port: Option<u16>, proto: Option<Proto>, scope: u32) -> AllowEntry {
@@ -250,30 +254,24 @@ fn load(
     names: &BTreeMap<String, Vec<AllowEntry>>,
     suffixes: &BTreeMap<String, Vec<AllowEntry>>,
 ) -> Result<(), EnforceError> {
-    let err = |map| {
-        move |e: aya::maps::MapError| EnforceError::Map {
-            map,
-            reason: crate::bpf::loader::chain(&e),
-        }
-    };
     for ((bits, addr), entries) in nets {
         let dest = format!("{}/{}", Ipv6Addr::from(*addr), bits);
         let key = aya::maps::lpm_trie::Key::new(*bits, *addr);
         maps.nets
             .insert(&key, value(&dest, entries)?, 0)
-            .map_err(err("allow_nets"))?;
+            .map_err(map_error("allow_nets"))?;
     }
     for (name, entries) in names {
         let key = HostKey::new(name).ok_or_else(|| EnforceError::NameTooLong(name.clone()))?;
         maps.names
             .insert(key, value(name, entries)?, 0)
-            .map_err(err("allow_names"))?;
+            .map_err(map_error("allow_names"))?;
     }
     for (name, entries) in suffixes {
         let key = HostKey::new(name).ok_or_else(|| EnforceError::NameTooLong(name.clone()))?;
         maps.suffixes
             .insert(key, value(&format!("*.{name}"), entries)?, 0)
-            .map_err(err("allow_suffixes"))?;
+            .map_err(map_error("allow_suffixes"))?;
     }
     Ok(())
 }
