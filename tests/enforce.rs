@@ -319,9 +319,25 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     python_as(&root.join("bin/Runner.Worker"));
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = target.local_addr().unwrap().port();
-    // Both steps connect to the same destination; the rule names the Build step by a glob over its workflow `id:`.
+    // Both steps connect to the same destination and ask the resolver for the same name; the rules
+    // name the Build step by a glob over its workflow `id:`.
+    const RESOLVER: &str = "127.53.0.3";
+    let server = DnsServer::start(RESOLVER, tmp.path().join("questions.log"));
     let policy = tmp.path().join("policy.yml");
-    write(&policy, &format!("version: 1\nmode: enforce\ndefaults:\n  loopback: false\n  resolver: false\nallow:\n  - host: 127.0.0.1\n    port: {port}\n    steps: [\"b?il*\"]\n"));
+    write(
+        &policy,
+        &format!(
+            "version: 1\nmode: enforce\ndefaults:\n  loopback: false\n  resolver: false\ndns:\n  refuse-unlisted: true\n\
+             allow:\n  - {RESOLVER}:53/udp\n  - host: 127.0.0.1\n    port: {port}\n    steps: [\"b?il*\"]\n\
+             \x20 - host: scoped.test\n    steps: [\"b?il*\"]\n"
+        ),
+    );
+    let probe = tmp.path().join("probe.py");
+    write(
+        &probe,
+        &format!("{DNS_QUERY_PY}import sys\nRESOLVER = {RESOLVER:?}\nprint(sys.argv[1], udp(['scoped', 'test']))\n"),
+    );
+    let dns_results = tmp.path().join("dns-results.txt");
     let out = tmp.path().join("trace");
     let config = tmp.path().join("config.json");
     write(
@@ -329,6 +345,7 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
         &serde_json::json!({
             "scenario": "scoped", "runner_root": root, "work": tmp.path().join("work"), "out": out, "ciwatch": CIWATCH,
             "policy": policy, "ports": {"build": port, "test": port}, "results": tmp.path().join("results.json"),
+            "dns_probe": probe, "dns_results": dns_results,
         })
         .to_string(),
     );
@@ -358,7 +375,7 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     );
     let build_ok = lines
         .iter()
-        .filter(|e| e["type"] == "connect" && e["step"]["name"] == "Build")
+        .filter(|e| e["type"] == "connect" && e["step"]["name"] == "Build" && e["port"] == port)
         .count();
     assert_eq!(
         build_ok, 10,
@@ -366,6 +383,20 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     );
     assert_eq!(lines[0]["mode"], "enforce");
     assert!(lines[0]["policy"]["sha256"].as_str().unwrap().len() == 64);
+
+    // The same holds for lookups: the name is answered in Build, refused in Test.
+    let outcomes = std::fs::read_to_string(&dns_results).unwrap();
+    let mut expected = vec!["build answer"; 10];
+    expected.push("test EPERM");
+    assert_eq!(outcomes.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(server.questions(), vec!["scoped|test"; 10]);
+    let refused: Vec<&Value> = lines
+        .iter()
+        .filter(|e| e["type"] == "dns_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["host"], "scoped.test");
+    assert_eq!(refused[0]["step"]["name"], "Test");
 }
 
 /// A loopback DNS server (tests/emulators/dns_server.py) on port 53 of `addr`; killed on drop.

@@ -109,13 +109,16 @@ if cfg.get("scenario") == "scoped":
     # Enforce with a policy that allows a destination only in the Build step.
     done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {cfg['out']} --mode enforce --policy {cfg['policy']} --runner-diag {root}/_diag > {cfg['out']}.start.json", action="__ciwatch"))
     # The agent is stopped while the steps run: only the kernel, which scopes a step at its exec,
-    # can let Build through. Each Build connects first thing.
+    # can let Build through. Each Build connects first thing, then asks the resolver for a name
+    # the policy lists for Build only (`dns_probe` appends the outcome to `dns_results`).
     agent = int(open(os.path.join(cfg["out"], "agent.pid")).read().split()[0])
+    probe = f"python3 {cfg['dns_probe']} $GITHUB_ACTION >> {cfg['dns_results']}\n" if cfg.get("dns_probe") else ""
     os.kill(agent, signal.SIGSTOP)
     try:
         for n in range(10):
-            done(run_step("Build", tcp(ports["build"]), action="build"))
-        done(run_step("Test", f"{tcp(ports['test'])} || true", action="test"))
+            done(run_step("Build", f"{tcp(ports['build'])}\n{probe}", action="build"))
+        # A failed `exec 3<>/dev/tcp/…` ends the script, so Test asks first.
+        done(run_step("Test", f"{probe}{tcp(ports['test'])} || true", action="test"))
     finally:
         os.kill(agent, signal.SIGCONT)
     done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
