@@ -368,7 +368,8 @@ impl Daemon {
             }
             line.clear();
         }
-        panic!("the daemon exited before it was ready");
+        let status = child.wait();
+        panic!("the daemon exited before it was ready: {status:?}");
     }
 
     /// The one trace sealed for a job whose id contains `job`.

@@ -44,7 +44,8 @@ fn start_daemon(state: &Path) -> Daemon {
         }
         line.clear();
     }
-    panic!("the daemon exited before it was ready");
+    let status = child.wait();
+    panic!("the daemon exited before it was ready: {status:?}");
 }
 
 /// The default health port may be taken on a shared host; this test reads traces, not metrics.
