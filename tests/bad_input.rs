@@ -225,8 +225,12 @@ fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let hooks = report["hooks"].as_array().unwrap();
     let names: Vec<&str> = hooks.iter().map(|h| h["hook"].as_str().unwrap()).collect();
-    assert_eq!(names, ["lineage", "exec", "connect", "file", "dns"]);
+    assert_eq!(
+        names,
+        ["lineage", "exec", "connect", "file", "dns", "dns_refusal"]
+    );
     assert!(hooks.iter().all(|h| h["attached"] == true));
+    assert_eq!(hooks[5]["implementation"], "cgroup_skb/egress");
     let file = &hooks[3];
     let kernel_hook = file["implementation"].as_str().unwrap();
     if kernel_hook.starts_with("tracepoint/") {

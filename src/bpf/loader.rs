@@ -53,9 +53,13 @@ pub struct LoadOptions<'a> {
 pub struct Enforcement {
     /// Deny connects and sends the allowlist does not allow.
     pub egress: bool,
-    /// Drop DNS queries for names no rule lists (`dns.refuse-unlisted`).
+    /// Drop DNS queries for names no rule lists (`dns.refuse-unlisted`). Without `egress`
+    /// (`ciwatch check`) the filter is only tried and reported, never required.
     pub refuse_dns: bool,
 }
+
+/// The hook behind `dns.refuse-unlisted`, needed only in enforce mode.
+pub const DNS_REFUSAL: &str = "dns_refusal";
 
 /// The lineage map: tgid → job tag.
 pub type Tasks = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, Tag>>>;
@@ -124,7 +128,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     ];
     if opts.enforce.refuse_dns {
         let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2);
-        if !refusal.attached {
+        if !refusal.attached && opts.enforce.egress {
             // Enforcement asked for is never dropped for a partial run.
             return Err(LoadError::Required {
                 hook: refusal.hook,
@@ -501,7 +505,7 @@ fn attach_dns_refusal(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     let attached = first_of(ebpf, std::slice::from_ref(&candidate), &mut skipped)
         .into_iter()
         .collect();
-    status("dns_refusal", attached, skipped, true, 1)
+    status(DNS_REFUSAL, attached, skipped, true, 1)
 }
 
 fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {

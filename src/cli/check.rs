@@ -51,7 +51,11 @@ pub async fn execute(args: CheckArgs) -> u8 {
         sensitive: &sensitive,
         cgroup2: env.cgroup2.as_deref(),
         enabled: config.hooks,
-        enforce: Default::default(),
+        // Tries the DNS-refusal filter too, so users learn before an enforce run whether it works.
+        enforce: loader::Enforcement {
+            egress: false,
+            refuse_dns: true,
+        },
         require_all: false,
     }) {
         Ok(p) => p,
@@ -74,7 +78,11 @@ pub async fn execute(args: CheckArgs) -> u8 {
     } else {
         print_report(&env, &features, &probes.hooks);
     }
-    match probes.hooks.iter().find(|h| !h.attached && !h.disabled) {
+    match probes
+        .hooks
+        .iter()
+        .find(|h| !h.attached && !h.disabled && !optional(h))
+    {
         None => 0,
         Some(h) => {
             let reasons: Vec<String> = h
@@ -90,6 +98,11 @@ pub async fn execute(args: CheckArgs) -> u8 {
             crate::exit::HOOKS
         }
     }
+}
+
+/// A hook only enforce mode with `dns.refuse-unlisted` needs: reported, never a failure of `check`.
+fn optional(h: &HookStatus) -> bool {
+    h.hook == loader::DNS_REFUSAL
 }
 
 /// Kernel facts that decide the hook implementations.
@@ -136,10 +149,11 @@ fn print_report(
         let state = match (h.attached, h.disabled) {
             (true, _) => "ok  ",
             (false, true) => "off ",
+            (false, false) if optional(h) => "n/a ",
             (false, false) => "FAIL",
         };
         println!(
-            "[{state}] {:<8} {}",
+            "[{state}] {:<11} {}",
             h.hook,
             if h.attached {
                 h.implementation.as_str()
