@@ -444,7 +444,8 @@ impl Drop for DnsServer {
     }
 }
 
-/// Python that builds a DNS query for `labels` (a list of labels).
+/// Python helpers for the DNS tests: `query` builds a question from a list of labels, `udp` and `tcp`
+/// send it to `RESOLVER` (which the caller defines) and return the outcome, `lookup` uses getaddrinfo.
 const DNS_QUERY_PY: &str = "import socket, struct, errno\n\
     def query(labels, qtype=1):\n\
     \x20   name = b''.join(bytes([len(l)]) + l.encode() for l in labels) + b'\\0'\n\
