@@ -13,7 +13,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -103,14 +103,18 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
     const a = http.address();
     httpPort = typeof a === 'object' && a ? a.port : 0;
   });
+  // Each job's directory holds a copy of the release binary and the runner tree (~300 MB).
+  const roots: string[] = [];
   after(async () => {
     http?.close();
     sigstore?.proc.kill('SIGTERM');
     await env?.stop();
+    for (const root of roots) rmSync(root, { recursive: true, force: true });
   });
 
   function jobConfig(inputs: Record<string, string>): JobConfig {
     const root = mkdtempSync(join(tmpdir(), 'ciwatch-full-'));
+    roots.push(root);
     const home = join(root, 'home');
     mkdirSync(join(home, '.ssh'), { recursive: true });
     writeFileSync(join(home, '.ssh', 'id_ed25519'), '-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n', { mode: 0o600 });
