@@ -151,20 +151,20 @@ static long walk_answer(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The uprobe's own scratch: an egress filter in softirq may interrupt it and use dns_scratch. */
+/* The probe's own name_scratch (enforce.bpf.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct dns_scratch);
-} gai_scratch SEC(".maps");
+	__type(value, struct name_scratch);
+} gai_names SEC(".maps");
 
-LISTED_SUFFIX_STEP(gai_suffix_step, gai_scratch)
+NAME_SUFFIX_STEP(gai_suffix_step, gai_names)
 
 static long lower_step(__u32 i, void *ctx)
 {
 	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&gai_scratch, &zero);
+	struct name_scratch *s = bpf_map_lookup_elem(&gai_names, &zero);
 	if (!s || i >= CW_NAME_MAX)
 		return 1;
 	char c = s->name.name[i];
@@ -176,7 +176,7 @@ static long lower_step(__u32 i, void *ctx)
 }
 
 /* The looked-up name as rules are written (lower-case, no trailing dot); its length, 0 if no rule can list it. */
-static __always_inline __u32 normalize_host(struct dns_scratch *s, const struct gai_call *c)
+static __always_inline __u32 normalize_host(struct name_scratch *s, const struct gai_call *c)
 {
 	__builtin_memset(&s->name, 0, sizeof(s->name));
 	__u32 len = c->host_len;
@@ -196,13 +196,11 @@ static __always_inline struct cw_allow_val *judge_lookup(const struct gai_call *
 							 bool *unlisted)
 {
 	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&gai_scratch, &zero);
+	struct name_scratch *s = bpf_map_lookup_elem(&gai_names, &zero);
 	__u32 len = s ? normalize_host(s, c) : 0;
-	*unlisted = true;
-	if (!s || !len)
-		return 0;
-	*unlisted = !query_listed(s, len, groups_of(tag->step), gai_suffix_step);
-	return name_rule(s->name.name, len);
+	struct cw_allow_val *rule = 0;
+	*unlisted = !s || !len || !match_name(s, len, groups_of(tag->step), gai_suffix_step, &rule);
+	return rule;
 }
 
 SEC("uretprobe")

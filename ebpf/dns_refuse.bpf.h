@@ -35,19 +35,27 @@ struct {
 	__type(value, struct dns_sock);
 } dns_socks SEC(".maps");
 
-struct dns_scratch {
-	__u8 wire[CW_WIRE_MAX];
-	__u8 _pad[6];
-	struct cw_host_key name;
-	struct cw_host_key suffix;
+/* The question name as it came off the packet. */
+struct dns_wire {
+	__u8 bytes[CW_WIRE_MAX];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct dns_scratch);
-} dns_scratch SEC(".maps");
+	__type(value, struct dns_wire);
+} dns_wire SEC(".maps");
+
+/* The filter's own name_scratch (enforce.bpf.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct name_scratch);
+} dns_names SEC(".maps");
+
+NAME_SUFFIX_STEP(dns_suffix_step, dns_names)
 
 /*
  * Marks a job socket that sends to the DNS port. Returns false when the mark
@@ -159,10 +167,11 @@ static long qname_step(__u32 i, void *ctx)
 {
 	struct qname_walk *w = ctx;
 	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
-	if (!s || i >= w->n || i >= CW_WIRE_MAX)
+	struct dns_wire *wire = bpf_map_lookup_elem(&dns_wire, &zero);
+	struct name_scratch *s = bpf_map_lookup_elem(&dns_names, &zero);
+	if (!wire || !s || i >= w->n || i >= CW_WIRE_MAX)
 		return 1;
-	__u8 c = s->wire[i];
+	__u8 c = wire->bytes[i];
 	if (i == w->next) {
 		if (c == 0) {
 			w->state = QNAME_DONE;
@@ -191,75 +200,8 @@ static long qname_step(__u32 i, void *ctx)
 	return 0;
 }
 
-static __always_inline bool entry_in_scope(const struct cw_allow_val *v, __u32 groups)
-{
-	for (int i = 0; i < CW_ALLOW_ENTRIES; i++) {
-		if ((__u32)i >= v->count)
-			break;
-		if (v->entries[i].scope & groups)
-			return true;
-	}
-	return false;
-}
-
-struct listed_walk {
-	__u32 len;
-	__u32 groups;
-	__u32 listed;
-};
-
-/* At a dot, is the rest of the name a listed `*.` parent? Returns the bpf_loop verdict. */
-static __always_inline long listed_suffix_at(struct dns_scratch *s, __u32 i, struct listed_walk *w)
-{
-	if (i + 1 >= w->len || i >= CW_NAME_MAX - 1)
-		return 1;
-	if (s->name.name[i] != '.')
-		return 0;
-	__builtin_memset(&s->suffix, 0, sizeof(s->suffix));
-	bpf_probe_read_kernel_str(s->suffix.name, sizeof(s->suffix.name), &s->name.name[i + 1]);
-	struct cw_allow_val *v = bpf_map_lookup_elem(&allow_suffixes, &s->suffix);
-	if (v && entry_in_scope(v, w->groups)) {
-		w->listed = 1;
-		return 1;
-	}
-	return 0;
-}
-
-/* One bpf_loop step over the name in @map's scratch; each context has its own scratch map. */
-#define LISTED_SUFFIX_STEP(fn, map)                                        \
-	static long fn(__u32 i, void *ctx)                                 \
-	{                                                                  \
-		__u32 zero = 0;                                            \
-		struct dns_scratch *s = bpf_map_lookup_elem(&map, &zero);  \
-		return s ? listed_suffix_at(s, i, ctx) : 1;                \
-	}
-
-LISTED_SUFFIX_STEP(listed_suffix_step, dns_scratch)
-
-/* Is the name in scratch listed by a rule in force for these step groups? */
-static __always_inline bool query_listed(struct dns_scratch *s, __u32 len, __u32 groups,
-					 long (*suffix_step)(__u32, void *))
-{
-	struct cw_allow_val *v = bpf_map_lookup_elem(&allow_names, &s->name);
-	if (v && entry_in_scope(v, groups))
-		return true;
-	struct listed_walk w = { .len = len, .groups = groups };
-	bpf_loop(CW_NAME_MAX, suffix_step, &w, 0);
-	return w.listed;
-}
-
-/* The step groups a tagged process's step is in. */
-static __always_inline __u32 groups_of(__u32 step)
-{
-	__u32 groups = CW_SCOPE_ALL;
-	__u32 *g = bpf_map_lookup_elem(&step_groups, &step);
-	if (g)
-		groups |= *g;
-	return groups;
-}
-
 static __always_inline void emit_refused(const struct dns_sock *o, const struct dns_packet *p, __u8 reason,
-					 struct dns_scratch *s, __u32 len, bool truncated, __u16 qtype)
+					 const struct name_scratch *s, __u32 len, bool truncated, __u16 qtype)
 {
 	struct cw_dns_refused *e = reserve(sizeof(*e), CW_KIND_DNS_REFUSED);
 	if (!e)
@@ -290,35 +232,42 @@ static __always_inline void emit_refused(const struct dns_sock *o, const struct 
 	submit(e);
 }
 
+/* Reports a packet that is not one plain query, with no name; returns the drop verdict. */
+static __always_inline int refuse_unreadable(const struct dns_sock *o, const struct dns_packet *p)
+{
+	__u32 zero = 0;
+	struct name_scratch *s = bpf_map_lookup_elem(&dns_names, &zero);
+	if (s) {
+		__builtin_memset(&s->name, 0, sizeof(s->name));
+		emit_refused(o, p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
+	}
+	return 0;
+}
+
 /* Judges the one DNS message in [off, end): 1 to let it go, 0 to drop it (reported). */
 static __always_inline int judge_query(struct __sk_buff *skb, __u32 off, __u32 end, const struct dns_packet *p,
 				       const struct dns_sock *o)
 {
 	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
-	if (!s)
+	struct dns_wire *wire = bpf_map_lookup_elem(&dns_wire, &zero);
+	struct name_scratch *s = bpf_map_lookup_elem(&dns_names, &zero);
+	if (!wire || !s)
 		return 0;
-	__builtin_memset(&s->name, 0, sizeof(s->name));
 	__u8 hdr[CW_DNS_HEADER];
-	if (off + CW_DNS_HEADER >= end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr))) {
-		emit_refused(o, p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
-		return 0;
-	}
+	if (off + CW_DNS_HEADER >= end || bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)))
+		return refuse_unreadable(o, p);
 	/* One standard query (QR 0, opcode 0), one question. */
-	if ((hdr[2] & 0xf8) || hdr[4] || hdr[5] != 1) {
-		emit_refused(o, p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
-		return 0;
-	}
+	if ((hdr[2] & 0xf8) || hdr[4] || hdr[5] != 1)
+		return refuse_unreadable(o, p);
 	__u32 name_off = off + CW_DNS_HEADER;
 	__u32 n = end - name_off;
 	/* Keep the n < 1 test the compiler would drop: the verifier needs it for the read length. */
 	asm volatile("" : "+r"(n));
 	if (n > CW_WIRE_MAX)
 		n = CW_WIRE_MAX;
-	if (n < 1 || bpf_skb_load_bytes(skb, name_off, s->wire, n)) {
-		emit_refused(o, p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
-		return 0;
-	}
+	if (n < 1 || bpf_skb_load_bytes(skb, name_off, wire->bytes, n))
+		return refuse_unreadable(o, p);
+	__builtin_memset(&s->name, 0, sizeof(s->name));
 	struct qname_walk w = { .n = n };
 	bpf_loop(CW_WIRE_MAX, qname_step, &w, 0);
 	if (w.state != QNAME_DONE) {
@@ -327,7 +276,8 @@ static __always_inline int judge_query(struct __sk_buff *skb, __u32 off, __u32 e
 		emit_refused(o, p, too_long ? CW_REFUSED_UNLISTED : CW_REFUSED_UNREADABLE, s, w.len, true, 0);
 		return 0;
 	}
-	if (query_listed(s, w.len, groups_of(o->tag.step), listed_suffix_step))
+	struct cw_allow_val *rule;
+	if (match_name(s, w.len, groups_of(o->tag.step), dns_suffix_step, &rule))
 		return 1;
 	__u8 qtype[2] = {};
 	__u32 wire_len = w.len ? w.len + 2 : 1;
@@ -355,13 +305,7 @@ static __always_inline int judge_tcp(struct __sk_buff *skb, const struct dns_pac
 			return 1;
 		off = msg_end;
 	}
-	__u32 zero = 0;
-	struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
-	if (s) {
-		__builtin_memset(&s->name, 0, sizeof(s->name));
-		emit_refused(o, p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
-	}
-	return 0;
+	return refuse_unreadable(o, p);
 }
 
 SEC("cgroup_skb/egress")
@@ -380,15 +324,8 @@ int dns_egress(struct __sk_buff *skb)
 	int found = dns_locate(skb, &p);
 	if (found == DNS_NOT)
 		return 1;
-	if (found == DNS_UNREADABLE) {
-		__u32 zero = 0;
-		struct dns_scratch *s = bpf_map_lookup_elem(&dns_scratch, &zero);
-		if (s) {
-			__builtin_memset(&s->name, 0, sizeof(s->name));
-			emit_refused(owner, &p, CW_REFUSED_UNREADABLE, s, 0, false, 0);
-		}
-		return 0;
-	}
+	if (found == DNS_UNREADABLE)
+		return refuse_unreadable(owner, &p);
 	if (p.proto == IPPROTO_UDP)
 		return judge_query(skb, p.off, p.end, &p, owner);
 	return judge_tcp(skb, &p, owner);

@@ -64,6 +64,16 @@ static __always_inline void mapped_key(struct cw_allow_key *key, __u16 family, c
 	}
 }
 
+/* The step groups a step is in; every step is in CW_SCOPE_ALL. */
+static __always_inline __u32 groups_of(__u32 step)
+{
+	__u32 groups = CW_SCOPE_ALL;
+	__u32 *g = bpf_map_lookup_elem(&step_groups, &step);
+	if (g)
+		groups |= *g;
+	return groups;
+}
+
 static __always_inline bool entry_allows(const struct cw_allow_val *v, __u16 port, __u8 proto, __u32 groups)
 {
 	for (int i = 0; i < CW_ALLOW_ENTRIES; i++) {
@@ -82,10 +92,7 @@ static __always_inline bool egress_allowed(__u16 family, const __u8 addr[16], __
 {
 	struct cw_allow_key key;
 	mapped_key(&key, family, addr);
-	__u32 groups = CW_SCOPE_ALL;
-	__u32 *g = bpf_map_lookup_elem(&step_groups, &tag->step);
-	if (g)
-		groups |= *g;
+	__u32 groups = groups_of(tag->step);
 	struct cw_allow_val *v = bpf_map_lookup_elem(&allow_nets, &key);
 	if (v && entry_allows(v, port, proto, groups))
 		return true;
@@ -93,40 +100,82 @@ static __always_inline bool egress_allowed(__u16 family, const __u8 addr[16], __
 	return v && entry_allows(v, port, proto, groups);
 }
 
-/* The rule a resolved name matches, exact or by wildcard suffix. */
-struct suffix_scan {
-	const char *host;
+static __always_inline bool entry_in_scope(const struct cw_allow_val *v, __u32 groups)
+{
+	for (int i = 0; i < CW_ALLOW_ENTRIES; i++) {
+		if ((__u32)i >= v->count)
+			break;
+		if (v->entries[i].scope & groups)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Matching a host name against the name rules, in per-CPU scratch: the name
+ * (lower-case, no trailing dot, NUL-padded) and each `*.` parent tried. Each
+ * context that matches names has its own scratch map, since an egress filter
+ * in softirq may interrupt a probe that is using one.
+ */
+struct name_scratch {
+	struct cw_host_key name;
+	struct cw_host_key suffix;
+};
+
+struct name_walk {
 	__u32 len;
+	__u32 groups;
+	__u32 listed;
+	__u32 _pad;
 	struct cw_allow_val *rule;
 };
 
-static long suffix_step(__u32 i, void *ctx)
+/* At a dot, is the rest of the name a `*.` parent a rule names? Returns the bpf_loop verdict. */
+static __always_inline long name_suffix_at(struct name_scratch *s, __u32 i, struct name_walk *w)
 {
-	struct suffix_scan *s = ctx;
-	if (i + 1 >= s->len || i >= CW_NAME_MAX - 1)
+	if (i + 1 >= w->len || i >= CW_NAME_MAX - 1)
 		return 1;
-	char c = 0;
-	bpf_probe_read_kernel(&c, 1, s->host + i);
-	if (c != '.')
+	if (s->name.name[i] != '.')
 		return 0;
-	struct cw_host_key key = {};
-	bpf_probe_read_kernel_str(key.name, sizeof(key.name), s->host + i + 1);
-	s->rule = bpf_map_lookup_elem(&allow_suffixes, &key);
-	return s->rule ? 1 : 0;
+	__builtin_memset(&s->suffix, 0, sizeof(s->suffix));
+	bpf_probe_read_kernel_str(s->suffix.name, sizeof(s->suffix.name), &s->name.name[i + 1]);
+	struct cw_allow_val *v = bpf_map_lookup_elem(&allow_suffixes, &s->suffix);
+	if (!v)
+		return 0;
+	if (!w->rule)
+		w->rule = v;
+	if (!entry_in_scope(v, w->groups))
+		return 0;
+	w->listed = 1;
+	return 1;
 }
 
-static __always_inline struct cw_allow_val *name_rule(const char *host, __u32 len)
+/* Defines the bpf_loop step of match_name over @map's name_scratch. */
+#define NAME_SUFFIX_STEP(fn, map)                                            \
+	static long fn(__u32 i, void *ctx)                                   \
+	{                                                                    \
+		__u32 zero = 0;                                              \
+		struct name_scratch *s = bpf_map_lookup_elem(&map, &zero);   \
+		return s ? name_suffix_at(s, i, ctx) : 1;                    \
+	}
+
+/*
+ * Whether a rule in force for @groups lists the name in @s (exactly, or as a
+ * `*.` parent); and in *rule, the rule whose answers a lookup of it may reach:
+ * the exact one, else the longest parent's, whatever its steps.
+ */
+static __always_inline bool match_name(struct name_scratch *s, __u32 len, __u32 groups,
+				       long (*suffix_step)(__u32, void *), struct cw_allow_val **rule)
 {
-	struct cw_host_key key = {};
-	if (len == 0 || len >= CW_NAME_MAX)
-		return 0;
-	bpf_probe_read_kernel_str(key.name, sizeof(key.name), host);
-	struct cw_allow_val *rule = bpf_map_lookup_elem(&allow_names, &key);
-	if (rule)
-		return rule;
-	struct suffix_scan scan = { .host = host, .len = len };
-	bpf_loop(CW_NAME_MAX, suffix_step, &scan, 0);
-	return scan.rule;
+	struct cw_allow_val *exact = bpf_map_lookup_elem(&allow_names, &s->name);
+	*rule = exact;
+	if (exact && entry_in_scope(exact, groups))
+		return true;
+	struct name_walk w = { .len = len, .groups = groups };
+	bpf_loop(CW_NAME_MAX, suffix_step, &w, 0);
+	if (!exact)
+		*rule = w.rule;
+	return w.listed;
 }
 
 static __always_inline bool same_entry(const struct cw_allow_entry *a, const struct cw_allow_entry *b)
