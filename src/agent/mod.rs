@@ -75,17 +75,13 @@ impl Agent {
                 source,
             })?;
         let env = preflight::check(btf)?;
-        let probes = loader::load(&LoadOptions {
-            ring_bytes: config.ring.size_bytes,
-            wakeup_bytes: config.ring.wakeup_bytes,
-            args_max: abi::ARGS_MAX as u32,
-            btf: &env.btf,
-            sensitive: &sensitive,
-            cgroup2: env.cgroup2.as_deref(),
-            enabled: config.hooks,
+        let probes = loader::load(&LoadOptions::new(
+            config,
+            &env,
+            &sensitive,
             enforce,
             require_all,
-        })?;
+        ))?;
         let mut agent = Self {
             probes,
             env,

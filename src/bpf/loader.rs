@@ -48,6 +48,29 @@ pub struct LoadOptions<'a> {
     pub require_all: bool,
 }
 
+impl<'a> LoadOptions<'a> {
+    /// The options a configuration and the preflight checks decide; the caller picks the rest.
+    pub fn new(
+        config: &crate::config::Config,
+        env: &'a crate::bpf::preflight::Environment,
+        sensitive: &'a SensitivePaths,
+        enforce: Enforcement,
+        require_all: bool,
+    ) -> Self {
+        Self {
+            ring_bytes: config.ring.size_bytes,
+            wakeup_bytes: config.ring.wakeup_bytes,
+            args_max: crate::bpf::abi::ARGS_MAX as u32,
+            btf: &env.btf,
+            sensitive,
+            cgroup2: env.cgroup2.as_deref(),
+            enabled: config.hooks,
+            enforce,
+            require_all,
+        }
+    }
+}
+
 /// What enforce mode asks of the kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Enforcement {

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::bpf::abi;
 use crate::bpf::loader::{self, LoadOptions};
 use crate::bpf::preflight;
 use crate::config::{Config, ConfigError};
@@ -43,21 +42,12 @@ pub async fn execute(args: CheckArgs) -> u8 {
         Ok(env) => env,
         Err(e) => return super::fail(crate::exit::preflight(&e), &e),
     };
-    let probes = match loader::load(&LoadOptions {
-        ring_bytes: config.ring.size_bytes,
-        wakeup_bytes: config.ring.wakeup_bytes,
-        args_max: abi::ARGS_MAX as u32,
-        btf: &env.btf,
-        sensitive: &sensitive,
-        cgroup2: env.cgroup2.as_deref(),
-        enabled: config.hooks,
-        // Tries the DNS-refusal filter too, so users learn before an enforce run whether it works.
-        enforce: loader::Enforcement {
-            egress: false,
-            refuse_dns: true,
-        },
-        require_all: false,
-    }) {
+    // Tries the DNS-refusal filter too, so users learn before an enforce run whether it works.
+    let refusal = loader::Enforcement {
+        egress: false,
+        refuse_dns: true,
+    };
+    let probes = match loader::load(&LoadOptions::new(&config, &env, &sensitive, refusal, false)) {
         Ok(p) => p,
         Err(e) => return super::fail(crate::exit::HOOKS, &e),
     };
