@@ -190,6 +190,17 @@ pub struct TraceEntry {
     pub modified_unix: i64,
 }
 
+/// The `limit` newest entries, newest first (ties by id, so the order is stable).
+fn newest_first(mut found: Vec<TraceEntry>, limit: usize) -> Vec<TraceEntry> {
+    found.sort_by(|a, b| {
+        b.modified_unix
+            .cmp(&a.modified_unix)
+            .then_with(|| b.id.cmp(&a.id))
+    });
+    found.truncate(limit);
+    found
+}
+
 /// Traces in an object store under a prefix.
 pub struct TraceStore {
     store: Arc<dyn ObjectStore>,
@@ -398,13 +409,7 @@ impl TraceStore {
                 modified_unix: meta.last_modified.timestamp(),
             });
         }
-        found.sort_by(|a, b| {
-            b.modified_unix
-                .cmp(&a.modified_unix)
-                .then_with(|| b.id.cmp(&a.id))
-        });
-        found.truncate(limit);
-        Ok(found)
+        Ok(newest_first(found, limit))
     }
 
     /// Downloads trace `id` into `dest/<id>/`, checking every file against
@@ -493,13 +498,7 @@ impl TraceSource {
                         modified_unix: secs,
                     });
                 }
-                found.sort_by(|a, b| {
-                    b.modified_unix
-                        .cmp(&a.modified_unix)
-                        .then_with(|| b.id.cmp(&a.id))
-                });
-                found.truncate(limit);
-                Ok(found)
+                Ok(newest_first(found, limit))
             }
         }
     }
