@@ -350,6 +350,102 @@ struct FileAgg {
     steps: BTreeSet<u16>,
 }
 
+/// One aggregate row of the summariser, as `merge` folds two of them.
+trait Aggregate: Sized {
+    fn count(&self) -> u64;
+    fn steps(&mut self) -> &mut BTreeSet<u16>;
+    fn fold(&mut self, other: Self);
+
+    /// Re-numbers the steps (into another summariser's numbering).
+    fn remap(mut self, map: &impl Fn(BTreeSet<u16>) -> BTreeSet<u16>) -> Self {
+        let steps = std::mem::take(self.steps());
+        *self.steps() = map(steps);
+        self
+    }
+}
+
+impl Aggregate for EgressAgg {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn steps(&mut self) -> &mut BTreeSet<u16> {
+        &mut self.steps
+    }
+    fn fold(&mut self, other: Self) {
+        self.count += other.count;
+        self.steps.extend(other.steps);
+        for h in other.hosts {
+            if self.hosts.len() < 64 {
+                self.hosts.insert(h);
+            }
+        }
+    }
+}
+
+impl Aggregate for DnsAgg {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn steps(&mut self) -> &mut BTreeSet<u16> {
+        &mut self.steps
+    }
+    fn fold(&mut self, other: Self) {
+        self.count += other.count;
+        self.failed += other.failed;
+        self.steps.extend(other.steps);
+    }
+}
+
+impl Aggregate for ExecAgg {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn steps(&mut self) -> &mut BTreeSet<u16> {
+        &mut self.steps
+    }
+    fn fold(&mut self, other: Self) {
+        self.count += other.count;
+        self.steps.extend(other.steps);
+    }
+}
+
+impl Aggregate for FileAgg {
+    fn count(&self) -> u64 {
+        self.count
+    }
+    fn steps(&mut self) -> &mut BTreeSet<u16> {
+        &mut self.steps
+    }
+    fn fold(&mut self, other: Self) {
+        self.count += other.count;
+        self.steps.extend(other.steps);
+        self.access.extend(other.access);
+        if self.rule.is_empty() {
+            self.rule = other.rule;
+        }
+    }
+}
+
+/// Folds `other` into `mine`, keeping at most MAX_ENTRIES keys; what does not fit is counted in `overflow`.
+fn merge_capped<K: std::hash::Hash + Eq, A: Aggregate>(
+    mine: &mut HashMap<K, A>,
+    other: HashMap<K, A>,
+    overflow: &mut u64,
+    map: &impl Fn(BTreeSet<u16>) -> BTreeSet<u16>,
+) {
+    for (k, a) in other {
+        let a = a.remap(map);
+        let full = mine.len() >= MAX_ENTRIES;
+        match mine.get_mut(&k) {
+            Some(m) => m.fold(a),
+            None if full => *overflow += a.count(),
+            None => {
+                mine.insert(k, a);
+            }
+        }
+    }
+}
+
 /// A step seen in the log: its object verbatim, how many events it caused,
 /// and its first event's `seq` (steps are listed in order of first appearance).
 struct StepAgg {
@@ -711,97 +807,25 @@ impl Summariser {
                 .filter_map(|i| remap[usize::from(i)])
                 .collect()
         };
-        for (k, a) in other.egress {
-            let full = self.egress.len() >= MAX_ENTRIES;
-            match self.egress.get_mut(&k) {
-                Some(m) => {
-                    m.count += a.count;
-                    m.steps.extend(map(a.steps));
-                    for h in a.hosts {
-                        if m.hosts.len() < 64 {
-                            m.hosts.insert(h);
-                        }
-                    }
-                }
-                None if full => self.truncated.egress += a.count,
-                None => {
-                    self.egress.insert(
-                        k,
-                        EgressAgg {
-                            hosts: a.hosts,
-                            steps: map(a.steps),
-                            count: a.count,
-                        },
-                    );
-                }
-            }
-        }
-        for (k, a) in other.dns {
-            let full = self.dns.len() >= MAX_ENTRIES;
-            match self.dns.get_mut(&k) {
-                Some(m) => {
-                    m.count += a.count;
-                    m.failed += a.failed;
-                    m.steps.extend(map(a.steps));
-                }
-                None if full => self.truncated.dns += a.count,
-                None => {
-                    self.dns.insert(
-                        k,
-                        DnsAgg {
-                            count: a.count,
-                            failed: a.failed,
-                            steps: map(a.steps),
-                        },
-                    );
-                }
-            }
-        }
-        for (k, a) in other.execs {
-            let full = self.execs.len() >= MAX_ENTRIES;
-            match self.execs.get_mut(&k) {
-                Some(m) => {
-                    m.count += a.count;
-                    m.steps.extend(map(a.steps));
-                }
-                None if full => self.truncated.execs += a.count,
-                None => {
-                    self.execs.insert(
-                        k,
-                        ExecAgg {
-                            binary: a.binary,
-                            count: a.count,
-                            steps: map(a.steps),
-                        },
-                    );
-                }
-            }
-        }
-        for (k, a) in other.files {
-            let full = self.files.len() >= MAX_ENTRIES;
-            match self.files.get_mut(&k) {
-                Some(m) => {
-                    m.count += a.count;
-                    m.steps.extend(map(a.steps));
-                    m.access.extend(a.access);
-                    if m.rule.is_empty() {
-                        m.rule = a.rule;
-                    }
-                }
-                None if full => self.truncated.files += a.count,
-                None => {
-                    self.files.insert(
-                        k,
-                        FileAgg {
-                            access: a.access,
-                            rule: a.rule,
-                            count: a.count,
-                            steps: map(a.steps),
-                        },
-                    );
-                }
-            }
-        }
+        merge_capped(
+            &mut self.egress,
+            other.egress,
+            &mut self.truncated.egress,
+            &map,
+        );
+        merge_capped(&mut self.dns, other.dns, &mut self.truncated.dns, &map);
+        merge_capped(
+            &mut self.execs,
+            other.execs,
+            &mut self.truncated.execs,
+            &map,
+        );
+        merge_capped(
+            &mut self.files,
+            other.files,
+            &mut self.truncated.files,
+            &map,
+        );
         let t = other.truncated;
         self.truncated.egress += t.egress;
         self.truncated.dns += t.dns;
