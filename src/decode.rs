@@ -212,8 +212,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     })
 }
 
-/// Copies a `#[repr(C)]` plain-data struct out of possibly unaligned bytes.
-fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+/// The size of T, if `bytes` hold at least that much.
+fn long_enough<T>(bytes: &[u8], what: &'static str) -> Result<usize, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -222,6 +222,12 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
             need,
         });
     }
+    Ok(need)
+}
+
+/// Copies a `#[repr(C)]` plain-data struct out of possibly unaligned bytes.
+fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    long_enough::<T>(bytes, what)?;
     // SAFETY: the length is checked above, read_unaligned has no alignment
     // requirement, and T is only instantiated with the abi structs, which are
     // integer and byte-array fields valid for any bit pattern.
@@ -230,14 +236,7 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 
 /// Like `read`, for records too large for the stack.
 fn read_boxed<T: Copy>(bytes: &[u8], what: &'static str) -> Result<Box<T>, DecodeError> {
-    let need = size_of::<T>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            what,
-            len: bytes.len(),
-            need,
-        });
-    }
+    let need = long_enough::<T>(bytes, what)?;
     let mut boxed: Box<std::mem::MaybeUninit<T>> = Box::new_uninit();
     // SAFETY: the length is checked above; copying bytes into the allocation
     // initialises every byte of T, whose fields are valid for any bit pattern.
