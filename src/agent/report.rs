@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::seal::SealedJob;
-use crate::sink::summary::StepNames;
+use crate::sink::summary::{StepNames, StepRow};
 use crate::sink::SinkError;
 
 pub const PID_FILE: &str = "agent.pid";
@@ -26,7 +26,7 @@ pub struct Report {
     pub counts: BTreeMap<String, u64>,
     pub lost: u64,
     pub denied: u64,
-    pub steps: Vec<ReportStep>,
+    pub steps: Vec<StepRow>,
     pub egress: Vec<ReportDestination>,
     pub dns: Vec<ReportLookup>,
     pub files: Vec<ReportFile>,
@@ -45,18 +45,6 @@ pub struct Report {
     pub bundle: Option<PathBuf>,
     #[serde(default)]
     pub signing: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReportStep {
-    pub id: String,
-    pub name: String,
-    pub stage: Option<String>,
-    pub internal: bool,
-    pub execs: u64,
-    pub connects: u64,
-    pub dns: u64,
-    pub files: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,20 +97,7 @@ impl Report {
             counts: Self::counts(&s.totals.events),
             lost: s.totals.lost_total,
             denied: count("denied"),
-            steps: job
-                .steps
-                .iter()
-                .map(|r| ReportStep {
-                    id: r.id.clone(),
-                    name: r.name.clone(),
-                    stage: r.stage.clone(),
-                    internal: r.internal,
-                    execs: r.execs,
-                    connects: r.connects,
-                    dns: r.dns,
-                    files: r.files,
-                })
-                .collect(),
+            steps: job.steps.clone(),
             egress: s
                 .egress
                 .iter()

@@ -71,8 +71,8 @@ pub struct Context<'a> {
     pub notes: &'a [String],
 }
 
-/// One row of the per-step table.
-#[derive(Debug, Clone)]
+/// One row of the per-step table, and of the `finish` report's `steps`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepRow {
     pub id: String,
     pub name: String,
@@ -82,6 +82,8 @@ pub struct StepRow {
     pub connects: u64,
     pub dns: u64,
     pub files: u64,
+    /// Shown in the summary only; the report's contract does not carry it.
+    #[serde(skip)]
     pub degraded: bool,
 }
 
