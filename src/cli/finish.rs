@@ -213,14 +213,8 @@ fn print(report: &Report, json: bool) {
         report.events.display(),
         report.log_sha256
     );
+    // The agent sets the diff only together with a proposal.
     if report.proposed_policy.is_some() {
-        let file = report.events.with_file_name(crate::learn::PROPOSED_POLICY);
-        eprintln!(
-            "ciwatch: learn: the policy that would have allowed this job is in {}",
-            file.display()
-        );
-    }
-    if let Some(diff) = &report.policy_diff {
-        eprintln!("{diff}");
+        crate::learn::announce(&report.events, report.policy_diff.as_deref());
     }
 }

@@ -190,17 +190,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
         if let Some((_, diff)) =
             crate::learn::for_job(&sealed.log.path, args.policy.policy.as_deref())
         {
-            let file = sealed
-                .log
-                .path
-                .with_file_name(crate::learn::PROPOSED_POLICY);
-            eprintln!(
-                "ciwatch: learn: the policy that would have allowed this job is in {}",
-                file.display()
-            );
-            if let Some(diff) = diff {
-                eprintln!("{diff}");
-            }
+            crate::learn::announce(&sealed.log.path, diff.as_deref());
         }
     }
     sign_opts.expected_log_sha256 = Some(sealed.log.sha256.clone());

@@ -30,6 +30,17 @@ pub fn for_job(
     }
 }
 
+/// Tells the user where the job's proposed policy is, and how it differs from theirs.
+pub fn announce(events: &std::path::Path, diff: Option<&str>) {
+    eprintln!(
+        "ciwatch: learn: the policy that would have allowed this job is in {}",
+        events.with_file_name(PROPOSED_POLICY).display()
+    );
+    if let Some(diff) = diff {
+        eprintln!("{diff}");
+    }
+}
+
 fn propose_for_job(
     events: &std::path::Path,
     policy_file: Option<&std::path::Path>,
