@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::kind::Kind;
 use crate::text::Text;
 
 /// Bumped on any incompatible change to the records below.
@@ -157,17 +158,22 @@ pub struct DnsBody {
 }
 
 impl Body {
-    pub fn kind(&self) -> &'static str {
+    pub fn event_kind(&self) -> Kind {
         match self {
-            Body::Exec(_) => "exec",
-            Body::Fork(_) => "fork",
-            Body::Exit(_) => "exit",
-            Body::Connect(_) => "connect",
-            Body::File(_) => "file",
-            Body::Dns(_) => "dns",
-            Body::Denied(_) => "denied",
-            Body::DnsRefused(_) => "dns_refused",
+            Body::Exec(_) => Kind::Exec,
+            Body::Fork(_) => Kind::Fork,
+            Body::Exit(_) => Kind::Exit,
+            Body::Connect(_) => Kind::Connect,
+            Body::File(_) => Kind::File,
+            Body::Dns(_) => Kind::Dns,
+            Body::Denied(_) => Kind::Denied,
+            Body::DnsRefused(_) => Kind::DnsRefused,
         }
+    }
+
+    /// The line's `type`.
+    pub fn kind(&self) -> &'static str {
+        self.event_kind().name()
     }
 }
 

@@ -412,7 +412,7 @@ async fn keyless_retries_transient_failures_and_auto_falls_back_when_services_st
     let err = attest::sign_trace(job.path(), &down.keyless(SignMode::Keyless, None))
         .await
         .unwrap_err();
-    assert!(ciwatch::bpf::loader::chain(&err).contains("503"), "{err}");
+    assert!(ciwatch::error::chain(&err).contains("503"), "{err}");
     assert!(!job.path().join(attest::BUNDLE_FILE).exists());
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = keypair(keys.path());
@@ -432,7 +432,7 @@ async fn keyless_retries_transient_failures_and_auto_falls_back_when_services_st
     let err = attest::sign_trace(job.path(), &rekor_down.keyless(SignMode::Keyless, None))
         .await
         .unwrap_err();
-    let msg = ciwatch::bpf::loader::chain(&err);
+    let msg = ciwatch::error::chain(&err);
     assert!(
         msg.contains("Rekor") && msg.contains("after 3 tries"),
         "{msg}"

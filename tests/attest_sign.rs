@@ -327,7 +327,7 @@ async fn keyless_required_fails_loudly_without_a_token_or_a_reachable_fulcio() {
     o.keyless.fulcio_url = closed_port_url();
     o.keyless.rekor_url = closed_port_url();
     let err = attest::sign_trace(job.path(), &o).await.unwrap_err();
-    let msg = ciwatch::bpf::loader::chain(&err);
+    let msg = ciwatch::error::chain(&err);
     assert!(
         msg.contains("after 2 tries") && msg.contains("Fulcio"),
         "{msg}"
@@ -340,7 +340,7 @@ async fn keyless_required_fails_loudly_without_a_token_or_a_reachable_fulcio() {
     o.keyless.env.github_request_token = Some("bearer".into());
     let err = attest::sign_trace(job.path(), &o).await.unwrap_err();
     assert!(
-        ciwatch::bpf::loader::chain(&err).contains("token request failed after 2 tries"),
+        ciwatch::error::chain(&err).contains("token request failed after 2 tries"),
         "{err}"
     );
 }

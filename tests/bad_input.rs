@@ -76,10 +76,9 @@ fn config_that_is_not_utf8_is_rejected() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn without_capabilities_the_missing_ones_are_named() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Drop to an unprivileged user, the way a misconfigured runner would run ciwatch.
     let out = Command::new("setpriv")
         .args([
@@ -109,10 +108,9 @@ fn without_capabilities_the_missing_ones_are_named() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn missing_btf_is_a_clear_error() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (code, err, out) = ciwatch(&["--btf", "/nonexistent/vmlinux", "--", "true"]);
     assert_eq!(code, Some(71), "{err}");
     assert!(
@@ -123,10 +121,9 @@ fn missing_btf_is_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn unwritable_output_directory_exits_73() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let o = Command::new(CIWATCH)
         .args([
             "run",
@@ -144,10 +141,9 @@ fn unwritable_output_directory_exits_73() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn unmounted_tracefs_is_mounted_by_ciwatch() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // In a private mount namespace, take tracefs away and let ciwatch put it back.
     let out = tempfile::tempdir().unwrap();
     let script = format!(
@@ -168,10 +164,9 @@ fn unmounted_tracefs_is_mounted_by_ciwatch() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn argv_that_is_not_utf8_is_stored_losslessly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     use std::os::unix::ffi::OsStrExt;
     let weird = std::ffi::OsStr::from_bytes(b"caf\xe9");
     let out = tempfile::tempdir().unwrap();
@@ -195,10 +190,9 @@ fn argv_that_is_not_utf8_is_stored_losslessly() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn the_exit_code_of_the_command_is_passed_through() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let t = Trace::sh("exit 7");
     assert_eq!(t.code(), Some(7));
     assert_eq!(t.end()["exit_code"], 7);
@@ -208,10 +202,9 @@ fn the_exit_code_of_the_command_is_passed_through() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let o = Command::new(CIWATCH)
         .args(["check", "--json"])
         .output()

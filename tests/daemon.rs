@@ -92,10 +92,9 @@ fn sealed_traces(state: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let _serial = ONE_DAEMON_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -213,10 +212,9 @@ fn trace_of(state: &Path, port: u16) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let _serial = ONE_DAEMON_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -9,10 +9,9 @@ use common::{py, require_root, write, Trace};
 use serde_json::Value;
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn exec_records_filename_argv_and_lineage() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tmp = tempfile::tempdir().unwrap();
     let pidfile = tmp.path().join("pid");
     let script = format!(
@@ -60,10 +59,9 @@ fn exec_records_filename_argv_and_lineage() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn long_argv_is_truncated_and_flagged() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let long = "x".repeat(3000);
     let t = Trace::run(&[], &["/bin/true", &long]);
     let exec = t
@@ -89,10 +87,9 @@ fn connects(t: &Trace, addr: &str, port: u16) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn connect_tcp_v4_v6_udp_and_unconnected_sendto_once_each() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tcp4 = TcpListener::bind("127.0.0.2:0").unwrap();
     let tcp6 = TcpListener::bind("[::1]:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -147,10 +144,9 @@ fn connect_tcp_v4_v6_udp_and_unconnected_sendto_once_each() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn sensitive_opens_are_reported_and_ordinary_ones_are_not() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let home = tempfile::tempdir().unwrap();
     let creds = home.path().join(".aws/credentials");
     let notes = home.path().join(".aws/notes.txt");
@@ -204,10 +200,9 @@ fn sensitive_opens_are_reported_and_ordinary_ones_are_not() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn proc_environ_of_another_process_is_sensitive_but_own_is_not() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let t = Trace::sh(
         "sleep 5 & cat /proc/$!/environ > /dev/null; cat /proc/self/environ > /dev/null; kill $!",
     );
@@ -217,10 +212,9 @@ fn proc_environ_of_another_process_is_sensitive_but_own_is_not() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn dns_lookup_of_localhost_and_a_private_hosts_entry() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tmp = tempfile::tempdir().unwrap();
     let hosts = tmp.path().join("hosts");
     write(
@@ -254,10 +248,9 @@ fn dns_lookup_of_localhost_and_a_private_hosts_entry() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn connect_is_named_by_the_jobs_own_lookup() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let code = format!("import socket; socket.create_connection(('localhost', {port}))");

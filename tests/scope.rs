@@ -9,10 +9,9 @@ use std::process::Command;
 use common::{require_root, write, Trace};
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn processes_outside_the_job_are_never_recorded() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let inside = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -62,10 +61,9 @@ fn processes_outside_the_job_are_never_recorded() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn a_double_forked_daemon_is_still_recorded() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -91,10 +89,9 @@ fn a_double_forked_daemon_is_still_recorded() {
 }
 
 #[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn a_flood_into_a_tiny_ring_counts_lost_events() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("tiny.toml");
     write(

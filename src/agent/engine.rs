@@ -172,6 +172,14 @@ impl Engine {
         }
     }
 
+    /// The attributor, the job and its output, for sealing a single-job session.
+    pub fn into_single_job(self) -> Option<(Attributor, String, JobOutput)> {
+        match self.outputs {
+            Outputs::Single { job, output } => Some((self.attributor, job, output)),
+            Outputs::PerJob { .. } => None,
+        }
+    }
+
     /// Why step display names may be missing, for the trace.
     pub fn names_unavailable(&self) -> Option<String> {
         self.runner_logs.iter().find_map(|r| r.failure.clone())
@@ -332,7 +340,7 @@ impl Engine {
             let complete = status == "ok"
                 && totals.lost_total == 0
                 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
-            let end = crate::cli::run::trace_end(totals, None, live, complete, status);
+            let end = super::trace::trace_end(totals, None, live, complete, status);
             let input = super::seal::SealInput {
                 registry: &self.attributor.registry,
                 job: &job,

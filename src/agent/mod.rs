@@ -3,8 +3,11 @@
 
 pub mod engine;
 pub mod output;
+pub mod publish;
 pub mod report;
 pub mod seal;
+pub mod session;
+pub mod trace;
 
 use std::path::Path;
 
@@ -58,36 +61,51 @@ pub struct Agent {
     pub probes: Probes,
     pub env: Environment,
     pub sensitive: SensitivePaths,
+    /// Enforce mode with step-scoped rules: the groups the engine keeps the kernel told of.
+    pub scopes: Option<crate::enforce::Scopes>,
+}
+
+/// What loading the agent needs: the configuration, where it came from, and the mode.
+pub struct AgentOptions<'a> {
+    pub config: &'a Config,
+    /// How messages name the configuration.
+    pub config_name: &'a str,
+    /// Kernel BTF instead of /sys/kernel/btf/vmlinux.
+    pub btf: Option<&'a Path>,
+    /// Fail when a hook has no working implementation.
+    pub require_all: bool,
+    pub plan: &'a crate::enforce::plan::Plan,
 }
 
 impl Agent {
-    pub fn load(
-        config: &Config,
-        config_name: &str,
-        btf: Option<&Path>,
-        require_all: bool,
-        enforce: loader::Enforcement,
-    ) -> Result<Self, AgentError> {
-        let sensitive = config
+    /// Loads and attaches the hooks and, in enforce mode, the policy, before
+    /// any process of the job is tagged: no job process runs unjudged.
+    pub fn load(opts: &AgentOptions<'_>) -> Result<Self, AgentError> {
+        let sensitive = opts
+            .config
             .sensitive_paths()
             .map_err(|source| ConfigError::Rule {
-                path: config_name.to_string(),
+                path: opts.config_name.to_string(),
                 source,
             })?;
-        let env = preflight::check(btf)?;
-        let probes = loader::load(&LoadOptions::new(
-            config,
+        let env = preflight::check(opts.btf)?;
+        let probes = loader::load(&load_options(
+            opts.config,
             &env,
             &sensitive,
-            enforce,
-            require_all,
+            opts.plan.enforcement(),
+            opts.require_all,
         ))?;
         let mut agent = Self {
             probes,
             env,
             sensitive,
+            scopes: None,
         };
         agent.start_kernel_ids()?;
+        if opts.plan.enforce() {
+            agent.scopes = Some(agent.install_policy(opts.plan)?);
+        }
         Ok(agent)
     }
 
@@ -148,6 +166,31 @@ impl Agent {
         Ok(())
     }
 
+    /// Daemon start-up: launchers already running keep having their later
+    /// steps attributed, each as a job of its own (ids from 2).
+    pub fn adopt_running_launchers(
+        &mut self,
+        registry: &mut crate::attribute::jobs::Registry,
+        names: &[(&str, u32)],
+    ) -> Result<Vec<crate::attribute::launcher::Found>, AgentError> {
+        let found = crate::attribute::launcher::running(names);
+        for (job, launcher) in (2..).zip(&found) {
+            self.add_launcher(launcher.pid, job, launcher.platform.id())?;
+            registry.register_launcher(
+                job,
+                launcher.platform,
+                crate::attribute::jobs::is_long_lived(Some(launcher.platform), &launcher.argv),
+            );
+            tracing::info!(
+                "adopted running {} (pid {}) as a {} launcher",
+                launcher.comm,
+                launcher.pid,
+                launcher.platform.name()
+            );
+        }
+        Ok(found)
+    }
+
     pub fn watch_container_runtimes(&mut self) -> Result<(), AgentError> {
         for name in CONTAINER_RUNTIMES {
             self.probes
@@ -159,7 +202,7 @@ impl Agent {
     }
 
     /// Loads an enforce plan's allowlist; returns the step groups the engine keeps up to date.
-    pub fn install_policy(
+    fn install_policy(
         &mut self,
         plan: &crate::enforce::plan::Plan,
     ) -> Result<crate::enforce::Scopes, AgentError> {
@@ -179,6 +222,30 @@ impl Agent {
     }
 }
 
+/// The loader's options as a configuration and the preflight checks decide them.
+pub fn load_options<'a>(
+    config: &Config,
+    env: &'a Environment,
+    sensitive: &'a SensitivePaths,
+    enforce: loader::Enforcement,
+    require_all: bool,
+) -> LoadOptions<'a> {
+    LoadOptions {
+        ring_bytes: config.ring.size_bytes,
+        wakeup_bytes: config.ring.wakeup_bytes,
+        btf: &env.btf,
+        sensitive,
+        cgroup2: env.cgroup2.as_deref(),
+        enabled: loader::HookSwitches {
+            connect: config.hooks.connect,
+            file: config.hooks.file,
+            dns: config.hooks.dns,
+        },
+        enforce,
+        require_all,
+    }
+}
+
 /// Fills `totals.lost` from the kernel's per-CPU counters.
 pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
     let counters = lost
@@ -186,25 +253,13 @@ pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     totals.lost.clear();
     totals.lost_total = 0;
-    {
-        for (kind, name) in [
-            (abi::KIND_EXEC, "exec"),
-            (abi::KIND_FORK, "fork"),
-            (abi::KIND_EXIT, "exit"),
-            (abi::KIND_CONNECT, "connect"),
-            (abi::KIND_FILE, "file"),
-            (abi::KIND_DNS, "dns"),
-            (abi::KIND_ENV, "env"),
-            (abi::KIND_DENIED, "denied"),
-            (abi::KIND_DNS_REFUSED, "dns_refused"),
-        ] {
-            let lost: u64 = counters
-                .get(&u32::from(kind), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
-            totals.lost.insert(name, lost);
-            totals.lost_total += lost;
-        }
+    for kind in crate::kind::Kind::ALL {
+        let lost: u64 = counters
+            .get(&u32::from(kind.abi()), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0);
+        totals.lost.insert(kind.name(), lost);
+        totals.lost_total += lost;
     }
 }
 
@@ -219,6 +274,6 @@ pub fn live_tags(tasks: &loader::Tasks) -> Vec<(u32, Tag)> {
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> AgentError {
     move |e| AgentError::Map {
         map,
-        reason: loader::chain(&e),
+        reason: crate::error::chain(&e),
     }
 }

@@ -17,6 +17,7 @@ use crate::attribute::clock::BootClock;
 use crate::attribute::jobs::{Placement, Registry, StepInfo};
 use crate::attribute::refs;
 use crate::event::{HookStatus, JobRef, StepRef, TraceEnd};
+use crate::kind::Kind;
 use crate::sink::ndjson::{NdjsonLog, Sealed};
 use crate::sink::summary::{Context, StepRow, Summary};
 use crate::sink::SinkError;
@@ -135,18 +136,6 @@ pub fn recover(dir: &Path, mut end: TraceEnd) -> Result<(Sealed, TraceEnd), Sink
     rewrite(dir, &live, &note, counted, no_change)
 }
 
-/// Event kinds that can appear in a log, as the static names totals use.
-const KINDS: [&str; 8] = [
-    "exec",
-    "fork",
-    "exit",
-    "connect",
-    "file",
-    "dns",
-    "denied",
-    "dns_refused",
-];
-
 fn rewrite(
     dir: &Path,
     live: &Path,
@@ -185,9 +174,10 @@ fn rewrite(
         if let Some(kind) = refs
             .kind
             .as_deref()
-            .and_then(|k| KINDS.iter().find(|s| **s == k))
+            .and_then(Kind::from_name)
+            .filter(|k| k.is_event())
         {
-            *events.entry(*kind).or_default() += 1;
+            *events.entry(kind.name()).or_default() += 1;
         }
         match updated(&line, refs, &final_refs)? {
             Some(value) => out.write(&value)?,

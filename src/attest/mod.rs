@@ -244,7 +244,7 @@ pub async fn sign_trace(dir: &Path, opts: &SignOptions) -> Result<SignOutcome, A
         SignMode::Auto => match sign_keyless(&predicate, &subjects, opts, &mut outcome).await {
             Ok(signed) => signed,
             Err(e) => {
-                let reason = crate::bpf::loader::chain(&e);
+                let reason = crate::error::chain(&e);
                 tracing::warn!("keyless signing failed, falling back to the local key: {reason}");
                 outcome.keyless = None;
                 outcome.fallback = Some(Fallback {
@@ -506,7 +506,7 @@ pub fn summary_markdown(result: &Result<SignOutcome, AttestError>, dir: &Path) -
             let _ = writeln!(
                 md,
                 "> **NOT SIGNED:** {}\n>\n> No attestation was written: this trace carries no signature.\n",
-                crate::bpf::loader::chain(e).replace('\n', " ")
+                crate::error::chain(e).replace('\n', " ")
             );
             return md;
         }

@@ -534,18 +534,19 @@ impl Registry {
         }
     }
 
-    pub fn count(&mut self, p: &Placement, kind: &str) {
+    pub fn count(&mut self, p: &Placement, kind: crate::kind::Kind) {
+        use crate::kind::Kind;
         if let Some(s) = self
             .jobs
             .get_mut(&p.job)
             .and_then(|j| j.steps.get_mut(&p.step))
         {
             match kind {
-                "exec" => s.counts.exec += 1,
-                "connect" => s.counts.connect += 1,
-                "dns" => s.counts.dns += 1,
-                "file" => s.counts.file += 1,
-                _ => {}
+                Kind::Exec => s.counts.exec += 1,
+                Kind::Connect => s.counts.connect += 1,
+                Kind::Dns => s.counts.dns += 1,
+                Kind::File => s.counts.file += 1,
+                Kind::Fork | Kind::Exit | Kind::Env | Kind::Denied | Kind::DnsRefused => {}
             }
         }
     }

@@ -8,8 +8,10 @@ pub mod env;
 pub mod github_log;
 pub mod jobs;
 pub mod kube;
+pub mod launcher;
 pub mod names;
 pub mod platform;
+pub mod procfs;
 pub mod procs;
 
 use std::net::IpAddr;
@@ -94,7 +96,7 @@ impl Attributor {
             Record::Denied(r) => Body::Denied(self.connect(r)),
             Record::DnsRefused(r) => Body::DnsRefused(dns_refused(r)),
         };
-        self.registry.count(&placement, body.kind());
+        self.registry.count(&placement, body.event_kind());
         self.seq += 1;
         let (job, step) = self.refs(&placement);
         let event = Event {

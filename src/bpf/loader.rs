@@ -2,7 +2,6 @@
 //! implementation this kernel accepts, recording what was chosen and why the
 //! better ones were skipped.
 
-use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
@@ -14,6 +13,7 @@ use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
 use crate::bpf::abi::{CommKey, Launcher, NameKey, Tag};
 use crate::bpf::libc_paths::{self, Libc};
+use crate::error::chain;
 use crate::event::{HookStatus, SkippedImpl};
 use crate::filter::sensitive::{KernelKey, SensitivePaths};
 
@@ -37,38 +37,23 @@ pub enum LoadError {
 pub struct LoadOptions<'a> {
     pub ring_bytes: u32,
     pub wakeup_bytes: u64,
-    pub args_max: u32,
     pub btf: &'a Path,
     pub sensitive: &'a SensitivePaths,
     pub cgroup2: Option<&'a Path>,
-    pub enabled: crate::config::Hooks,
+    pub enabled: HookSwitches,
     /// What the connect/sendmsg hooks deny.
     pub enforce: Enforcement,
     /// Fail when a hook has no working implementation (the default).
     pub require_all: bool,
 }
 
-impl<'a> LoadOptions<'a> {
-    /// The options a configuration and the preflight checks decide; the caller picks the rest.
-    pub fn new(
-        config: &crate::config::Config,
-        env: &'a crate::bpf::preflight::Environment,
-        sensitive: &'a SensitivePaths,
-        enforce: Enforcement,
-        require_all: bool,
-    ) -> Self {
-        Self {
-            ring_bytes: config.ring.size_bytes,
-            wakeup_bytes: config.ring.wakeup_bytes,
-            args_max: crate::bpf::abi::ARGS_MAX as u32,
-            btf: &env.btf,
-            sensitive,
-            cgroup2: env.cgroup2.as_deref(),
-            enabled: config.hooks,
-            enforce,
-            require_all,
-        }
-    }
+/// Hooks that may be left out; exec and lineage always attach. A hook left out
+/// is reported as disabled, never silently missing.
+#[derive(Debug, Clone, Copy)]
+pub struct HookSwitches {
+    pub connect: bool,
+    pub file: bool,
+    pub dns: bool,
 }
 
 /// What enforce mode asks of the kernel.
@@ -121,7 +106,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("cw_wakeup_bytes", &opts.wakeup_bytes, true)
-        .override_global("cw_args_max", &opts.args_max, true)
+        .override_global("cw_args_max", &(crate::bpf::abi::ARGS_MAX as u32), true)
         .override_global("cw_enforce", &u32::from(opts.enforce.egress), true)
         .override_global("cw_dns_refuse", &u32::from(opts.enforce.refuse_dns), true)
         .map_max_entries("events", opts.ring_bytes)
@@ -631,19 +616,4 @@ fn join(parts: Vec<String>) -> String {
     } else {
         parts.join("; ")
     }
-}
-
-/// An error and its sources on one line.
-pub fn chain(e: &dyn StdError) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::bpf::loader::{self, LoadOptions};
+use crate::bpf::loader;
 use crate::bpf::preflight;
 use crate::config::{Config, ConfigError};
 use crate::event::HookStatus;
@@ -47,7 +47,9 @@ pub async fn execute(args: CheckArgs) -> u8 {
         egress: false,
         refuse_dns: true,
     };
-    let probes = match loader::load(&LoadOptions::new(&config, &env, &sensitive, refusal, false)) {
+    let probes = match loader::load(&crate::agent::load_options(
+        &config, &env, &sensitive, refusal, false,
+    )) {
         Ok(p) => p,
         Err(e) => return super::fail(crate::exit::HOOKS, &e),
     };

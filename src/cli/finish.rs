@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::agent::report::{self, Report};
 use crate::agent::seal;
+use crate::agent::trace::trace_end;
 use crate::attest::{self, SignMode};
-use crate::cli::run::trace_end;
 use crate::event::Totals;
 use crate::sink::ndjson::LIVE_NAME;
 
@@ -108,7 +108,7 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
         Err(e) => {
             eprintln!(
                 "ciwatch: error: signing failed: {}",
-                crate::bpf::loader::chain(&e)
+                crate::error::chain(&e)
             );
             report.signing = Some(json!({ "method": "none", "error": e.to_string() }));
             false

@@ -74,6 +74,6 @@ impl Command {
 
 /// Prints an error the way every subcommand reports failure.
 pub fn fail(code: u8, error: &dyn std::error::Error) -> u8 {
-    eprintln!("ciwatch: error: {}", crate::bpf::loader::chain(error));
+    eprintln!("ciwatch: error: {}", crate::error::chain(error));
     code
 }

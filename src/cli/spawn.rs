@@ -228,22 +228,7 @@ impl Held {
     }
 }
 
-/// How the command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Ended {
-    /// The shell convention: the code, or 128 + signal.
-    pub fn shell_code(self) -> u8 {
-        match self {
-            Ended::Code(c) => c as u8,
-            Ended::Signal(s) => (128 + s) as u8,
-        }
-    }
-}
+pub use crate::agent::trace::Ended;
 
 /// Blocks until the child exits.
 pub fn wait(pid: u32) -> std::io::Result<Ended> {

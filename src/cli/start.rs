@@ -5,7 +5,6 @@
 //! It forks before any thread exists: the foreground process waits on a pipe
 //! for one readiness line, prints it, and exits with the agent's status.
 
-use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -13,17 +12,16 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::agent::engine::{runner_diag, Engine, Outputs};
+use crate::agent::engine::runner_diag;
 use crate::agent::report::{self, Report};
-use crate::agent::Agent;
+use crate::agent::session::{Recorder, SessionError, SessionOptions, Target};
+use crate::agent::{Agent, AgentOptions};
 use crate::attribute::env::StepEnv;
 use crate::attribute::jobs::Registry;
 use crate::attribute::platform::{self, JobIdentity, Platform};
-use crate::attribute::Attributor;
-use crate::cli::run::{create_output, seal_job, trace_start};
+use crate::attribute::{launcher, procfs};
 use crate::cli::signals::Signals;
 use crate::cli::spawn::pipe;
-use crate::pipeline::Pipeline;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
@@ -201,47 +199,109 @@ fn report_failure(ready: OwnedFd, code: u8, message: &str) -> u8 {
     code
 }
 
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Plan(#[from] crate::enforce::plan::PlanError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot write {}", report::PID_FILE)]
+    PidFile(#[source] std::io::Error),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+impl StartError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::Plan(_) => crate::exit::CONFIG,
+            StartError::Agent(e) => e.exit_code(),
+            StartError::Session(e) => e.exit_code(),
+            StartError::Signals(_) => crate::exit::INTERNAL,
+            StartError::PidFile(_) | StartError::Sink(_) => crate::exit::OUTPUT_DIR,
+        }
+    }
+}
+
+/// Records until stopped; failures before readiness go to the foreground
+/// process, later ones to agent.log.
 async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
-    let mut config = match args.agent.load_config() {
-        Ok(c) => c,
-        Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
+    let Started {
+        recorder,
+        mut signals,
+        plan,
+        platform,
+        job,
+        launcher,
+    } = match begin(&args, caller) {
+        Ok(started) => started,
+        Err(e) => return report_failure(ready, e.exit_code(), &crate::error::chain(&e)),
     };
+    announce(
+        ready,
+        recorder.agent(),
+        &args.out,
+        platform,
+        &job,
+        launcher.as_ref(),
+    );
+    let stopped_by = wait_for_stop(&mut signals, launcher.as_ref().map(|(pid, _)| *pid)).await;
+    tracing::info!("stopping: {stopped_by}");
+    let still_running = recorder.linger().await;
+    let sealed = match recorder.stop().await {
+        Ok(stopped) => stopped.seal_job(None, still_running),
+        Err(e) => return super::fail(e.exit_code(), &e),
+    };
+    let written = sealed.map_err(StartError::from).and_then(|sealed| {
+        Ok(learned(Report::from_sealed(&sealed), &plan, &args.policy).write(&args.out)?)
+    });
+    match written {
+        Ok(()) => 0,
+        Err(e) => super::fail(crate::exit::WRITE, &e),
+    }
+}
+
+/// A recording agent, before it reports readiness.
+struct Started {
+    recorder: Recorder,
+    signals: Signals,
+    plan: crate::enforce::plan::Plan,
+    platform: Platform,
+    job: String,
+    launcher: Option<(u32, String)>,
+}
+
+/// Loads the agent, puts the job's launcher and caller into the job, and starts recording.
+fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
+    let mut config = args.agent.load_config()?;
     config
         .files
         .extra_sensitive
         .extend(args.sensitive_paths.iter().cloned());
     let config_name = args.agent.config_name();
-    let plan = match crate::enforce::plan::plan(&args.policy, config.mode) {
-        Ok(p) => p,
-        Err(e) => return report_failure(ready, crate::exit::CONFIG, &e.to_string()),
-    };
-    let mut agent = match Agent::load(
-        &config,
-        &config_name,
-        args.agent.btf.as_deref(),
-        !args.agent.allow_partial,
-        plan.enforcement(),
-    ) {
-        Ok(a) => a,
-        Err(e) => return report_failure(ready, e.exit_code(), &crate::bpf::loader::chain(&e)),
-    };
-    let scopes = match plan
-        .enforce()
-        .then(|| agent.install_policy(&plan))
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return report_failure(ready, e.exit_code(), &e.to_string()),
-    };
+    let plan = crate::enforce::plan::plan(&args.policy, config.mode)?;
+    let mut agent = Agent::load(&AgentOptions {
+        config: &config,
+        config_name: &config_name,
+        btf: args.agent.btf.as_deref(),
+        require_all: !args.agent.allow_partial,
+        plan: &plan,
+    })?;
     let own_env = StepEnv::of_this_process();
     let detection = platform::detect(&own_env, &[], None);
     let launcher = args
         .launcher_pid
-        .map(|pid| (pid, comm(pid)))
-        .or_else(|| find_launcher(detection.platform))
+        .map(|pid| (pid, procfs::comm(pid)))
+        .or_else(|| launcher::ancestor(detection.platform))
         .or_else(|| {
             (detection.platform == Platform::Jenkins)
-                .then(find_jenkins_agent)
+                .then(launcher::jenkins_agent)
                 .flatten()
         });
     let identity = detection.job.clone().unwrap_or_else(|| JobIdentity {
@@ -266,86 +326,48 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
             Ok(())
         }
     };
-    if let Err(e) = setup.and_then(|()| agent.watch_container_runtimes()) {
-        return report_failure(ready, e.exit_code(), &e.to_string());
-    }
+    setup.and_then(|()| agent.watch_container_runtimes())?;
     if joins_caller(platform) {
-        if let Err(e) = join_caller(&mut agent, &mut registry, &job, platform, &own_env, caller) {
-            return report_failure(ready, e.exit_code(), &e.to_string());
-        }
+        join_caller(&mut agent, &mut registry, &job, platform, &own_env, caller)?;
     }
-
-    let header = trace_start(
-        &agent,
-        &config,
-        &plan,
-        &crate::event::JobRef {
-            platform: platform.name().into(),
-            id: job.clone(),
-        },
-        &[OsString::from("ciwatch start")],
-    );
-    let output = match create_output(&args.out, &header) {
-        Ok(o) => o,
-        Err(e) => return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string()),
-    };
-    let mut engine = Engine::new(
-        Attributor::new(registry, config.capture_args, agent.sensitive.clone()),
-        Outputs::Single {
-            job: job.clone(),
-            output,
-        },
-    );
-    if let Some(scopes) = scopes {
-        engine = engine.with_scopes(scopes, agent.probes.allow.step_groups.clone());
-    }
+    let mut runner_logs = Vec::new();
     if platform == Platform::GithubActions {
         let diag = args
             .runner_diag
             .clone()
             .or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
         match diag {
-            Some(dir) => engine.follow_runner_log(&dir),
-            None => engine.attributor.registry.job_note(
+            Some(dir) => runner_logs.push(dir),
+            None => registry.job_note(
                 &job,
                 "the runner's _diag directory was not found: steps have no display names".into(),
             ),
         }
     }
-    let Some(ring) = agent.probes.take_ring() else {
-        return report_failure(ready, crate::exit::INTERNAL, "ring buffer unavailable");
-    };
-    let drain = Duration::from_millis(config.ring.drain_interval_ms);
-    let pipeline = match Pipeline::start(ring, drain, Duration::from_millis(250), engine) {
-        Ok(p) => p,
-        Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
-    };
-    let mut signals = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
-    };
-    if let Err(e) = report::write_pid_file(&args.out) {
-        return report_failure(ready, crate::exit::OUTPUT_DIR, &e.to_string());
-    }
-    announce(ready, &agent, &args.out, platform, &job, launcher.as_ref());
-
-    let stopped_by = wait_for_stop(&mut signals, launcher.as_ref().map(|(pid, _)| *pid)).await;
-    tracing::info!("stopping: {stopped_by}");
-    let still_running = linger(&agent, Duration::from_millis(config.run.linger_ms)).await;
-    let engine = match pipeline.finish().await {
-        Ok(e) => e,
-        Err(e) => return super::fail(crate::exit::INTERNAL, &e),
-    };
-    crate::cli::run::log_own_usage();
-    match seal_job(&agent, engine, &job, None, still_running) {
-        Ok(sealed) => {
-            match learned(Report::from_sealed(&sealed), &plan, &args.policy).write(&args.out) {
-                Ok(()) => 0,
-                Err(e) => super::fail(crate::exit::WRITE, &e),
-            }
-        }
-        Err(e) => super::fail(crate::exit::WRITE, &e),
-    }
+    let recorder = Recorder::start(
+        agent,
+        SessionOptions {
+            config: &config,
+            plan: &plan,
+            registry,
+            target: Target::Job {
+                dir: args.out.clone(),
+                job: job.clone(),
+            },
+            command: &[b"ciwatch start".to_vec()],
+            runner_logs,
+        },
+    )?;
+    let signals = Signals::install().map_err(StartError::Signals)?;
+    report::write_pid_file(&args.out).map_err(StartError::PidFile)?;
+    Ok(Started {
+        recorder,
+        signals,
+        plan,
+        platform,
+        job,
+        launcher,
+    })
 }
 
 /// In learn mode the report carries the proposed policy (and its diff against
@@ -382,7 +404,7 @@ fn join_caller(
     env: &StepEnv,
     caller: u32,
 ) -> Result<(), crate::agent::AgentError> {
-    let argv = cmdline(caller);
+    let argv = procfs::cmdline(caller);
     let mut identity = platform::detector(platform)
         .and_then(|d| d.step(env, &argv))
         .unwrap_or_default();
@@ -400,37 +422,6 @@ fn join_caller(
             _pad: 0,
         },
     )
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Jenkins' durable-task wrapper double-forks, so the agent JVM is not an
-/// ancestor: find the one JVM running the remoting agent.
-fn find_jenkins_agent() -> Option<(u32, String)> {
-    let agents: Vec<u32> = std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| comm(*pid) == "java")
-        .filter(|pid| {
-            cmdline(*pid).iter().any(|a| {
-                a.contains("agent.jar") || a.contains("remoting") || a.contains("slave.jar")
-            })
-        })
-        .collect();
-    match agents.as_slice() {
-        [one] => Some((*one, "java".into())),
-        _ => None,
-    }
 }
 
 fn announce(
@@ -468,61 +459,4 @@ async fn wait_for_stop(signals: &mut Signals, launcher: Option<u32>) -> String {
             }
         }
     }
-}
-
-async fn linger(agent: &Agent, limit: Duration) -> u64 {
-    let start = std::time::Instant::now();
-    loop {
-        let alive = agent
-            .live_tags()
-            .iter()
-            .filter(|(_, t)| t.flags & crate::bpf::abi::TAG_LAUNCHER == 0)
-            .count() as u64;
-        if alive == 0 || start.elapsed() >= limit {
-            return alive;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// The nearest ancestor whose task name is the platform's step launcher.
-pub fn find_launcher(platform: Platform) -> Option<(u32, String)> {
-    let names: Vec<&str> = match platform::detector(platform) {
-        Some(d) if !d.launcher_comms().is_empty() => d.launcher_comms().to_vec(),
-        Some(d) if d.platform() == Platform::Jenkins => vec!["java"],
-        _ => platform::detectors()
-            .iter()
-            .flat_map(|d| d.launcher_comms().iter().copied())
-            .collect(),
-    };
-    let mut pid = std::os::unix::process::parent_id();
-    for _ in 0..64 {
-        if pid <= 1 {
-            return None;
-        }
-        let name = comm(pid);
-        if names
-            .iter()
-            .any(|n| crate::bpf::abi::CommKey::new(n) == crate::bpf::abi::CommKey::new(&name))
-        {
-            return Some((pid, name));
-        }
-        pid = parent_of(pid)?;
-    }
-    None
-}
-
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_default()
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

@@ -69,10 +69,7 @@ pub async fn execute(args: VerifyArgs) -> u8 {
         }
         Ok(Err(e)) if e.is_input_error() => super::fail(exit::DATA, &e),
         Ok(Err(e)) => {
-            eprintln!(
-                "ciwatch: verification FAILED: {}",
-                crate::bpf::loader::chain(&e)
-            );
+            eprintln!("ciwatch: verification FAILED: {}", crate::error::chain(&e));
             exit::VERIFY_FAILED
         }
         Err(e) => {

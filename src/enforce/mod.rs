@@ -157,7 +157,7 @@ fn load_step_patterns(maps: &mut AllowMaps, scopes: &Scopes) -> Result<(), Enfor
 fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> EnforceError {
     move |e| EnforceError::Map {
         map,
-        reason: crate::bpf::loader::chain(&e),
+        reason: crate::error::chain(&e),
     }
 }
 
