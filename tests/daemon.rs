@@ -26,11 +26,16 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(state: &Path) -> Daemon {
+    start_daemon_with(state, &no_health_config(state), &[])
+}
+
+fn start_daemon_with(state: &Path, config: &Path, extra: &[&str]) -> Daemon {
     let mut child = Command::new(CIWATCH)
         .args(["daemon", "--state-dir"])
         .arg(state)
         .arg("--config")
-        .arg(no_health_config(state))
+        .arg(config)
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -280,4 +285,118 @@ fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
     )
     .unwrap();
     assert!(summary.contains("no display name"), "{summary}");
+}
+
+/// One sample of the daemon's /metrics, read over plain HTTP.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ciwatch\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn metrics_count_denials_undecodable_records_and_pending_uploads() {
+    require_root();
+    let _serial = ONE_DAEMON_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let store = tmp.path().join("store");
+    let port = {
+        let free = Ports::new(&["health"]);
+        free.port("health")
+    };
+    let config = tmp.path().join("daemon.toml");
+    write(
+        &config,
+        &format!(
+            "[health]\nlisten = \"127.0.0.1:{port}\"\n[output]\nurl = \"file://{}\"\n",
+            store.display()
+        ),
+    );
+    // The node policy allows one port nothing listens on: every job connect is denied.
+    let daemon = start_daemon_with(
+        &state,
+        &config,
+        &[
+            "--mode",
+            "enforce",
+            "--no-default-allow",
+            "--allow",
+            "127.0.0.1:9",
+        ],
+    );
+    // The store goes away under the daemon: every upload from now on fails and stays pending.
+    std::fs::remove_dir_all(&store).unwrap();
+    write(&store, "not a directory");
+
+    // A step of the job writes a record no decoder can read into the daemon's ring buffer.
+    let inject = format!(
+        "python3 {} {}",
+        emulator("inject_record.py").display(),
+        daemon.0.id()
+    );
+    let (mut cmd, ports) = job_with(
+        tmp.path(),
+        "denied",
+        serde_json::json!({ "scenario": "short", "first_step": inject }),
+    );
+    common::spawn(&mut cmd).wait().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let sealed = sealed_traces(&state).into_iter().find_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("events.ndjson")).ok()?;
+            text.contains(&format!("\"port\":{}", ports.port("build")))
+                .then(|| {
+                    text.lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect::<Vec<Value>>()
+                })
+        });
+        if let Some(lines) = sealed {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the job was not sealed");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let denied = lines.iter().filter(|e| e["type"] == "denied").count();
+    assert!(denied >= 1, "the unlisted connects were denied");
+    let end = lines.last().unwrap();
+    assert_eq!(end["undecodable"], 1, "{end}");
+    assert_eq!(
+        end["complete"], false,
+        "a record nobody could read may be this job's: {end}"
+    );
+
+    // Each counter equals what the signed log holds; the upload is retried, never dropped.
+    let expected = [
+        ("ciwatch_denied_total", denied as f64),
+        ("ciwatch_undecodable_total", 1.0),
+        ("ciwatch_uploads_pending", 1.0),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read: Vec<Option<f64>> = expected.iter().map(|(n, _)| metric(port, n)).collect();
+        if expected
+            .iter()
+            .zip(&read)
+            .all(|((_, want), got)| *got == Some(*want))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics on 127.0.0.1:{port}: wanted {expected:?}, read {read:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -59,6 +59,9 @@ pub struct DaemonState {
     pub idle: Duration,
     ended_since: HashMap<String, Instant>,
     idle_since: HashMap<String, Instant>,
+    /// The host-wide undecodable count when each open job began: a record that
+    /// cannot be read may be any job's, so it counts against every job open then.
+    undecodable_at_open: HashMap<String, u64>,
     /// Sealed jobs' directories, in order.
     pub sealed: Vec<PathBuf>,
     pub seal_errors: Vec<String>,
@@ -84,6 +87,7 @@ impl DaemonState {
             idle,
             ended_since: HashMap::new(),
             idle_since: HashMap::new(),
+            undecodable_at_open: HashMap::new(),
             sealed: Vec::new(),
             seal_errors: Vec::new(),
             metrics,
@@ -212,8 +216,10 @@ impl Engine {
                         Ok(out) => {
                             tracing::info!("job {job} started; writing {}", dir.display());
                             open.insert(job.to_string(), out);
-                            if let Some(d) = &self.daemon {
+                            if let Some(d) = &mut self.daemon {
                                 d.metrics.job_started();
+                                d.undecodable_at_open
+                                    .insert(job.to_string(), self.undecodable);
                             }
                         }
                         Err(e) => {
@@ -230,6 +236,17 @@ impl Engine {
                     out.write(event);
                 }
             }
+        }
+    }
+
+    /// The daemon's live counters on /metrics.
+    fn count(&self, event: &Event) {
+        let Some(d) = &self.daemon else { return };
+        if let Some(kind) = Kind::from_type(event.body.kind()) {
+            d.metrics.count_event(kind);
+        }
+        if matches!(event.body, crate::event::Body::Denied(_)) {
+            d.metrics.count_denied();
         }
     }
 
@@ -335,10 +352,12 @@ impl Engine {
             daemon.idle_since.remove(&job);
             self.attributor.registry.finalize(&job, None);
             let mut totals = self.attributor.totals_base();
-            totals.undecodable = self.undecodable;
+            let at_open = daemon.undecodable_at_open.remove(&job).unwrap_or(0);
+            totals.undecodable = self.undecodable - at_open;
             crate::agent::read_lost(&daemon.lost, &mut totals);
             let complete = status == "ok"
                 && totals.lost_total == 0
+                && totals.undecodable == 0
                 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
             let end = super::trace::trace_end(totals, None, live, complete, status);
             let input = super::seal::SealInput {
@@ -388,20 +407,15 @@ impl Consumer for Engine {
             match decode(&bytes) {
                 Ok(record) => {
                     if let Some((placement, event)) = self.attributor.event(record) {
-                        if let Some(kind) = self
-                            .daemon
-                            .as_ref()
-                            .and_then(|_| Kind::from_type(event.body.kind()))
-                        {
-                            if let Some(d) = &self.daemon {
-                                d.metrics.count_event(kind);
-                            }
-                        }
+                        self.count(&event);
                         self.route(&placement.job, &event);
                     }
                 }
                 Err(e) => {
                     self.undecodable += 1;
+                    if let Some(d) = &self.daemon {
+                        d.metrics.count_undecodable();
+                    }
                     tracing::debug!("undecodable record: {e}");
                 }
             }

@@ -34,6 +34,9 @@ pub struct DaemonArgs {
     /// --signing-key, else ciwatch.key next to the state directory, created on first use).
     #[command(flatten)]
     pub signing: super::signing::SigningArgs,
+    /// The node's egress policy: in enforce mode every job on the host is judged by it.
+    #[command(flatten)]
+    pub policy: crate::enforce::plan::ModeArgs,
 }
 
 pub async fn execute(args: DaemonArgs) -> u8 {
@@ -50,10 +53,11 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         return crate::exit::OUTPUT_DIR;
     }
     let config_name = args.agent.config_name();
-    if config.mode == crate::config::Mode::Enforce {
-        eprintln!("ciwatch: error: {config_name}: mode = \"enforce\" needs a per-job policy, which the daemon does not have; enforce with `ciwatch start --mode enforce` inside the job, or use observe/learn here");
-        return crate::exit::CONFIG;
-    }
+    // Before the signing key: a bad policy is the more useful message.
+    let plan = match crate::enforce::plan::plan(&args.policy, config.mode) {
+        Ok(plan) => plan,
+        Err(e) => return super::fail(crate::exit::CONFIG, &e),
+    };
     let sign = signing_options(&args, &state_dir);
     match crate::attest::prepare_key(&sign) {
         Ok(Some(key)) => tracing::info!(
@@ -64,16 +68,12 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         Ok(None) => {}
         Err(e) => return super::fail(crate::exit::CONFIG, &e),
     }
-    let observe = match crate::enforce::plan::plan(&Default::default(), config.mode) {
-        Ok(plan) => plan,
-        Err(e) => return super::fail(crate::exit::CONFIG, &e),
-    };
     let mut agent = match Agent::load(&AgentOptions {
         config: &config,
         config_name: &config_name,
         btf: args.agent.btf.as_deref(),
         require_all: !args.agent.allow_partial,
-        plan: &observe,
+        plan: &plan,
     }) {
         Ok(a) => a,
         Err(e) => return super::fail(e.exit_code(), &e),
@@ -122,7 +122,7 @@ pub async fn execute(args: DaemonArgs) -> u8 {
         agent,
         SessionOptions {
             config: &config,
-            plan: &observe,
+            plan: &plan,
             registry,
             target: Target::Host {
                 root: state_dir.clone(),

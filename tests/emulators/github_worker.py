@@ -125,6 +125,8 @@ if cfg.get("scenario") == "scoped":
     sys.exit(0)
 if cfg.get("scenario") == "short":
     # One job among several on a host watched by `ciwatch daemon`.
+    if cfg.get("first_step"):
+        done(run_step("First", cfg["first_step"]))
     done(run_step("Build", tcp(ports["build"])))
     done(run_step("Test", "\n".join(f"{tcp(ports['test'])}; sleep 0.05" for _ in range(3))))
     json.dump(results, open(cfg["results"], "w"))
