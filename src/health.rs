@@ -38,7 +38,7 @@ pub enum HealthError {
     },
 }
 
-/// Event kinds, in the order of docs/events.md.
+/// Event kinds, in the order of docs/events.md; the names are `Body::kind()`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Exec,
@@ -47,16 +47,20 @@ pub enum Kind {
     Connect,
     File,
     Dns,
+    Denied,
+    DnsRefused,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
         Kind::Connect,
         Kind::File,
         Kind::Dns,
+        Kind::Denied,
+        Kind::DnsRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,8 @@ impl Kind {
             Kind::Connect => "connect",
             Kind::File => "file",
             Kind::Dns => "dns",
+            Kind::Denied => "denied",
+            Kind::DnsRefused => "dns_refused",
         }
     }
 
@@ -887,7 +893,13 @@ mod tests {
             metrics.count_event(Kind::Exec);
         }
         metrics.count_event(Kind::from_type("dns").unwrap());
+        metrics.count_event(Kind::from_type("denied").unwrap());
+        metrics.count_event(Kind::from_type("dns_refused").unwrap());
+        metrics.count_event(Kind::DnsRefused);
         metrics.set_lost(Kind::Connect, 7);
+        metrics.set_lost(Kind::Denied, 2);
+        metrics.set_lost(Kind::DnsRefused, 5);
+        metrics.set_lost(Kind::DnsRefused, 6);
         metrics.count_denied();
         metrics.count_undecodable();
         metrics.set_pending_uploads(4);
@@ -931,8 +943,12 @@ mod tests {
             ("ciwatch_events_total{kind=\"exec\"}", 3.0),
             ("ciwatch_events_total{kind=\"fork\"}", 0.0),
             ("ciwatch_events_total{kind=\"dns\"}", 1.0),
+            ("ciwatch_events_total{kind=\"denied\"}", 1.0),
+            ("ciwatch_events_total{kind=\"dns_refused\"}", 2.0),
             ("ciwatch_lost_total{kind=\"connect\"}", 7.0),
-            ("ciwatch_lost_all_total", 7.0),
+            ("ciwatch_lost_total{kind=\"denied\"}", 2.0),
+            ("ciwatch_lost_total{kind=\"dns_refused\"}", 6.0),
+            ("ciwatch_lost_all_total", 15.0),
             ("ciwatch_undecodable_total", 1.0),
             ("ciwatch_denied_total", 1.0),
             ("ciwatch_jobs_active", 1.0),
@@ -1028,5 +1044,27 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn kinds_are_the_event_types() {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "exec",
+                "fork",
+                "exit",
+                "connect",
+                "file",
+                "dns",
+                "denied",
+                "dns_refused"
+            ]
+        );
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_type(k.name()), Some(k));
+        }
+        assert_eq!(Kind::from_type("env"), None);
     }
 }
