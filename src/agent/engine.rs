@@ -13,7 +13,8 @@ use crate::attribute::github_log::{LogFact, WorkerLog};
 use crate::attribute::Attributor;
 use crate::decode::decode;
 use crate::event::{Event, HookStatus, JobRef, TraceStart};
-use crate::health::{Kind, Metrics};
+use crate::health::Metrics;
+use crate::kind::Kind;
 use crate::pipeline::Consumer;
 use crate::sink::SinkError;
 
@@ -242,9 +243,7 @@ impl Engine {
     /// The daemon's live counters on /metrics.
     fn count(&self, event: &Event) {
         let Some(d) = &self.daemon else { return };
-        if let Some(kind) = Kind::from_type(event.body.kind()) {
-            d.metrics.count_event(kind);
-        }
+        d.metrics.count_event(event.body.event_kind());
         if matches!(event.body, crate::event::Body::Denied(_)) {
             d.metrics.count_denied();
         }
