@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::event::JobRef;
 use crate::health::{HealthServer, Metrics};
 use crate::pipeline::Pipeline;
-use crate::sink::object_store::TraceStore;
+use crate::store::TraceStore;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -269,7 +269,7 @@ const POST_SEAL_GRACE: Duration = Duration::from_secs(60);
 /// Sealed traces a previous run left unsigned (or, with a store, not uploaded).
 fn unfinished(root: &std::path::Path, uploading: bool) -> Vec<PathBuf> {
     let mut dirs = if uploading {
-        crate::sink::object_store::pending_uploads(root).unwrap_or_default()
+        crate::store::pending_uploads(root).unwrap_or_default()
     } else {
         Vec::new()
     };
