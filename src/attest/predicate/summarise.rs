@@ -408,58 +408,10 @@ impl Summariser {
             found: "nothing (empty log)".into(),
         })?;
         let end = self.end.take().ok_or(SummaryError::NoTraceEnd)?;
-        let job_raw = start.job.as_ref().map(|j| j.get().as_bytes().to_vec());
-        let own_job_events: u64 = match &job_raw {
-            Some(expected) => self
-                .jobs
-                .iter()
-                .filter(|(raw, _)| *raw == expected || same_json(raw, expected))
-                .map(|(_, n)| n)
-                .sum(),
-            None => 0,
-        };
-        let with_job: u64 = self.jobs.values().sum::<u64>() + self.jobs_overflow;
-        let foreign_job_events = if job_raw.is_some() {
-            with_job - own_job_events
-        } else {
-            0
-        };
-
-        // Steps in order of first appearance; entries refer to them by index.
-        let mut order: Vec<usize> = (0..self.steps.len()).collect();
-        order.sort_by_key(|&i| (self.steps[i].first_seq, i));
-        let names = |set: &BTreeSet<u16>| -> Vec<String> {
-            let mut v: Vec<&StepAgg> = set.iter().map(|&i| &self.steps[usize::from(i)]).collect();
-            v.sort_by_key(|s| s.first_seq);
-            v.into_iter().map(|s| s.id.clone()).collect()
-        };
-        let job: Value = start
-            .job
-            .as_ref()
-            .and_then(|j| serde_json::from_str(j.get()).ok())
-            .unwrap_or(Value::Null);
-        let platform = job
-            .get("platform")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let policy = start.policy.as_ref();
-
-        let truncated = Truncated {
-            egress: self.egress.overflow(),
-            dns: self.dns.overflow(),
-            execs: self.execs.overflow(),
-            files: self.files.overflow(),
-            steps: self.steps_truncated,
-        };
-        let mut egress = std::mem::take(&mut self.egress).into_rows();
-        egress.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut dns = std::mem::take(&mut self.dns).into_rows();
-        dns.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut execs = std::mem::take(&mut self.execs).into_rows();
-        execs.sort_by(|a, b| (&a.1.payload.binary, a.0).cmp(&(&b.1.payload.binary, b.0)));
-        let mut files = std::mem::take(&mut self.files).into_rows();
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-
+        // Before the fields of `start` move into the predicate.
+        let ci = self.ci(&start);
+        let policy = policy_in_force(&start);
+        let truncated = self.truncated();
         let predicate = Predicate {
             predicate_version: PREDICATE_VERSION,
             agent: start.agent,
@@ -480,31 +432,8 @@ impl Summariser {
                 kernel: start.kernel,
                 capture_args: start.capture_args,
             },
-            ci: Ci {
-                platform,
-                job,
-                steps: order
-                    .iter()
-                    .map(|&i| {
-                        let mut object = self.steps[i].object.clone();
-                        object.insert("eventCount".into(), Value::from(self.steps[i].events));
-                        Value::Object(object)
-                    })
-                    .collect(),
-                foreign_job_events,
-            },
-            policy: Policy {
-                mode: policy.and_then(|p| p.mode.clone()).or(start.mode),
-                version: policy
-                    .and_then(|p| p.version.as_ref())
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)),
-                digest: policy
-                    .and_then(|p| p.sha256.clone())
-                    .map(|sha256| Sha256Digest { sha256 }),
-                source: policy.and_then(|p| p.source.clone()),
-                requested_mode: start.requested_mode.clone(),
-                mode_fallback: start.mode_fallback.clone(),
-            },
+            ci,
+            policy,
             hooks: start.hooks,
             counts: Counts {
                 events: std::mem::take(&mut self.events),
@@ -514,45 +443,10 @@ impl Summariser {
                 file_filtered: end.file_filtered,
                 unwritten: end.unwritten,
             },
-            egress: egress
-                .into_iter()
-                .map(|(k, a)| Egress {
-                    ip: k.ip.to_string(),
-                    port: k.port,
-                    protocol: k.protocol.as_str().to_string(),
-                    hosts: a.payload.hosts.into_iter().collect(),
-                    steps: names(&a.steps),
-                    count: a.count,
-                })
-                .collect(),
-            dns: dns
-                .into_iter()
-                .map(|(host, a)| DnsName {
-                    host: Text(host),
-                    count: a.count,
-                    failed: a.payload.failed,
-                    steps: names(&a.steps),
-                })
-                .collect(),
-            execs: execs
-                .into_iter()
-                .map(|(digest, a)| ExecSummary {
-                    sha256: hex::encode(digest),
-                    binary: Text(a.payload.binary),
-                    count: a.count,
-                    steps: names(&a.steps),
-                })
-                .collect(),
-            files: files
-                .into_iter()
-                .map(|(path, a)| FileAccess {
-                    path: Text(path),
-                    access: a.payload.access.into_iter().collect(),
-                    rule: a.payload.rule,
-                    count: a.count,
-                    steps: names(&a.steps),
-                })
-                .collect(),
+            egress: self.egress_list(),
+            dns: self.dns_list(),
+            execs: self.exec_list(),
+            files: self.file_list(),
             command: Some(CommandEnd {
                 exit_code: end.exit_code,
                 exit_signal: end.exit_signal,
@@ -568,6 +462,144 @@ impl Summariser {
             },
         };
         Ok(Summary { predicate })
+    }
+
+    /// The job of trace_start, the steps seen and the events of other jobs.
+    fn ci(&self, start: &TraceStart) -> Ci {
+        let job: Value = start
+            .job
+            .as_ref()
+            .and_then(|j| serde_json::from_str(j.get()).ok())
+            .unwrap_or(Value::Null);
+        let platform = job
+            .get("platform")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ci {
+            platform,
+            job,
+            steps: self.step_objects(),
+            foreign_job_events: self.foreign_job_events(start),
+        }
+    }
+
+    /// Events whose `job` is not trace_start's (none when trace_start has no job).
+    fn foreign_job_events(&self, start: &TraceStart) -> u64 {
+        let Some(expected) = start.job.as_ref().map(|j| j.get().as_bytes()) else {
+            return 0;
+        };
+        let own: u64 = self
+            .jobs
+            .iter()
+            .filter(|(raw, _)| raw.as_slice() == expected || same_json(raw, expected))
+            .map(|(_, n)| n)
+            .sum();
+        let with_job: u64 = self.jobs.values().sum::<u64>() + self.jobs_overflow;
+        with_job - own
+    }
+
+    /// Each step's object with its `eventCount`, in order of first appearance.
+    fn step_objects(&self) -> Vec<Value> {
+        let mut order: Vec<usize> = (0..self.steps.len()).collect();
+        order.sort_by_key(|&i| (self.steps[i].first_seq, i));
+        order
+            .iter()
+            .map(|&i| {
+                let mut object = self.steps[i].object.clone();
+                object.insert("eventCount".into(), Value::from(self.steps[i].events));
+                Value::Object(object)
+            })
+            .collect()
+    }
+
+    /// The ids of a row's steps, in order of first appearance.
+    fn step_names(&self, set: &BTreeSet<u16>) -> Vec<String> {
+        let mut v: Vec<&StepAgg> = set.iter().map(|&i| &self.steps[usize::from(i)]).collect();
+        v.sort_by_key(|s| s.first_seq);
+        v.into_iter().map(|s| s.id.clone()).collect()
+    }
+
+    fn truncated(&self) -> Truncated {
+        Truncated {
+            egress: self.egress.overflow(),
+            dns: self.dns.overflow(),
+            execs: self.execs.overflow(),
+            files: self.files.overflow(),
+            steps: self.steps_truncated,
+        }
+    }
+
+    fn egress_list(&mut self) -> Vec<Egress> {
+        let mut rows = std::mem::take(&mut self.egress).into_rows();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter()
+            .map(|(k, a)| Egress {
+                ip: k.ip.to_string(),
+                port: k.port,
+                protocol: k.protocol.as_str().to_string(),
+                hosts: a.payload.hosts.into_iter().collect(),
+                steps: self.step_names(&a.steps),
+                count: a.count,
+            })
+            .collect()
+    }
+
+    fn dns_list(&mut self) -> Vec<DnsName> {
+        let mut rows = std::mem::take(&mut self.dns).into_rows();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter()
+            .map(|(host, a)| DnsName {
+                host: Text(host),
+                count: a.count,
+                failed: a.payload.failed,
+                steps: self.step_names(&a.steps),
+            })
+            .collect()
+    }
+
+    /// By binary, then digest: one binary's first arguments side by side.
+    fn exec_list(&mut self) -> Vec<ExecSummary> {
+        let mut rows = std::mem::take(&mut self.execs).into_rows();
+        rows.sort_by(|a, b| (&a.1.payload.binary, a.0).cmp(&(&b.1.payload.binary, b.0)));
+        rows.into_iter()
+            .map(|(digest, a)| ExecSummary {
+                sha256: hex::encode(digest),
+                binary: Text(a.payload.binary),
+                count: a.count,
+                steps: self.step_names(&a.steps),
+            })
+            .collect()
+    }
+
+    fn file_list(&mut self) -> Vec<FileAccess> {
+        let mut rows = std::mem::take(&mut self.files).into_rows();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter()
+            .map(|(path, a)| FileAccess {
+                path: Text(path),
+                access: a.payload.access.into_iter().collect(),
+                rule: a.payload.rule,
+                count: a.count,
+                steps: self.step_names(&a.steps),
+            })
+            .collect()
+    }
+}
+
+/// The policy in force and the mode that ran, from trace_start.
+fn policy_in_force(start: &TraceStart) -> Policy {
+    let policy = start.policy.as_ref();
+    Policy {
+        mode: policy.and_then(|p| p.mode.clone()).or(start.mode.clone()),
+        version: policy
+            .and_then(|p| p.version.as_ref())
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)),
+        digest: policy
+            .and_then(|p| p.sha256.clone())
+            .map(|sha256| Sha256Digest { sha256 }),
+        source: policy.and_then(|p| p.source.clone()),
+        requested_mode: start.requested_mode.clone(),
+        mode_fallback: start.mode_fallback.clone(),
     }
 }
 
