@@ -1,7 +1,7 @@
 //! The ciwatch runtime-trace predicate (`https://dpndncy.io/agent/runtime-trace/v1`,
 //! docs/predicate.md, docs/predicate.schema.json): its schema here, the
-//! records it is read from in [`read`], and the summariser that builds it from
-//! the event log one line at a time in [`summarise`], over the [`tally`] rows.
+//! records it is read from in `read`, and the summariser that builds it from
+//! the event log one line at a time in `summarise`, over the `tally` rows.
 //!
 //! Memory grows with what is distinct (destinations, host names, executables,
 //! files, steps), never with the number of events, and each of those lists is
