@@ -38,7 +38,7 @@ pub struct Config {
     pub ring: Ring,
     pub run: Run,
     /// Where sealed traces go (daemon): a local directory and optionally an object store.
-    pub output: crate::sink::object_store::OutputConfig,
+    pub output: crate::store::OutputConfig,
     /// The daemon's /healthz, /readyz and /metrics endpoint.
     pub health: crate::health::HealthConfig,
     /// Pod metadata for container attribution on Kubernetes nodes.

@@ -643,8 +643,7 @@ mod tests {
         let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let health: HealthConfig = table["health"].clone().try_into().unwrap();
         assert_eq!(health.listen, Some("127.0.0.1:9090".parse().unwrap()));
-        let output: crate::sink::object_store::OutputConfig =
-            table["output"].clone().try_into().unwrap();
+        let output: crate::store::OutputConfig = table["output"].clone().try_into().unwrap();
         assert_eq!(
             output.dir.as_deref(),
             Some(std::path::Path::new("/var/lib/ciwatch/traces"))

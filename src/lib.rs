@@ -3,7 +3,8 @@
 //! The modules follow the pipeline: `bpf` (kernel programs: load, attach,
 //! ABI) → `decode` → `attribute` → `sink` (NDJSON, summary), driven by
 //! `pipeline` and one `cli` module per subcommand; `attest` signs and
-//! verifies the sealed log.
+//! verifies the sealed log; `store` keeps sealed traces (a local directory
+//! or an object store) for the daemon to upload and `learn` to read.
 
 pub mod agent;
 pub mod attest;
@@ -24,5 +25,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod redact;
 pub mod sink;
+pub mod store;
 pub mod text;
 pub mod tls;

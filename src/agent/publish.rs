@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::attest::{SignMode, SignOptions, ENVELOPE_FILE};
 use crate::health::Metrics;
-use crate::sink::object_store::TraceStore;
+use crate::store::TraceStore;
 
 /// How long a stopping daemon waits for the last traces to be signed and uploaded.
 pub const GRACE: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ impl Publisher {
     /// Sealed traces on disk that are not in the store yet: queued, or failed and kept.
     fn count_pending(&self, root: &Path) {
         if self.store.is_some() {
-            let pending = crate::sink::object_store::pending_uploads(root).unwrap_or_default();
+            let pending = crate::store::pending_uploads(root).unwrap_or_default();
             self.metrics.set_pending_uploads(pending.len() as u64);
         }
     }
@@ -73,7 +73,7 @@ impl Publisher {
 /// Sealed traces a previous run left unsigned (or, with a store, not uploaded).
 fn unfinished(root: &Path, uploading: bool) -> Vec<PathBuf> {
     let mut dirs = if uploading {
-        crate::sink::object_store::pending_uploads(root).unwrap_or_default()
+        crate::store::pending_uploads(root).unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -17,7 +17,7 @@ use crate::attribute::platform::Platform;
 use crate::cli::signals::Signals;
 use crate::config::Config;
 use crate::health::{HealthServer, Metrics};
-use crate::sink::object_store::TraceStore;
+use crate::store::TraceStore;
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {

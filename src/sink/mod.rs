@@ -1,7 +1,6 @@
 //! Where events go: the NDJSON log and the job summary.
 
 pub mod ndjson;
-pub mod object_store;
 pub mod summary;
 
 #[derive(Debug, thiserror::Error)]
