@@ -15,6 +15,7 @@ use super::{
     PREDICATE_VERSION,
 };
 use crate::attest::record::{Record, TextRef};
+use crate::kind::Kind;
 use crate::text::Text;
 
 /// Host names kept per destination: a destination's names are few, but do not trust that.
@@ -237,12 +238,13 @@ impl Summariser {
         let step = r
             .step
             .and_then(|raw| self.step(raw, r.seq.unwrap_or(u64::MAX)));
-        match r.kind.as_ref() {
-            "exec" => self.exec(r, step),
-            "connect" => self.connect(r, step),
-            "dns" => self.dns(r, step),
-            "file" => self.file(r, step),
-            _ => {}
+        match Kind::from_name(r.kind.as_ref()) {
+            Some(Kind::Exec) => self.exec(r, step),
+            Some(Kind::Connect) => self.connect(r, step),
+            Some(Kind::Dns) => self.dns(r, step),
+            Some(Kind::File) => self.file(r, step),
+            // Counted per kind above; no aggregate of their own in the predicate.
+            Some(Kind::Fork | Kind::Exit | Kind::Env | Kind::Denied | Kind::DnsRefused) | None => {}
         }
     }
 
