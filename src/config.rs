@@ -11,7 +11,7 @@ use crate::redact::CaptureArgs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -20,7 +20,7 @@ pub enum ConfigError {
     NotUtf8 { path: String, offset: usize },
     #[error("config file {path} is malformed: {message}")]
     Parse { path: String, message: String },
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Rule { path: String, source: RuleError },
     #[error("config file {path}: {message}")]
     Invalid { path: String, message: String },
@@ -197,21 +197,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = Config::parse("[ring]\nsize_bytes = 1000\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[ring]\nsize_bytes = 1000\n", "t.toml").unwrap_err();
+        let e = crate::error::chain(&e);
         assert!(e.contains("ring.size_bytes = 1000"), "{e}");
-        let e = Config::parse("[files]\nsensitve = []\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[files]\nsensitve = []\n", "t.toml").unwrap_err();
+        let e = crate::error::chain(&e);
         assert!(e.contains("sensitve") && e.contains("line 2"), "{e}");
-        let e = Config::parse("capture_args = \"all\"\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("capture_args = \"all\"\n", "t.toml").unwrap_err();
+        let e = crate::error::chain(&e);
         assert!(e.contains("capture_args") || e.contains("all"), "{e}");
-        let e = Config::parse("[files]\nextra_sensitive = [\"x\"]\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse("[files]\nextra_sensitive = [\"x\"]\n", "t.toml").unwrap_err();
+        let e = crate::error::chain(&e);
         assert!(e.contains("must be absolute"), "{e}");
     }
 }

@@ -11,7 +11,8 @@ pub fn chain(e: &dyn Error) -> String {
     let mut source = e.source();
     while let Some(s) = source {
         let text = s.to_string();
-        if !out.contains(&text) {
+        // Some libraries' errors (aya's, object_store's) end their message with their cause.
+        if !out.ends_with(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }

@@ -33,7 +33,7 @@ use crate::kind::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot listen on {addr} for /healthz, /readyz and /metrics: {source}")]
+    #[error("cannot listen on {addr} for /healthz, /readyz and /metrics")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -224,7 +224,7 @@ impl Engine {
                             }
                         }
                         Err(e) => {
-                            tracing::error!("{e}");
+                            tracing::error!("{}", crate::error::chain(&e));
                             if let Some(d) = &self.daemon {
                                 d.metrics.set_output_ok(false);
                             }
@@ -293,9 +293,9 @@ impl Engine {
                 }
                 Err(e) => {
                     if runner.failure.is_none() {
-                        tracing::warn!("step names unavailable: {e}");
+                        tracing::warn!("step names unavailable: {}", crate::error::chain(&e));
                     }
-                    runner.failure = Some(e.to_string());
+                    runner.failure = Some(crate::error::chain(&e));
                 }
             }
         }
@@ -379,6 +379,7 @@ impl Engine {
                 }
                 Err(e) => {
                     // The live log stays on disk; /metrics shows the output is failing.
+                    let e = crate::error::chain(&e);
                     tracing::error!("sealing job {job} failed: {e}");
                     daemon.metrics.set_output_ok(false);
                     daemon.seal_errors.push(format!("{job}: {e}"));

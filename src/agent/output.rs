@@ -43,7 +43,10 @@ impl JobOutput {
             return;
         }
         if let Err(e) = self.log.write(event) {
-            tracing::error!("{e}; further events of this job are counted but not written");
+            tracing::error!(
+                "{}; further events of this job are counted but not written",
+                crate::error::chain(&e)
+            );
             self.write_error = Some(e);
             self.unwritten += 1;
         }

@@ -99,15 +99,20 @@ async fn sign_sealed(dir: &Path, sign: &SignOptions) {
     let signed = crate::attest::sign_trace(dir, sign).await;
     match &signed {
         Ok(_) => tracing::info!("signed {}", dir.display()),
-        Err(e) => tracing::error!("signing {} failed: {e}", dir.display()),
+        Err(e) => tracing::error!(
+            "signing {} failed: {}",
+            dir.display(),
+            crate::error::chain(e)
+        ),
     }
     let summary = dir.join("summary.md");
     let text = std::fs::read_to_string(&summary).unwrap_or_default()
         + &crate::attest::summary_markdown(&signed, dir);
     if let Err(e) = crate::sink::write_atomically(&summary, text.as_bytes()) {
         tracing::error!(
-            "cannot add the signing result to {}: {e}",
-            summary.display()
+            "cannot add the signing result to {}: {}",
+            summary.display(),
+            crate::error::chain(&e)
         );
     }
 }

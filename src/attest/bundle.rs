@@ -16,7 +16,7 @@ pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("cannot read bundle {path}: {source}")]
+    #[error("cannot read bundle {path}")]
     Read {
         path: String,
         source: std::io::Error,

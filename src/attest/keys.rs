@@ -22,7 +22,7 @@ const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read key {path}: {source}")]
+    #[error("cannot read key {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -51,7 +51,7 @@ pub enum KeyError {
     },
     #[error("{path} already exists; use --force to overwrite it")]
     Exists { path: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         source: std::io::Error,

@@ -168,11 +168,11 @@ pub enum AttestError {
     Statement(#[from] StatementError),
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("keyless signing was required (--sign keyless) and failed: {0}")]
+    #[error("keyless signing was required (--sign keyless) and failed")]
     KeylessRequired(#[source] SignError),
     #[error(transparent)]
     Sign(#[from] SignError),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         source: std::io::Error,

@@ -26,12 +26,12 @@ const MAX_WORKERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("cannot read event log {path}: {source}")]
+    #[error("cannot read event log {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("event log {path}: {source}")]
+    #[error("event log {path}")]
     Summary { path: String, source: SummaryError },
 }
 

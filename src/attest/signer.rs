@@ -55,7 +55,7 @@ pub enum SignError {
     Oidc(#[from] OidcError),
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
-    #[error("keyless signing failed after {tries} tries: {source}")]
+    #[error("keyless signing failed after {tries} tries")]
     Sigstore {
         tries: u32,
         source: sigstore_sign::Error,
@@ -308,7 +308,8 @@ mod tests {
             "0".repeat(64)
         );
         let err = signer.sign(statement.as_bytes()).await.unwrap_err();
-        assert!(err.to_string().contains("500"), "{err}");
+        let err = crate::error::chain(&err);
+        assert!(err.contains("500"), "{err}");
         let captured = request.await.unwrap();
         assert!(
             captured.head.starts_with("POST /api/v2/signingCert "),

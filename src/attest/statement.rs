@@ -21,12 +21,12 @@ pub enum StatementError {
     NoMatch(String),
     #[error("--subject {0}: not a regular file")]
     NotAFile(String),
-    #[error("cannot read subject {path}: {source}")]
+    #[error("cannot read subject {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot serialise the statement: {0}")]
+    #[error("cannot serialise the statement")]
     Serialize(#[from] serde_json::Error),
 }
 

@@ -75,12 +75,12 @@ pub enum VerifyError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error("cannot read envelope file {path}: {source}")]
+    #[error("cannot read envelope file {path}")]
     EnvelopeRead {
         path: String,
         source: std::io::Error,
     },
-    #[error("envelope file {path}, line {line}: {source}")]
+    #[error("envelope file {path}, line {line}")]
     Envelope {
         path: String,
         line: usize,

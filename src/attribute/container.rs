@@ -21,7 +21,7 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -47,7 +47,7 @@ pub struct StepTelemetry {
 pub enum LogError {
     #[error("no Worker_*.log in {0}")]
     NoLog(PathBuf),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -17,12 +17,13 @@ pub enum PreflightError {
          or pass --btf FILE with BTF for this exact kernel (for example from BTFHub)"
     )]
     NoBtf(PathBuf),
-    #[error("{what} is not mounted at {path} and mounting it failed ({source}); mount it with: mount -t {fstype} {fstype} {path}")]
+    #[error("{what} is not mounted at {path} and mounting it failed ({cause}); mount it with: mount -t {fstype} {fstype} {path}")]
     Mount {
         what: &'static str,
         fstype: &'static str,
         path: &'static str,
-        source: std::io::Error,
+        /// Shown inside the message, before the fix: not a `source()`.
+        cause: std::io::Error,
     },
 }
 
@@ -122,7 +123,7 @@ fn ensure_mounted(
             what,
             fstype,
             path,
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     tracing::info!("mounted {what} at {path}");

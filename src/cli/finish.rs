@@ -110,7 +110,7 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
                 "ciwatch: error: signing failed: {}",
                 crate::error::chain(&e)
             );
-            report.signing = Some(json!({ "method": "none", "error": e.to_string() }));
+            report.signing = Some(json!({ "method": "none", "error": crate::error::chain(&e) }));
             false
         }
     }

@@ -72,7 +72,7 @@ enum LearnError {
     Repo(String),
     #[error("no sealed trace found{0}")]
     NoTraces(String),
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         source: std::io::Error,

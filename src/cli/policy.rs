@@ -62,10 +62,10 @@ pub async fn execute(args: PolicyArgs) -> u8 {
 fn check(args: &CheckArgs) -> u8 {
     let parsed = match policy::load(&args.file) {
         Ok(p) => p,
-        Err(e) => return report_error(args.json, &e.to_string(), e.line()),
+        Err(e) => return report_error(args.json, &crate::error::chain(&e), e.line()),
     };
     if let Err(e) = parsed.policy.validate() {
-        return report_error(args.json, &e.to_string(), None);
+        return report_error(args.json, &crate::error::chain(&e), None);
     }
     let p = &parsed.policy;
     let warnings: Vec<String> = parsed
@@ -138,13 +138,15 @@ pub fn summary(p: &Policy) -> String {
 
 fn run_diff(args: &DiffArgs) -> u8 {
     let policy = match &args.policy {
-        Some(path) => policy::load(path).map_err(|e| e.to_string()).and_then(|p| {
-            let mut policy = p.policy;
-            policy
-                .add_endpoints(&args.allow)
-                .map(|()| policy)
-                .map_err(|e| e.to_string())
-        }),
+        Some(path) => policy::load(path)
+            .map_err(|e| crate::error::chain(&e))
+            .and_then(|p| {
+                let mut policy = p.policy;
+                policy
+                    .add_endpoints(&args.allow)
+                    .map(|()| policy)
+                    .map_err(|e| e.to_string())
+            }),
         None if !args.allow.is_empty() => {
             Policy::from_endpoints(Mode::Enforce, &args.allow).map_err(|e| e.to_string())
         }

@@ -34,7 +34,7 @@ pub struct ModeArgs {
 pub enum PlanError {
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Usage(#[from] policy::UsageError),
     #[error(
         "enforce mode with an empty allowlist would block everything but loopback and the resolver; \
@@ -101,11 +101,12 @@ pub fn plan(args: &ModeArgs, config_mode: Mode) -> Result<Plan, PlanError> {
             policy: policy.as_ref().map(policy_ref),
         }),
         Err(e) if requested == Mode::Enforce && on_error == OnPolicyError::Observe => {
-            tracing::warn!("policy unusable, recording only (on-policy-error: observe): {e}");
+            let reason = crate::error::chain(&e);
+            tracing::warn!("policy unusable, recording only (on-policy-error: observe): {reason}");
             Ok(Plan {
                 mode: Mode::Observe,
                 requested,
-                fallback: Some(e.to_string()),
+                fallback: Some(reason),
                 compiled: None,
                 policy: None,
             })

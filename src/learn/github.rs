@@ -35,9 +35,9 @@ pub enum GithubError {
     ApiUrl { url: String, message: String },
     #[error("the GitHub token has characters an HTTP header cannot carry (spaces, control or non-ASCII)")]
     Token,
-    #[error("cannot build the GitHub client: {0}")]
+    #[error("cannot build the GitHub client")]
     Client(#[source] octocrab::Error),
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}")]
     Request {
         url: String,
         source: octocrab::Error,
@@ -58,7 +58,7 @@ pub enum GithubError {
     },
     #[error("GET {url}: still rate limited after {MAX_RETRIES} waits")]
     RetriesExhausted { url: String },
-    #[error("GET {url}: unexpected response: {source}")]
+    #[error("GET {url}: unexpected response")]
     Json {
         url: String,
         source: serde_json::Error,

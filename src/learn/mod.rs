@@ -45,11 +45,13 @@ fn propose_for_job(
     events: &std::path::Path,
     policy_file: Option<&std::path::Path>,
 ) -> Result<(String, Option<String>), String> {
-    let trace = crate::policy::trace::read_path(events).map_err(|e| e.to_string())?;
+    let trace = crate::policy::trace::read_path(events).map_err(|e| crate::error::chain(&e))?;
     let proposal = propose(std::slice::from_ref(&trace), &LearnOptions::default());
     let diff = match policy_file {
         Some(path) => {
-            let old = crate::policy::load(path).map_err(|e| e.to_string())?.policy;
+            let old = crate::policy::load(path)
+                .map_err(|e| crate::error::chain(&e))?
+                .policy;
             Some(proposal.diff_against(&old, &old.compiled()).render())
         }
         None => None,

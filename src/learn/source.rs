@@ -14,12 +14,12 @@ const MAX_DEPTH: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("{origin}: not a readable zip archive: {source}")]
+    #[error("{origin}: not a readable zip archive")]
     Zip {
         origin: String,
         source: zip::result::ZipError,
@@ -51,7 +51,7 @@ impl Collected {
     }
 
     fn skip(&mut self, e: &TraceError) {
-        self.skipped.push(e.to_string());
+        self.skipped.push(crate::error::chain(&e));
     }
 }
 

@@ -28,9 +28,9 @@ pub struct Pipeline<C> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("ring-buffer reader failed: {0}")]
+    #[error("ring-buffer reader failed")]
     Reader(#[from] reader::ReaderError),
-    #[error("a pipeline task panicked: {0}")]
+    #[error("a pipeline task panicked")]
     Task(#[from] tokio::task::JoinError),
 }
 

@@ -15,7 +15,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReaderError {
-    #[error("waiting on the ring buffer failed: {0}")]
+    #[error("waiting on the ring buffer failed")]
     Poll(#[source] std::io::Error),
 }
 

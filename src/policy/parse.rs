@@ -48,7 +48,7 @@ impl fmt::Display for Pos {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -17,7 +17,7 @@ const SCHEMA: &str = "ciwatch.events/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("cannot read trace {path}: {source}")]
+    #[error("cannot read trace {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -5,17 +5,17 @@ pub mod summary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Create {
         path: String,
         source: std::io::Error,
     },
-    #[error("writing {path} failed: {source}")]
+    #[error("writing {path} failed")]
     Write {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot serialise an event: {0}")]
+    #[error("cannot serialise an event")]
     Serialize(#[from] serde_json::Error),
 }
 

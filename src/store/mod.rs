@@ -45,17 +45,17 @@ const SEALED_FILE: &str = "events.ndjson";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("the output volume is full writing {path}; free space there (the trace is kept and retried): {source}")]
+    #[error("the output volume is full writing {path}; free space there (the trace is kept and retried)")]
     NoSpace {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot write {path}: {source}; check the output directory's permissions and that it is not read-only")]
+    #[error("cannot write {path}; check the output directory's permissions and that it is not read-only")]
     Unwritable {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,
@@ -68,7 +68,7 @@ pub enum OutputError {
     NotSealed { path: String },
     #[error("trace {id} in the object store is incomplete or damaged: {reason}")]
     Corrupt { id: String, reason: String },
-    #[error("object store {url}: {source}")]
+    #[error("object store {url}")]
     Store {
         url: String,
         source: object_store::Error,
