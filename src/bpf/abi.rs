@@ -1,5 +1,9 @@
 //! Rust mirror of `ebpf/ciwatch.h`. `tests::layout_matches_c` compares every
 //! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`.
+//!
+//! Every struct derives `bytemuck::Pod`, which does not compile for a struct
+//! with implicit padding: its bytes are all fields, so any bit pattern read
+//! from the kernel is a valid value.
 
 pub const ABI_VERSION: u32 = 1;
 
@@ -67,7 +71,7 @@ pub const FILE_TP_OPENAT2: u16 = 4;
 pub const FILE_TP_OPEN: u16 = 5;
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct Tag {
     pub job: u32,
     pub step: u32,
@@ -79,7 +83,7 @@ pub struct Tag {
 unsafe impl aya::Pod for Tag {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Header {
     pub kind: u16,
     pub flags: u16,
@@ -97,7 +101,7 @@ pub struct Header {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Exec {
     pub h: Header,
     pub ppid: u32,
@@ -110,7 +114,7 @@ pub struct Exec {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Fork {
     pub h: Header,
     pub child_tgid: u32,
@@ -119,7 +123,7 @@ pub struct Fork {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Exit {
     pub h: Header,
     pub exit_code: i32,
@@ -127,7 +131,7 @@ pub struct Exit {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Connect {
     pub h: Header,
     pub family: u16,
@@ -141,7 +145,7 @@ pub struct Connect {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct File {
     pub h: Header,
     pub dirfd: i32,
@@ -155,7 +159,7 @@ pub struct File {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DnsAddr {
     pub family: u16,
     pub _pad0: u16,
@@ -164,7 +168,7 @@ pub struct DnsAddr {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Dns {
     pub h: Header,
     pub ret: i32,
@@ -176,7 +180,7 @@ pub struct Dns {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DnsRefused {
     pub h: Header,
     pub family: u16,
@@ -192,7 +196,7 @@ pub struct DnsRefused {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct Launcher {
     pub job: u32,
     pub platform: u32,
@@ -204,7 +208,7 @@ pub struct Launcher {
 unsafe impl aya::Pod for Launcher {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct CommKey {
     pub comm: [u8; COMM_LEN],
 }
@@ -224,7 +228,7 @@ impl CommKey {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Env {
     pub h: Header,
     pub reason: u32,
@@ -235,7 +239,7 @@ pub struct Env {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct AllowKey {
     pub prefixlen: u32,
     pub addr: [u8; 16],
@@ -245,7 +249,7 @@ pub struct AllowKey {
 unsafe impl aya::Pod for AllowKey {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct AllowEntry {
     pub port: u16,
     pub proto: u8,
@@ -254,7 +258,7 @@ pub struct AllowEntry {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct AllowVal {
     pub count: u32,
     pub _pad: u32,
@@ -265,7 +269,7 @@ pub struct AllowVal {
 unsafe impl aya::Pod for AllowVal {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct HostKey {
     pub name: [u8; NAME_MAX],
 }
@@ -287,7 +291,7 @@ impl HostKey {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct StepPattern {
     pub groups: u32,
     pub len: u32,
@@ -315,7 +319,7 @@ impl StepPattern {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct StepVar {
     pub len: u32,
     pub _pad: u32,
@@ -344,7 +348,7 @@ impl StepVar {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct NameKey {
     pub name: [u8; NAME_KEY],
 }
