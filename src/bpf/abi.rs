@@ -1,5 +1,6 @@
 //! Rust mirror of `ebpf/ciwatch.h`. `tests::layout_matches_c` compares every
-//! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`.
+//! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`, and
+//! `tests::constants_match_c` every constant with the value clang gave it.
 //!
 //! Every struct derives `bytemuck::Pod`, which does not compile for a struct
 //! with implicit padding: its bytes are all fields, so any bit pattern read
@@ -371,7 +372,8 @@ impl NameKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::btf_layout::{struct_layout, Layout};
+    use crate::bpf::btf_layout::{enum_values, struct_layout, Layout};
+    use std::collections::BTreeMap;
     use std::mem::{offset_of, size_of};
 
     macro_rules! layout {
@@ -468,6 +470,147 @@ mod tests {
             assert_eq!(
                 c, rust,
                 "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs"
+            );
+        }
+    }
+
+    /// Each Rust constant X with its C name CW_X.
+    macro_rules! constants {
+        ($($name:ident),+ $(,)?) => {
+            [$((concat!("CW_", stringify!($name)), $name as i128)),+]
+        };
+    }
+
+    /// `#define`s of ciwatch.h that are not ABI values, and why.
+    const NOT_CONSTANTS: &[(&str, &str)] = &[("CIWATCH_ABI_H", "the include guard: it has no value")];
+
+    /// The `#define`s of ciwatch.h, in order: (name, whether it is function-like).
+    fn header_defines() -> Vec<(String, bool)> {
+        include_str!("../../ebpf/ciwatch.h")
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim_start().strip_prefix('#')?.trim_start();
+                let token = rest.strip_prefix("define")?.split_whitespace().next()?;
+                let name = token.split('(').next().unwrap_or(token);
+                Some((name.to_string(), name.len() < token.len()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn constants_match_c() {
+        let rust: BTreeMap<&str, i128> = constants!(
+            ABI_VERSION,
+            COMM_LEN,
+            PATH_MAX,
+            ARGS_MAX,
+            HOST_MAX,
+            NAME_KEY,
+            DNS_ADDRS,
+            KIND_SLOTS,
+            ENV_MAX,
+            KIND_EXEC,
+            KIND_FORK,
+            KIND_EXIT,
+            KIND_CONNECT,
+            KIND_FILE,
+            KIND_DNS,
+            KIND_ENV,
+            KIND_DENIED,
+            KIND_DNS_REFUSED,
+            F_TRUNC_FILENAME,
+            F_TRUNC_ARGS,
+            F_TRUNC_PATH,
+            F_TRUNC_CWD,
+            F_PATH_REVERSED,
+            F_CWD_REVERSED,
+            F_TRUNC_HOST,
+            F_TRUNC_ADDRS,
+            F_DNS_JUDGED,
+            F_DNS_UNLISTED,
+            TAG_STEP_ROOT,
+            TAG_LAUNCHER,
+            TAG_CONTAINER,
+            ENV_STEP_ROOT,
+            ENV_LAUNCHER,
+            ENV_CONTAINER,
+            SRC_SYSCALL,
+            SRC_CGROUP_CONNECT,
+            SRC_CGROUP_SENDMSG,
+            ALLOW_ENTRIES,
+            SCOPE_ALL,
+            PROTO_ANY,
+            PROTO_TCP,
+            PROTO_UDP,
+            NAME_MAX,
+            STEP_PATTERNS,
+            STEP_TEXT,
+            STEP_VARS,
+            STEP_VAR_NAME,
+            REFUSED_UNLISTED,
+            REFUSED_UNREADABLE,
+            FILE_KPROBE,
+            FILE_FENTRY,
+            FILE_TP_OPENAT,
+            FILE_TP_OPENAT2,
+            FILE_TP_OPEN,
+        )
+        .into_iter()
+        .collect();
+        let c: BTreeMap<String, i128> =
+            enum_values(crate::bpf::ABI_CHECK_OBJECT, "cw_abi_constants")
+                .unwrap_or_else(|e| panic!("enum cw_abi_constants: {e}"))
+                .into_iter()
+                .map(|(name, value)| {
+                    let name = name.strip_prefix("ABI_").unwrap_or_else(|| {
+                        panic!("{name} in enum cw_abi_constants lacks its ABI_ prefix")
+                    });
+                    (name.to_string(), value)
+                })
+                .collect();
+
+        let mut defines = header_defines();
+        for (name, why) in NOT_CONSTANTS {
+            let before = defines.len();
+            defines.retain(|(d, _)| d != name);
+            assert!(
+                before > defines.len(),
+                "{name} ({why}) is no longer defined; drop it from NOT_CONSTANTS"
+            );
+        }
+        let defines: Vec<String> = defines
+            .into_iter()
+            .map(|(name, function_like)| {
+                assert!(
+                    !function_like,
+                    "{name} is a function-like macro, not a value the test can compare; \
+                     list it in NOT_CONSTANTS with the reason"
+                );
+                name
+            })
+            .collect();
+        for name in &defines {
+            assert!(
+                c.contains_key(name),
+                "#define {name} of ebpf/ciwatch.h is missing from enum cw_abi_constants in ebpf/abi_check.bpf.c"
+            );
+            assert!(
+                rust.contains_key(name.as_str()),
+                "#define {name} of ebpf/ciwatch.h has no Rust constant in src/bpf/abi.rs (and in constants_match_c)"
+            );
+        }
+        for name in c.keys() {
+            assert!(defines.contains(name), "ABI_{name} of enum cw_abi_constants is not a #define of ebpf/ciwatch.h");
+        }
+        for (name, value) in &rust {
+            assert!(
+                defines.iter().any(|d| d == name),
+                "{name}, checked for src/bpf/abi.rs, is not a #define of ebpf/ciwatch.h"
+            );
+            assert_eq!(
+                c.get(*name),
+                Some(value),
+                "{name} differs between ebpf/ciwatch.h and src/bpf/abi.rs"
             );
         }
     }
