@@ -77,6 +77,13 @@ struct Type {
 
 impl<'a> Btf<'a> {
     fn parse(elf: &'a [u8]) -> Result<Self, String> {
+        if elf.is_empty() {
+            return Err(
+                "the BPF object is an empty stub (built with CIWATCH_BPF_STUBS=1); \
+                 build without it, with clang, to run this test"
+                    .into(),
+            );
+        }
         let file = object::File::parse(elf).map_err(|e| format!("not an ELF object: {e}"))?;
         let section = file
             .section_by_name(".BTF")

@@ -20,6 +20,11 @@ use crate::filter::sensitive::{KernelKey, SensitivePaths};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
+        "this ciwatch was built with CIWATCH_BPF_STUBS=1 and carries no BPF programs; \
+         rebuild it without that variable (clang is needed)"
+    )]
+    StubObject,
+    #[error(
         "the embedded BPF object speaks ABI version {object} but this ciwatch expects {expected}; \
          rebuild ciwatch so that build.rs recompiles ebpf/"
     )]
@@ -224,11 +229,14 @@ impl Probes {
     }
 }
 
-/// Refuses an object built against another ABI than `expected` before
+/// Refuses a stub object, or one built against another ABI than `expected`, before
 /// the kernel sees it: either would fail later with a far less clear error.
 fn check_abi(object: &[u8], expected: u32) -> Result<(), LoadError> {
     use object::{Object, ObjectSection, ObjectSymbol};
 
+    if object.is_empty() {
+        return Err(LoadError::StubObject);
+    }
     let unreadable = |reason: &str| LoadError::AbiUnreadable(reason.to_string());
     let file = object::File::parse(object).map_err(|e| unreadable(&e.to_string()))?;
     let symbol = file
@@ -712,5 +720,11 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains(&format!("version {ABI_VERSION} ")), "{message}");
         assert!(message.contains("rebuild"), "{message}");
+    }
+
+    #[test]
+    fn a_stub_object_is_refused_naming_the_switch() {
+        let err = check_abi(&[], ABI_VERSION).expect_err("a stub loads");
+        assert!(err.to_string().contains("CIWATCH_BPF_STUBS=1"), "{err}");
     }
 }
