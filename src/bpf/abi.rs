@@ -482,7 +482,8 @@ mod tests {
     }
 
     /// `#define`s of ciwatch.h that are not ABI values, and why.
-    const NOT_CONSTANTS: &[(&str, &str)] = &[("CIWATCH_ABI_H", "the include guard: it has no value")];
+    const NOT_CONSTANTS: &[(&str, &str)] =
+        &[("CIWATCH_ABI_H", "the include guard: it has no value")];
 
     /// The `#define`s of ciwatch.h, in order: (name, whether it is function-like).
     fn header_defines() -> Vec<(String, bool)> {
@@ -596,11 +597,15 @@ mod tests {
             );
             assert!(
                 rust.contains_key(name.as_str()),
-                "#define {name} of ebpf/ciwatch.h has no Rust constant in src/bpf/abi.rs (and in constants_match_c)"
+                "#define {name} of ebpf/ciwatch.h has no Rust counterpart: \
+                 add it to src/bpf/abi.rs and to the table in constants_match_c"
             );
         }
         for name in c.keys() {
-            assert!(defines.contains(name), "ABI_{name} of enum cw_abi_constants is not a #define of ebpf/ciwatch.h");
+            assert!(
+                defines.contains(name),
+                "ABI_{name} of enum cw_abi_constants is not a #define of ebpf/ciwatch.h"
+            );
         }
         for (name, value) in &rust {
             assert!(

@@ -44,16 +44,19 @@ pub fn enum_values(elf: &[u8], name: &str) -> Result<Vec<(String, i128)>, String
     let signed = ty.kind_flag;
     let mut values = Vec::with_capacity(ty.vlen);
     for i in 0..ty.vlen {
-        let (at, value) = if wide {
-            let at = ty.members + i * 12;
-            let lo = u64::from(btf.u32_at(at + 4)?);
-            let hi = u64::from(btf.u32_at(at + 8)?);
-            let raw = hi << 32 | lo;
-            (at, if signed { i128::from(raw as i64) } else { i128::from(raw) })
+        let at = ty.members + i * if wide { 12 } else { 8 };
+        let lo = btf.u32_at(at + 4)?;
+        let value = if wide {
+            let raw = u64::from(btf.u32_at(at + 8)?) << 32 | u64::from(lo);
+            if signed {
+                i128::from(raw as i64)
+            } else {
+                i128::from(raw)
+            }
+        } else if signed {
+            i128::from(lo as i32)
         } else {
-            let at = ty.members + i * 8;
-            let raw = btf.u32_at(at + 4)?;
-            (at, if signed { i128::from(raw as i32) } else { i128::from(raw) })
+            i128::from(lo)
         };
         values.push((btf.string(btf.u32_at(at)?), value));
     }
@@ -132,7 +135,9 @@ impl<'a> Btf<'a> {
             }
             at += extra_bytes(this_kind, vlen)?;
         }
-        Err(format!("{name} (BTF kind {kind}) is not in the object's BTF"))
+        Err(format!(
+            "{name} (BTF kind {kind}) is not in the object's BTF"
+        ))
     }
 }
 

@@ -718,7 +718,10 @@ mod tests {
         };
         assert_eq!((object, expected), (ABI_VERSION, ABI_VERSION + 1));
         let message = err.to_string();
-        assert!(message.contains(&format!("version {ABI_VERSION} ")), "{message}");
+        assert!(
+            message.contains(&format!("version {ABI_VERSION} ")),
+            "{message}"
+        );
         assert!(message.contains("rebuild"), "{message}");
     }
 
