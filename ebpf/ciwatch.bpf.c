@@ -14,3 +14,6 @@
 #include "dns.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The ABI this object was built against; the loader refuses any other. */
+const __u32 cw_abi_version = CW_ABI_VERSION;

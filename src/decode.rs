@@ -226,24 +226,17 @@ fn long_enough<T>(bytes: &[u8], what: &'static str) -> Result<usize, DecodeError
 }
 
 /// Copies a `#[repr(C)]` plain-data struct out of possibly unaligned bytes.
-fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
-    long_enough::<T>(bytes, what)?;
-    // SAFETY: the length is checked above, read_unaligned has no alignment
-    // requirement, and T is only instantiated with the abi structs, which are
-    // integer and byte-array fields valid for any bit pattern.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+fn read<T: bytemuck::Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = long_enough::<T>(bytes, what)?;
+    Ok(bytemuck::pod_read_unaligned(&bytes[..need]))
 }
 
 /// Like `read`, for records too large for the stack.
-fn read_boxed<T: Copy>(bytes: &[u8], what: &'static str) -> Result<Box<T>, DecodeError> {
+fn read_boxed<T: bytemuck::Pod>(bytes: &[u8], what: &'static str) -> Result<Box<T>, DecodeError> {
     let need = long_enough::<T>(bytes, what)?;
-    let mut boxed: Box<std::mem::MaybeUninit<T>> = Box::new_uninit();
-    // SAFETY: the length is checked above; copying bytes into the allocation
-    // initialises every byte of T, whose fields are valid for any bit pattern.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), boxed.as_mut_ptr().cast::<u8>(), need);
-        Ok(boxed.assume_init())
-    }
+    let mut boxed: Box<T> = bytemuck::zeroed_box();
+    bytemuck::bytes_of_mut(&mut *boxed).copy_from_slice(&bytes[..need]);
+    Ok(boxed)
 }
 
 fn env(r: Box<abi::Env>, common: Common) -> Env {
@@ -400,11 +393,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// Serialises an abi struct the way the kernel lays it out.
-    pub(crate) fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
-        // SAFETY: T is a padding-free repr(C) abi struct; reading its bytes is sound.
-        unsafe {
-            std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()).to_vec()
-        }
+    pub(crate) fn bytes_of<T: bytemuck::Pod>(value: &T) -> Vec<u8> {
+        bytemuck::bytes_of(value).to_vec()
     }
 
     pub(crate) fn header(kind: u16, size: usize) -> abi::Header {

@@ -1,5 +1,10 @@
 //! Rust mirror of `ebpf/ciwatch.h`. `tests::layout_matches_c` compares every
-//! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`.
+//! struct here with the C layout recorded in the BTF of `abi_check.bpf.o`, and
+//! `tests::constants_match_c` every constant with the value clang gave it.
+//!
+//! Every struct derives `bytemuck::Pod`, which does not compile for a struct
+//! with implicit padding: its bytes are all fields, so any bit pattern read
+//! from the kernel is a valid value.
 
 pub const ABI_VERSION: u32 = 1;
 
@@ -67,7 +72,7 @@ pub const FILE_TP_OPENAT2: u16 = 4;
 pub const FILE_TP_OPEN: u16 = 5;
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct Tag {
     pub job: u32,
     pub step: u32,
@@ -79,7 +84,7 @@ pub struct Tag {
 unsafe impl aya::Pod for Tag {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Header {
     pub kind: u16,
     pub flags: u16,
@@ -97,7 +102,7 @@ pub struct Header {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Exec {
     pub h: Header,
     pub ppid: u32,
@@ -110,7 +115,7 @@ pub struct Exec {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Fork {
     pub h: Header,
     pub child_tgid: u32,
@@ -119,7 +124,7 @@ pub struct Fork {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Exit {
     pub h: Header,
     pub exit_code: i32,
@@ -127,7 +132,7 @@ pub struct Exit {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Connect {
     pub h: Header,
     pub family: u16,
@@ -141,7 +146,7 @@ pub struct Connect {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct File {
     pub h: Header,
     pub dirfd: i32,
@@ -155,7 +160,7 @@ pub struct File {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DnsAddr {
     pub family: u16,
     pub _pad0: u16,
@@ -164,7 +169,7 @@ pub struct DnsAddr {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Dns {
     pub h: Header,
     pub ret: i32,
@@ -176,7 +181,7 @@ pub struct Dns {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct DnsRefused {
     pub h: Header,
     pub family: u16,
@@ -192,7 +197,7 @@ pub struct DnsRefused {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct Launcher {
     pub job: u32,
     pub platform: u32,
@@ -204,7 +209,7 @@ pub struct Launcher {
 unsafe impl aya::Pod for Launcher {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct CommKey {
     pub comm: [u8; COMM_LEN],
 }
@@ -224,7 +229,7 @@ impl CommKey {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Env {
     pub h: Header,
     pub reason: u32,
@@ -235,7 +240,7 @@ pub struct Env {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct AllowKey {
     pub prefixlen: u32,
     pub addr: [u8; 16],
@@ -245,7 +250,7 @@ pub struct AllowKey {
 unsafe impl aya::Pod for AllowKey {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct AllowEntry {
     pub port: u16,
     pub proto: u8,
@@ -254,7 +259,7 @@ pub struct AllowEntry {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default, PartialEq, Eq)]
 pub struct AllowVal {
     pub count: u32,
     pub _pad: u32,
@@ -265,7 +270,7 @@ pub struct AllowVal {
 unsafe impl aya::Pod for AllowVal {}
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct HostKey {
     pub name: [u8; NAME_MAX],
 }
@@ -287,7 +292,7 @@ impl HostKey {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct StepPattern {
     pub groups: u32,
     pub len: u32,
@@ -315,7 +320,7 @@ impl StepPattern {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct StepVar {
     pub len: u32,
     pub _pad: u32,
@@ -344,7 +349,7 @@ impl StepVar {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct NameKey {
     pub name: [u8; NAME_KEY],
 }
@@ -367,7 +372,8 @@ impl NameKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::btf_layout::{struct_layout, Layout};
+    use crate::bpf::btf_layout::{enum_values, struct_layout, Layout};
+    use std::collections::BTreeMap;
     use std::mem::{offset_of, size_of};
 
     macro_rules! layout {
@@ -464,6 +470,152 @@ mod tests {
             assert_eq!(
                 c, rust,
                 "layout of struct {c_name} differs between ebpf/ciwatch.h and src/bpf/abi.rs"
+            );
+        }
+    }
+
+    /// Each Rust constant X with its C name CW_X.
+    macro_rules! constants {
+        ($($name:ident),+ $(,)?) => {
+            [$((concat!("CW_", stringify!($name)), $name as i128)),+]
+        };
+    }
+
+    /// `#define`s of ciwatch.h that are not ABI values, and why.
+    const NOT_CONSTANTS: &[(&str, &str)] =
+        &[("CIWATCH_ABI_H", "the include guard: it has no value")];
+
+    /// The `#define`s of ciwatch.h, in order: (name, whether it is function-like).
+    fn header_defines() -> Vec<(String, bool)> {
+        include_str!("../../ebpf/ciwatch.h")
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim_start().strip_prefix('#')?.trim_start();
+                let token = rest.strip_prefix("define")?.split_whitespace().next()?;
+                let name = token.split('(').next().unwrap_or(token);
+                Some((name.to_string(), name.len() < token.len()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn constants_match_c() {
+        let rust: BTreeMap<&str, i128> = constants!(
+            ABI_VERSION,
+            COMM_LEN,
+            PATH_MAX,
+            ARGS_MAX,
+            HOST_MAX,
+            NAME_KEY,
+            DNS_ADDRS,
+            KIND_SLOTS,
+            ENV_MAX,
+            KIND_EXEC,
+            KIND_FORK,
+            KIND_EXIT,
+            KIND_CONNECT,
+            KIND_FILE,
+            KIND_DNS,
+            KIND_ENV,
+            KIND_DENIED,
+            KIND_DNS_REFUSED,
+            F_TRUNC_FILENAME,
+            F_TRUNC_ARGS,
+            F_TRUNC_PATH,
+            F_TRUNC_CWD,
+            F_PATH_REVERSED,
+            F_CWD_REVERSED,
+            F_TRUNC_HOST,
+            F_TRUNC_ADDRS,
+            F_DNS_JUDGED,
+            F_DNS_UNLISTED,
+            TAG_STEP_ROOT,
+            TAG_LAUNCHER,
+            TAG_CONTAINER,
+            ENV_STEP_ROOT,
+            ENV_LAUNCHER,
+            ENV_CONTAINER,
+            SRC_SYSCALL,
+            SRC_CGROUP_CONNECT,
+            SRC_CGROUP_SENDMSG,
+            ALLOW_ENTRIES,
+            SCOPE_ALL,
+            PROTO_ANY,
+            PROTO_TCP,
+            PROTO_UDP,
+            NAME_MAX,
+            STEP_PATTERNS,
+            STEP_TEXT,
+            STEP_VARS,
+            STEP_VAR_NAME,
+            REFUSED_UNLISTED,
+            REFUSED_UNREADABLE,
+            FILE_KPROBE,
+            FILE_FENTRY,
+            FILE_TP_OPENAT,
+            FILE_TP_OPENAT2,
+            FILE_TP_OPEN,
+        )
+        .into_iter()
+        .collect();
+        let c: BTreeMap<String, i128> =
+            enum_values(crate::bpf::ABI_CHECK_OBJECT, "cw_abi_constants")
+                .unwrap_or_else(|e| panic!("enum cw_abi_constants: {e}"))
+                .into_iter()
+                .map(|(name, value)| {
+                    let name = name.strip_prefix("ABI_").unwrap_or_else(|| {
+                        panic!("{name} in enum cw_abi_constants lacks its ABI_ prefix")
+                    });
+                    (name.to_string(), value)
+                })
+                .collect();
+
+        let mut defines = header_defines();
+        for (name, why) in NOT_CONSTANTS {
+            let before = defines.len();
+            defines.retain(|(d, _)| d != name);
+            assert!(
+                before > defines.len(),
+                "{name} ({why}) is no longer defined; drop it from NOT_CONSTANTS"
+            );
+        }
+        let defines: Vec<String> = defines
+            .into_iter()
+            .map(|(name, function_like)| {
+                assert!(
+                    !function_like,
+                    "{name} is a function-like macro, not a value the test can compare; \
+                     list it in NOT_CONSTANTS with the reason"
+                );
+                name
+            })
+            .collect();
+        for name in &defines {
+            assert!(
+                c.contains_key(name),
+                "#define {name} of ebpf/ciwatch.h is missing from enum cw_abi_constants in ebpf/abi_check.bpf.c"
+            );
+            assert!(
+                rust.contains_key(name.as_str()),
+                "#define {name} of ebpf/ciwatch.h has no Rust counterpart: \
+                 add it to src/bpf/abi.rs and to the table in constants_match_c"
+            );
+        }
+        for name in c.keys() {
+            assert!(
+                defines.contains(name),
+                "ABI_{name} of enum cw_abi_constants is not a #define of ebpf/ciwatch.h"
+            );
+        }
+        for (name, value) in &rust {
+            assert!(
+                defines.iter().any(|d| d == name),
+                "{name}, checked for src/bpf/abi.rs, is not a #define of ebpf/ciwatch.h"
+            );
+            assert_eq!(
+                c.get(*name),
+                Some(value),
+                "{name} differs between ebpf/ciwatch.h and src/bpf/abi.rs"
             );
         }
     }

@@ -19,6 +19,18 @@ use crate::filter::sensitive::{KernelKey, SensitivePaths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error(
+        "this ciwatch was built with CIWATCH_BPF_STUBS=1 and carries no BPF programs; \
+         rebuild it without that variable (clang is needed)"
+    )]
+    StubObject,
+    #[error(
+        "the embedded BPF object speaks ABI version {object} but this ciwatch expects {expected}; \
+         rebuild ciwatch so that build.rs recompiles ebpf/"
+    )]
+    AbiMismatch { object: u32, expected: u32 },
+    #[error("cannot read the ABI version of the embedded BPF object: {0}; rebuild ciwatch")]
+    AbiUnreadable(String),
     #[error("cannot read kernel BTF from {path}: {reason}")]
     Btf { path: PathBuf, reason: String },
     #[error("the kernel refused ciwatch's BPF object: {0}")]
@@ -102,6 +114,7 @@ pub struct AllowMaps {
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
+    check_abi(crate::bpf::OBJECT, crate::bpf::abi::ABI_VERSION)?;
     let btf = read_btf(opts.btf)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
@@ -199,6 +212,44 @@ impl Probes {
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
     }
+}
+
+/// Refuses a stub object, or one built against another ABI than `expected`, before
+/// the kernel sees it: either would fail later with a far less clear error.
+fn check_abi(object: &[u8], expected: u32) -> Result<(), LoadError> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    if object.is_empty() {
+        return Err(LoadError::StubObject);
+    }
+    let unreadable = |reason: &str| LoadError::AbiUnreadable(reason.to_string());
+    let file = object::File::parse(object).map_err(|e| unreadable(&e.to_string()))?;
+    let symbol = file
+        .symbol_by_name("cw_abi_version")
+        .ok_or_else(|| unreadable("it has no cw_abi_version"))?;
+    let section = symbol
+        .section_index()
+        .and_then(|index| file.section_by_index(index).ok())
+        .ok_or_else(|| unreadable("cw_abi_version has no section"))?;
+    let data = section.data().map_err(|e| unreadable(&e.to_string()))?;
+    // In a relocatable object a symbol's address is its offset in its section.
+    let bytes = usize::try_from(symbol.address())
+        .ok()
+        .and_then(|at| data.get(at..at.checked_add(4)?))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .filter(|_| symbol.size() == 4)
+        .ok_or_else(|| unreadable("cw_abi_version is not a 4-byte value"))?;
+    let version = match file.endianness() {
+        Endianness::Little => u32::from_le_bytes(bytes),
+        Endianness::Big => u32::from_be_bytes(bytes),
+    };
+    if version != expected {
+        return Err(LoadError::AbiMismatch {
+            object: version,
+            expected,
+        });
+    }
+    Ok(())
 }
 
 /// Parsing kernel BTF for CO-RE peaks the heap; give those pages back once loaded.
@@ -615,5 +666,37 @@ fn join(parts: Vec<String>) -> String {
         "no implementation is available".into()
     } else {
         parts.join("; ")
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::abi::ABI_VERSION;
+    use crate::bpf::OBJECT;
+
+    #[test]
+    fn the_embedded_object_carries_this_abi_version() {
+        check_abi(OBJECT, ABI_VERSION).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn another_abi_version_is_refused_naming_both() {
+        let err = check_abi(OBJECT, ABI_VERSION + 1).expect_err("a mismatch loads");
+        let LoadError::AbiMismatch { object, expected } = err else {
+            panic!("{err}");
+        };
+        assert_eq!((object, expected), (ABI_VERSION, ABI_VERSION + 1));
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("version {ABI_VERSION} ")),
+            "{message}"
+        );
+        assert!(message.contains("rebuild"), "{message}");
+    }
+
+    #[test]
+    fn a_stub_object_is_refused_naming_the_switch() {
+        let err = check_abi(&[], ABI_VERSION).expect_err("a stub loads");
+        assert!(err.to_string().contains("CIWATCH_BPF_STUBS=1"), "{err}");
     }
 }
