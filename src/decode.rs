@@ -389,6 +389,10 @@ fn dns(r: abi::Dns, common: Common) -> Dns {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test records and generated inputs are small by construction"
+)]
 pub(crate) mod tests {
     use super::*;
 

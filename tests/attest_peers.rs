@@ -7,6 +7,11 @@
 //! Needs `scripts/install-test-peers`. Without the peers these tests skip with
 //! a printed reason; with env CI set they fail instead.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod attest_support;
 
 use std::path::{Path, PathBuf};

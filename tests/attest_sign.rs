@@ -1,6 +1,11 @@
 //! Signing a sealed log with a local key and verifying it with `ciwatch verify`,
 //! the rejections, and every bad-input path. No network, root or BPF needed.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod attest_support;
 
 use std::path::Path;

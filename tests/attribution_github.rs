@@ -3,6 +3,11 @@
 //! files, per-step file-command GUIDs, _diag/Worker_*.log), and every event
 //! must land in the step that caused it.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::path::Path;

@@ -5,6 +5,11 @@
 //! the job; Bitbucket, Tekton and Drone steps are containers seen by
 //! `ciwatch daemon`. Every event must land in the step that caused it.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

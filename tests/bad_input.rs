@@ -1,5 +1,10 @@
 //! Bad input gets a clear message and a distinct exit code, with nothing half-written.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,11 @@
 //! jobs on one host: four separate, complete traces, each holding only its
 //! own job's events.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -149,7 +154,7 @@ fn sequential_and_concurrent_jobs_get_separate_complete_traces() {
             .map(|n| all_ports[owner].port(n))
             .collect();
         for c in &connects {
-            let port = c["port"].as_u64().unwrap() as u16;
+            let port = u16::try_from(c["port"].as_u64().unwrap()).unwrap();
             assert!(
                 own.contains(&port),
                 "trace {} holds another job's connect to {port}",

@@ -2,6 +2,11 @@
 //! everything else gets EPERM and a `denied` event; IPv6 and UDP alike; names
 //! through a private hosts file; processes outside the job are never touched.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::net::{TcpListener, UdpSocket};

@@ -1,6 +1,11 @@
 //! One test per hook, as root on the real kernel, asserting the exact fields
 //! of the events in the NDJSON log.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::net::{TcpListener, UdpSocket};

@@ -3,6 +3,11 @@
 //! in force. The one non-loopback connect runs in an empty network namespace,
 //! so it is recorded (the tracepoint sees the attempt) but nothing leaves the host.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::process::Command;

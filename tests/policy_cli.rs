@@ -1,6 +1,11 @@
 //! `ciwatch policy check` and `ciwatch policy diff` on the fixture policies
 //! and sealed traces of tests/fixtures/policy (no root needed).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

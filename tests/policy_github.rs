@@ -3,6 +3,11 @@
 //! behind a redirect to "blob storage", and one secondary rate limit
 //! (403 + `retry-after: 1`) that must be waited out, not fail the fetch.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::Write;

@@ -1,6 +1,11 @@
 //! `ciwatch learn --dir`: five fixture runs of one job (tests/fixtures/policy/
 //! make-traces.py) whose egress varies, and one compromised run.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

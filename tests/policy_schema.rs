@@ -2,6 +2,11 @@
 //! from scripts/install-policy-peers), and the examples of docs/policy.md
 //! against both the schema and ciwatch's own parser, so neither drifts.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,6 +1,11 @@
 //! What belongs to the watched job: its whole tree, daemons included, and
 //! nothing else on the host. Also the lost-event accounting under a flood.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first surprise"
+)]
+
 mod common;
 
 use std::net::TcpListener;

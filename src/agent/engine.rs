@@ -118,6 +118,7 @@ impl Engine {
         }
     }
 
+    #[must_use]
     pub fn with_scopes(
         mut self,
         scopes: crate::enforce::Scopes,
@@ -161,6 +162,7 @@ impl Engine {
         }
     }
 
+    #[must_use]
     pub fn with_daemon(mut self, state: DaemonState) -> Self {
         self.daemon = Some(state);
         self

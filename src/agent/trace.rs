@@ -18,8 +18,9 @@ impl Ended {
     /// The shell convention: the code, or 128 + signal.
     pub fn shell_code(self) -> u8 {
         match self {
-            Ended::Code(c) => c as u8,
-            Ended::Signal(s) => (128 + s) as u8,
+            // A wait status holds 0..=255, and signals are below 128.
+            Ended::Code(c) => u8::try_from(c).unwrap_or(u8::MAX),
+            Ended::Signal(s) => u8::try_from(128 + s).unwrap_or(u8::MAX),
         }
     }
 

@@ -453,6 +453,10 @@ impl<'a> Parser<'a> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test records and generated inputs are small by construction"
+)]
 mod tests {
     use super::*;
 

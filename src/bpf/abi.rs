@@ -313,7 +313,7 @@ impl StepPattern {
         text[..bytes.len()].copy_from_slice(bytes);
         Some(Self {
             groups,
-            len: bytes.len() as u32,
+            len: u32::try_from(bytes.len()).ok()?,
             text,
         })
     }
@@ -341,7 +341,7 @@ impl StepVar {
         let mut name = [0u8; STEP_VAR_NAME];
         name[..bytes.len()].copy_from_slice(bytes);
         Some(Self {
-            len: bytes.len() as u32,
+            len: u32::try_from(bytes.len()).ok()?,
             _pad: 0,
             name,
         })

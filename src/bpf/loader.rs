@@ -116,10 +116,12 @@ pub struct AllowMaps {
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     check_abi(crate::bpf::OBJECT, crate::bpf::abi::ABI_VERSION)?;
     let btf = read_btf(opts.btf)?;
+    // 1024: a u32 by construction.
+    let args_max = u32::try_from(crate::bpf::abi::ARGS_MAX).unwrap_or(u32::MAX);
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("cw_wakeup_bytes", &opts.wakeup_bytes, true)
-        .override_global("cw_args_max", &(crate::bpf::abi::ARGS_MAX as u32), true)
+        .override_global("cw_args_max", &args_max, true)
         .override_global("cw_enforce", &u32::from(opts.enforce.egress), true)
         .override_global("cw_dns_refuse", &u32::from(opts.enforce.refuse_dns), true)
         .map_max_entries("events", opts.ring_bytes)

@@ -67,6 +67,7 @@ impl SigningArgs {
     }
 
     /// `finish`: where no --sign was given, the choices `start` recorded apply.
+    #[must_use]
     pub fn or_recorded(mut self, dir: &std::path::Path) -> Self {
         if self.sign.is_some() {
             return self;

@@ -126,10 +126,10 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
 
 /// Gives the exec hook the patterns it can match at a step's first exec; the rest wait for the engine.
 fn load_step_patterns(maps: &mut AllowMaps, scopes: &Scopes) -> Result<(), EnforceError> {
-    for (index, var) in KERNEL_STEP_VARS.iter().enumerate() {
+    for (index, var) in (0u32..).zip(KERNEL_STEP_VARS) {
         if let Some(var) = StepVar::new(var) {
             maps.step_vars
-                .set(index as u32, var, 0)
+                .set(index, var, 0)
                 .map_err(map_error("step_vars"))?;
         }
     }
@@ -200,8 +200,8 @@ fn net_key(addr: IpAddr, prefix: u8) -> NetKey {
 }
 
 fn mask(mut bytes: [u8; 16], bits: u32) -> [u8; 16] {
-    for (i, b) in bytes.iter_mut().enumerate() {
-        let keep = bits.saturating_sub(i as u32 * 8).min(8);
+    for (i, b) in (0u32..).zip(bytes.iter_mut()) {
+        let keep = bits.saturating_sub(i * 8).min(8);
         *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
     }
     bytes
@@ -241,7 +241,8 @@ fn value(dest: &str, entries: &[AllowEntry]) -> Result<AllowVal, EnforceError> {
         });
     }
     let mut v = AllowVal {
-        count: entries.len() as u32,
+        // At most ALLOW_ENTRIES, checked above.
+        count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
         ..AllowVal::default()
     };
     v.entries[..entries.len()].copy_from_slice(entries);

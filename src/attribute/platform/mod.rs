@@ -51,9 +51,10 @@ impl Platform {
 
     /// The id the kernel stores in a launcher entry.
     pub fn id(self) -> u32 {
-        ALL.iter()
-            .position(|d| d.platform() == self)
-            .map_or(0, |i| i as u32 + 1)
+        (1..)
+            .zip(ALL)
+            .find_map(|(id, d)| (d.platform() == self).then_some(id))
+            .unwrap_or(0)
     }
 
     pub fn from_id(id: u32) -> Platform {
