@@ -304,7 +304,10 @@ async fn bad_signing_keys_fail_clearly_and_write_nothing() {
             .await
             .unwrap_err();
         assert!(matches!(err, AttestError::Key(_)), "{err}");
-        assert!(err.to_string().contains(expect), "{expect}: {err}");
+        assert!(
+            ciwatch::error::chain(&err).contains(expect),
+            "{expect}: {err}"
+        );
         assert!(!job.path().join(attest::BUNDLE_FILE).exists());
         assert!(!job.path().join(attest::ENVELOPE_FILE).exists());
     }
@@ -319,7 +322,10 @@ async fn keyless_required_fails_loudly_without_a_token_or_a_reachable_fulcio() {
         .await
         .unwrap_err();
     assert!(matches!(err, AttestError::KeylessRequired(_)), "{err}");
-    assert!(err.to_string().contains("no OIDC token"), "{err}");
+    assert!(
+        ciwatch::error::chain(&err).contains("no OIDC token"),
+        "{err}"
+    );
     assert!(
         !job.path().join(attest::BUNDLE_FILE).exists(),
         "stale bundle left behind"
@@ -509,7 +515,10 @@ async fn both_predicates_subjects_and_the_standard_runtime_trace() {
     let mut o = options(SignMode::Key, Some(&private));
     o.subjects = vec![format!("{}/*.zip", s(&dist))];
     let err = attest::sign_trace(job.path(), &o).await.unwrap_err();
-    assert!(err.to_string().contains("matched no file"), "{err}");
+    assert!(
+        ciwatch::error::chain(&err).contains("matched no file"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -554,7 +563,10 @@ async fn refuses_unsealed_or_changed_logs_and_honours_none() {
     let err = attest::sign_trace(job.path(), &options(SignMode::Key, Some(&private)))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("no trace_end"), "{err}");
+    assert!(
+        ciwatch::error::chain(&err).contains("no trace_end"),
+        "{err}"
+    );
 }
 
 #[test]

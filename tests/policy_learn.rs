@@ -420,3 +420,28 @@ fn learn_without_traces_or_source_fails_clearly() {
         .starts_with("# Proposed by `ciwatch learn` from 5 jobs."));
     assert_eq!(v["coverage"]["entries"].as_array().unwrap().len(), 9);
 }
+
+/// `--config` reads the traces where the daemon's configuration puts them (here its `[output] dir`).
+#[test]
+fn learns_from_the_daemons_trace_directory_named_by_its_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[output]\ndir = \"{}\"\n", s(&fixture("runs"))),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = learn(&["--config", &s(&config), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let from_config: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(from_config["coverage"]["jobs"], 5, "{stdout}");
+    // The same rules as from the directory itself (only the order of the `from` lines differs:
+    // newest first here).
+    let (_, coverage, _) = learn_dir(&fixture("runs"), &[]);
+    assert_eq!(from_config["coverage"]["entries"], coverage["entries"]);
+
+    let (code, stdout, stderr) = learn(&["--config", &s(&config), "--runs", "2", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let two: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(two["coverage"]["jobs"], 2, "{stdout}");
+}

@@ -176,8 +176,7 @@ fn state_dir(args: &DaemonArgs, config: &Config) -> PathBuf {
     args.state_dir
         .clone()
         .or_else(|| config.output.dir.clone())
-        .or_else(|| std::env::var_os("STATE_DIRECTORY").map(|d| PathBuf::from(d).join("traces")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib/ciwatch/traces"))
+        .unwrap_or_else(crate::store::default_trace_dir)
 }
 
 /// The node's signing choice: `--sign` (default key) with `--signing-key`, else

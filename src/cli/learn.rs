@@ -16,6 +16,10 @@ pub struct LearnArgs {
     /// A directory of sealed trace directories, events.ndjson files or artifact zips (repeatable).
     #[arg(long = "dir", value_name = "DIR", conflicts_with = "github")]
     pub dirs: Vec<PathBuf>,
+    /// Learn from the traces the daemons with this configuration file write: their object store
+    /// (`[output] url`), else the local trace directory; the newest --runs of them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["dirs", "github"])]
+    pub config: Option<PathBuf>,
     /// Fetch the traces from GitHub Actions artifacts of this repository.
     #[arg(long, value_name = "OWNER/REPO", requires_all = ["workflow", "job"])]
     pub github: Option<String>,
@@ -25,7 +29,8 @@ pub struct LearnArgs {
     /// Job id (`jobs.<id>` in the workflow), with --github.
     #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
-    /// How many successful runs with a ciwatch artifact to learn from, with --github.
+    /// How many jobs to learn from: successful runs with a ciwatch artifact (--github), or the
+    /// newest traces (--config).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub runs: u32,
     /// Only runs of this branch, with --github (learn from trusted branches, not pull requests).
@@ -66,7 +71,7 @@ pub struct LearnArgs {
 
 #[derive(Debug, thiserror::Error)]
 enum LearnError {
-    #[error("give the traces with --dir DIR or --github OWNER/REPO --workflow FILE --job NAME")]
+    #[error("give the traces with --dir DIR, --config FILE (the daemons' trace store) or --github OWNER/REPO --workflow FILE --job NAME")]
     NoSource,
     #[error("--github {0:?} is not OWNER/REPO")]
     Repo(String),
@@ -177,6 +182,9 @@ async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
             super::fail(code, &e)
         });
     }
+    if let Some(file) = &args.config {
+        return from_store(file, args.runs as usize).await;
+    }
     if args.dirs.is_empty() {
         return Err(super::fail(crate::exit::USAGE, &LearnError::NoSource));
     }
@@ -189,6 +197,18 @@ async fn collect(args: &LearnArgs) -> Result<Collected, u8> {
         all.skipped.extend(c.skipped);
     }
     Ok(all)
+}
+
+async fn from_store(file: &Path, limit: usize) -> Result<Collected, u8> {
+    let config = crate::config::Config::load(Some(file))
+        .map_err(|e| super::fail(crate::exit::CONFIG, &e))?;
+    let source =
+        crate::store::TraceSource::from_config(&config.output, &crate::store::default_trace_dir())
+            .map_err(|e| super::fail(crate::exit::CONFIG, &e))?;
+    let scratch = std::env::temp_dir().join(format!("ciwatch-learn-{}", std::process::id()));
+    let collected = source::from_store(&source, limit, &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    collected.map_err(|e| super::fail(crate::exit::FETCH, &e))
 }
 
 fn write_outputs(

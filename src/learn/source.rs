@@ -1,5 +1,6 @@
-//! Where learn's traces come from on disk: a directory of sealed trace
-//! directories, `.ndjson` logs and downloaded artifact `.zip`s.
+//! Where learn's traces come from: a directory of sealed trace directories,
+//! `.ndjson` logs and downloaded artifact `.zip`s, or the trace store a
+//! fleet's daemons upload to.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ const MAX_DEPTH: usize = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    #[error(transparent)]
+    Store(#[from] crate::store::OutputError),
     #[error("cannot read {path}")]
     Read {
         path: String,
@@ -53,6 +56,30 @@ impl Collected {
     fn skip(&mut self, e: &TraceError) {
         self.skipped.push(crate::error::chain(&e));
     }
+}
+
+/// The newest `limit` sealed traces of a store (or of the daemon's local
+/// trace directory), each downloaded into `scratch` first when remote.
+pub async fn from_store(
+    source: &crate::store::TraceSource,
+    limit: usize,
+    scratch: &Path,
+) -> Result<Collected, SourceError> {
+    let mut out = Collected::default();
+    for entry in source.list(limit).await? {
+        let dir = match source.fetch(&entry.id, scratch).await {
+            Ok(dir) => dir,
+            Err(e) => {
+                out.skipped.push(crate::error::chain(&e));
+                continue;
+            }
+        };
+        match trace::read_path(&dir.join("events.ndjson")) {
+            Ok(t) => out.push(t),
+            Err(e) => out.skip(&e),
+        }
+    }
+    Ok(out)
 }
 
 /// Every sealed log below `dir`: `*.ndjson` files (a trace directory's
@@ -160,4 +187,43 @@ pub fn from_zip(bytes: &[u8], origin: &str, out: &mut Collected) -> Result<(), S
             .push(format!("{origin}: no .ndjson event log inside"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::store::{OutputConfig, TraceSource, TraceStore};
+
+    fn fixture_runs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy/runs")
+    }
+
+    /// Learn reads back what the daemons uploaded: the newest N, each checked against its manifest.
+    #[tokio::test]
+    async fn the_newest_traces_of_a_store_are_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", tmp.path().join("store").display());
+        let config = OutputConfig {
+            url: Some(url),
+            ..OutputConfig::default()
+        };
+        let store = TraceStore::from_config(&config).unwrap().unwrap();
+        for run in 1..=5 {
+            let local = tmp.path().join("local").join(format!("run-{run}"));
+            std::fs::create_dir_all(&local).unwrap();
+            std::fs::copy(
+                fixture_runs().join(format!("run-{run}/events.ndjson")),
+                local.join("events.ndjson"),
+            )
+            .unwrap();
+            store.upload(&local, true).await.unwrap();
+        }
+        let source = TraceSource::from_config(&config, Path::new("/unused")).unwrap();
+        let scratch = tmp.path().join("scratch");
+        let got = from_store(&source, 3, &scratch).await.unwrap();
+        assert_eq!(got.traces.len(), 3, "skipped: {:?}", got.skipped);
+        assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+        let all = from_store(&source, 10, &scratch).await.unwrap();
+        assert_eq!(all.traces.len(), 5);
+    }
 }

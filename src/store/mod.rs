@@ -37,6 +37,15 @@ pub use http::HyperConnector;
 pub use source::{TraceEntry, TraceSource};
 pub use upload::pending_uploads;
 
+/// Where the daemon keeps traces when its configuration names no directory:
+/// below systemd's `StateDirectory=`, else /var/lib/ciwatch.
+pub fn default_trace_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY").map_or_else(
+        || PathBuf::from("/var/lib/ciwatch/traces"),
+        |d| PathBuf::from(d).join("traces"),
+    )
+}
+
 /// The manifest that marks an uploaded trace complete.
 pub const MANIFEST: &str = "ciwatch-manifest.json";
 /// Left in a local trace directory once it is in the object store.
