@@ -2,7 +2,10 @@
 //! keyless signing (token endpoint, Fulcio, Rekor).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+use backon::Retryable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
@@ -25,6 +28,8 @@ impl Default for Retry {
 }
 
 impl Retry {
+    /// Exact integer doubling. backon's `ExponentialBuilder` multiplies in f32
+    /// seconds (100 ms becomes 200.000003 ms), so it is given this schedule.
     pub fn backoff(&self, after_attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(after_attempt.saturating_sub(1));
         self.initial_backoff
@@ -46,28 +51,28 @@ impl Retry {
         E: std::fmt::Display,
     {
         let attempts = self.attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < attempts && is_transient(&e) => {
-                    let wait = self.backoff(attempt);
-                    tracing::warn!(
-                        "{what} failed (try {attempt}/{attempts}): {e}; retrying in {wait:?}"
-                    );
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err((e, attempt)),
-            }
-        }
+        let retry = *self;
+        let delays = (1..attempts).map(move |after| retry.backoff(after));
+        // Atomic, not Cell: the future stays Send.
+        let tries = AtomicU32::new(0);
+        (|| {
+            tries.fetch_add(1, Ordering::Relaxed);
+            op()
+        })
+        .retry(delays)
+        .when(is_transient)
+        .notify(|e, wait| {
+            let attempt = tries.load(Ordering::Relaxed);
+            tracing::warn!("{what} failed (try {attempt}/{attempts}): {e}; retrying in {wait:?}");
+        })
+        .await
+        .map_err(|e| (e, tries.load(Ordering::Relaxed)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn backoff_doubles_up_to_the_bound() {

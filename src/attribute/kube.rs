@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
@@ -483,6 +484,15 @@ fn containers_of(pod: &Pod, meta: &Arc<PodMeta>) -> Vec<(String, ContainerMeta)>
     out
 }
 
+const RELIST_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Between failed lists and watches: 250 ms doubling up to 30 s, no jitter, no
+/// end (it never returns `None`); a successful list starts it over.
+const RELIST_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(250))
+    .with_max_delay(RELIST_MAX_WAIT)
+    .without_max_times();
+
 /// Lists then watches the pods of `node`, keeping `cache` current until
 /// `stop` turns true. Never returns an error: an unreachable API is retried
 /// with backoff while the cache keeps serving what it has.
@@ -495,7 +505,7 @@ pub async fn watch_pods(
 ) {
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
-    let mut backoff = Backoff::default();
+    let mut backoff = RELIST_BACKOFF.build();
     let report = |up: bool| {
         cache.set_api_up(up);
         if let Some(m) = &metrics {
@@ -517,12 +527,12 @@ pub async fn watch_pods(
                 tracing::debug!(pods = list.items.len(), node = %node, "listed pods");
                 cache.apply_list(list.items, listed_at);
                 report(true);
-                backoff.reset();
+                backoff = RELIST_BACKOFF.build();
                 list.metadata.resource_version.unwrap_or_default()
             }
             Err(e) => {
                 report(false);
-                let wait = backoff.next();
+                let wait = backoff.next().unwrap_or(RELIST_MAX_WAIT);
                 tracing::warn!(error = %e, retry_in = ?wait, "Kubernetes API unreachable; events keep their container ids");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => continue 'relist,
@@ -545,7 +555,7 @@ pub async fn watch_pods(
                     report(false);
                     tracing::warn!(error = %e, "Kubernetes watch failed; listing again");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next()) => continue 'relist,
+                        _ = tokio::time::sleep(backoff.next().unwrap_or(RELIST_MAX_WAIT)) => continue 'relist,
                         _ = stop.changed() => return,
                     }
                 }
@@ -574,7 +584,7 @@ pub async fn watch_pods(
                         report(false);
                         tracing::warn!(error = %e, "Kubernetes watch broke; listing again");
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff.next()) => continue 'relist,
+                            _ = tokio::time::sleep(backoff.next().unwrap_or(RELIST_MAX_WAIT)) => continue 'relist,
                             _ = stop.changed() => return,
                         }
                     }
@@ -592,30 +602,6 @@ fn event_version(event: &WatchEvent<Pod>) -> Option<String> {
         }
         WatchEvent::Bookmark(b) => Some(b.metadata.resource_version.clone()),
         WatchEvent::Error(_) => None,
-    }
-}
-
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(250),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        now
-    }
-
-    fn reset(&mut self) {
-        *self = Self::default();
     }
 }
 
@@ -995,6 +981,16 @@ mod tests {
             Resolution::Known(m) => m,
             other => panic!("expected Known, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn relist_backoff_doubles_exactly_up_to_30s_without_end() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = RELIST_BACKOFF.build().take(10).collect();
+        assert_eq!(
+            waits,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000].map(ms)
+        );
     }
 
     #[tokio::test]

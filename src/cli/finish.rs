@@ -5,12 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use serde_json::json;
 
 use crate::agent::report::{self, Report};
 use crate::agent::seal;
 use crate::agent::trace::trace_end;
 use crate::attest::{self, SignMode};
+use crate::cli::spawn;
 use crate::event::Totals;
 use crate::sink::ndjson::LIVE_NAME;
 
@@ -131,8 +133,8 @@ async fn finish(args: &FinishArgs) -> Result<Report, FinishError> {
     }
     let agent = report::live_agent(dir).map_err(FinishError::NoAgent)?;
     if let Some(pid) = agent {
-        // SAFETY: kill() on the agent's pid, checked against its start time just above.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // The agent's pid, checked against its start time just above.
+        spawn::kill(pid, Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
         while Instant::now() < deadline {
             if let Some(done) = Report::read(dir) {
@@ -147,8 +149,7 @@ async fn finish(args: &FinishArgs) -> Result<Report, FinishError> {
             return Ok(done);
         }
         if report::live_agent(dir).ok().flatten().is_some() {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            spawn::kill(pid, Signal::KILL);
             recover(dir)?;
             return Err(FinishError::Timeout(pid, args.timeout));
         }

@@ -1,6 +1,7 @@
 //! Termination signals are forwarded to the watched command; ciwatch itself
 //! stays to seal the trace.
 
+use rustix::process::Signal as Sig;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::spawn::{self, Ended};
@@ -28,24 +29,24 @@ impl Signals {
         loop {
             let forwarded = tokio::select! {
                 done = &mut wait => return done.map_err(std::io::Error::other)?,
-                _ = self.interrupt.recv() => libc::SIGINT,
-                _ = self.terminate.recv() => libc::SIGTERM,
-                _ = self.hangup.recv() => libc::SIGHUP,
-                _ = self.quit.recv() => libc::SIGQUIT,
+                signal = self.next() => signal,
             };
-            // SAFETY: kill() on our own child's pid.
-            unsafe { libc::kill(pid as i32, forwarded) };
-            tracing::info!("forwarded signal {forwarded} to the command");
+            spawn::kill(pid, forwarded);
+            tracing::info!("forwarded signal {} to the command", forwarded.as_raw());
         }
     }
 
     /// Resolves when any termination signal arrives (for the agent in the background).
     pub async fn any(&mut self) -> i32 {
+        self.next().await.as_raw()
+    }
+
+    async fn next(&mut self) -> Sig {
         tokio::select! {
-            _ = self.interrupt.recv() => libc::SIGINT,
-            _ = self.terminate.recv() => libc::SIGTERM,
-            _ = self.hangup.recv() => libc::SIGHUP,
-            _ = self.quit.recv() => libc::SIGQUIT,
+            _ = self.interrupt.recv() => Sig::INT,
+            _ = self.terminate.recv() => Sig::TERM,
+            _ = self.hangup.recv() => Sig::HUP,
+            _ = self.quit.recv() => Sig::QUIT,
         }
     }
 }

@@ -1,10 +1,18 @@
 //! Starts the watched command held at a barrier between fork and exec, so
 //! the kernel knows it belongs to the job before it runs a single instruction.
+//!
+//! Syscalls go through rustix; fork, execve and _exit stay raw libc: rustix has
+//! no general-purpose fork, and in the forked child exec and exit must not
+//! allocate or run exit handlers (nix's execve builds its argv in a Vec).
 
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -14,7 +22,7 @@ pub enum SpawnError {
     NotExecutable(String),
     #[error("{0}: argument contains a NUL byte")]
     Nul(String),
-    #[error("cannot start {command}: {source}")]
+    #[error("cannot start {command}")]
     Os {
         command: String,
         source: std::io::Error,
@@ -111,21 +119,24 @@ fn resolve(program: &OsStr) -> Result<PathBuf, SpawnError> {
 }
 
 fn executable(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: access() reads a valid NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
 }
 
 pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// A pid as the kernel takes it; `None` for 0 or past `i32::MAX`, never a process.
+fn to_pid(raw: u32) -> Option<Pid> {
+    i32::try_from(raw).ok().and_then(Pid::from_raw)
+}
+
+/// Sends `signal` to the process `raw`. Errors are ignored: the process may
+/// have just exited, and the caller's next step notices either way.
+pub fn kill(raw: u32, signal: Signal) {
+    if let Some(pid) = to_pid(raw) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl Prepared {
@@ -148,16 +159,7 @@ impl Prepared {
             return Err(os(std::io::Error::last_os_error()));
         }
         if pid == 0 {
-            // SAFETY: see above; this never returns.
-            unsafe {
-                child(
-                    release_r.as_raw_fd(),
-                    error_w.as_raw_fd(),
-                    &self.path,
-                    &argv,
-                    &envp,
-                )
-            }
+            child(release_r.as_fd(), error_w.as_fd(), &self.path, &argv, &envp);
         }
         drop((release_r, error_w));
         Ok(Held {
@@ -169,33 +171,43 @@ impl Prepared {
     }
 }
 
-/// # Safety
-/// Must only run in a freshly forked child.
-unsafe fn child(
-    release: i32,
-    error: i32,
+/// The forked child: waits for the release byte, then execs. Only
+/// async-signal-safe calls (rustix's are plain syscalls) on memory prepared
+/// before the fork.
+fn child(
+    release: BorrowedFd<'_>,
+    error: BorrowedFd<'_>,
     path: &CString,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
 ) -> ! {
-    let mut byte = 0u8;
+    let mut byte = [0u8];
     loop {
-        let n = libc::read(release, (&mut byte as *mut u8).cast(), 1);
-        if n == 1 {
-            break;
-        }
-        if n == 0 || *libc::__errno_location() != libc::EINTR {
-            libc::_exit(crate::exit::INTERNAL as i32);
+        match rustix::io::read(release, &mut byte) {
+            Ok(1) => break,
+            Err(Errno::INTR) => {}
+            _ => exit_now(i32::from(crate::exit::INTERNAL)),
         }
     }
-    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-    let errno = *libc::__errno_location();
-    libc::write(
-        error,
-        (&errno as *const i32).cast(),
-        std::mem::size_of::<i32>(),
-    );
-    libc::_exit(if errno == libc::ENOENT { 127 } else { 126 });
+    // SAFETY: path, argv and envp are NUL-terminated (argv and envp by a null
+    // pointer) and were built before the fork.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    let errno = std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or_default();
+    let _ = rustix::io::write(error, &errno.to_ne_bytes());
+    exit_now(if errno == Errno::NOENT.raw_os_error() {
+        127
+    } else {
+        126
+    });
+}
+
+/// Exits the forked child without the exit handlers and stdio flushing that
+/// belong to the parent.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
 }
 
 impl Held {
@@ -205,19 +217,18 @@ impl Held {
             command: self.display.clone(),
             source,
         };
-        // SAFETY: writes one byte from a valid buffer to an fd we own.
-        if unsafe { libc::write(self.release.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
-            return Err(os(std::io::Error::last_os_error()));
-        }
-        drop(self.release);
+        // Closed right after the byte: the child needs nothing more from it.
+        std::fs::File::from(self.release)
+            .write_all(&[1])
+            .map_err(os)?;
         let mut errno = [0u8; 4];
-        // SAFETY: reads into a valid 4-byte buffer; EOF means exec succeeded (CLOEXEC closed it).
-        let n = unsafe { libc::read(self.exec_error.as_raw_fd(), errno.as_mut_ptr().cast(), 4) };
-        if n == 4 {
+        // EOF means exec succeeded (CLOEXEC closed the child's end).
+        let n = std::fs::File::from(self.exec_error).read(&mut errno);
+        if let Ok(4) = n {
             let code = i32::from_ne_bytes(errno);
-            return Err(match code {
-                libc::ENOENT => SpawnError::NotFound(self.display),
-                libc::EACCES | libc::ENOEXEC => SpawnError::NotExecutable(self.display),
+            return Err(match Errno::from_raw_os_error(code) {
+                Errno::NOENT => SpawnError::NotFound(self.display),
+                Errno::ACCESS | Errno::NOEXEC => SpawnError::NotExecutable(self.display),
                 _ => SpawnError::Os {
                     command: self.display,
                     source: std::io::Error::from_raw_os_error(code),
@@ -231,22 +242,21 @@ impl Held {
 pub use crate::agent::trace::Ended;
 
 /// Blocks until the child exits.
-pub fn wait(pid: u32) -> std::io::Result<Ended> {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid writes the status of our own child.
-        let rc = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-        if rc == pid as i32 {
-            break;
+///
+/// rustix, not nix, because nix's waitpid turns a realtime signal (not in its
+/// `Signal` enum) into EINVAL after the child is already reaped.
+pub fn wait(raw: u32) -> std::io::Result<Ended> {
+    let pid = to_pid(raw).ok_or_else(|| std::io::Error::from(Errno::CHILD))?;
+    let status = loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => break status,
+            // `None` only comes with NOHANG.
+            Ok(None) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-    Ok(if libc::WIFSIGNALED(status) {
-        Ended::Signal(libc::WTERMSIG(status))
-    } else {
-        Ended::Code(libc::WEXITSTATUS(status))
+    };
+    Ok(match status.terminating_signal() {
+        Some(signal) => Ended::Signal(signal),
+        None => Ended::Code(status.exit_status().unwrap_or_default()),
     })
 }

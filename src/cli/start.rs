@@ -6,10 +6,12 @@
 //! for one readiness line, prints it, and exits with the agent's status.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::Signal;
 use serde_json::json;
 
 use crate::agent::engine::runner_diag;
@@ -21,7 +23,7 @@ use crate::attribute::jobs::Registry;
 use crate::attribute::platform::{self, JobIdentity, Platform};
 use crate::attribute::{launcher, procfs};
 use crate::cli::signals::Signals;
-use crate::cli::spawn::pipe;
+use crate::cli::spawn::{self, pipe};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
@@ -73,7 +75,7 @@ pub fn launch(args: StartArgs) -> u8 {
         }
         child => {
             drop(write);
-            await_ready(read, child, Duration::from_secs(args.ready_timeout))
+            await_ready(read, child as u32, Duration::from_secs(args.ready_timeout))
         }
     }
 }
@@ -121,25 +123,17 @@ fn probe_writable(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Prints the agent's readiness line, or its error, and returns the exit code.
-fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
-    let mut poll = libc::pollfd {
-        fd: read.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: poll reads one valid pollfd.
-    if unsafe { libc::poll(&mut poll, 1, millis) } == 0 {
-        // SAFETY: the agent is our child.
-        unsafe { libc::kill(agent, libc::SIGKILL) };
+fn await_ready(read: OwnedFd, agent: u32, timeout: Duration) -> u8 {
+    // Past what a timespec holds is forever in effect.
+    let limit = Timespec::try_from(timeout).ok();
+    let ready = rustix::event::poll(&mut [PollFd::new(&read, PollFlags::IN)], limit.as_ref());
+    if let Ok(0) = ready {
+        spawn::kill(agent, Signal::KILL);
         eprintln!("ciwatch: error: the agent did not attach its hooks within {}s; see agent.log in the output directory", timeout.as_secs());
         return crate::exit::INTERNAL;
     }
     let mut line = String::new();
-    // SAFETY: the fd is ours and stays open for the reader's lifetime.
-    let file = unsafe { std::fs::File::from_raw_fd(read.as_raw_fd()) };
-    std::mem::forget(read);
-    let got = BufReader::new(file).read_line(&mut line);
+    let got = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
     let message: serde_json::Value = match got {
         Ok(n) if n > 0 => serde_json::from_str(&line)
             .unwrap_or_else(|_| json!({"error": line.trim(), "code": crate::exit::INTERNAL})),
@@ -152,7 +146,8 @@ fn await_ready(read: OwnedFd, agent: libc::pid_t, timeout: Duration) -> u8 {
         return message
             .get("code")
             .and_then(serde_json::Value::as_u64)
-            .map_or(crate::exit::INTERNAL, |c| c as u8);
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(crate::exit::INTERNAL);
     }
     println!("{message}");
     0
@@ -176,20 +171,18 @@ fn background(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
 
 /// New session, no terminal; logs go to agent.log in the output directory.
 fn detach(out: &Path) {
-    // SAFETY: setsid has no preconditions; the fds are ours.
-    unsafe {
-        libc::setsid();
-        if let Ok(null) = std::fs::File::open("/dev/null") {
-            libc::dup2(null.as_raw_fd(), 0);
-        }
-        if let Ok(log) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(out.join("agent.log"))
-        {
-            libc::dup2(log.as_raw_fd(), 1);
-            libc::dup2(log.as_raw_fd(), 2);
-        }
+    // Best effort, as a daemon does: a failure leaves the agent attached, not broken.
+    let _ = rustix::process::setsid();
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    if let Ok(log) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("agent.log"))
+    {
+        let _ = rustix::stdio::dup2_stdout(&log);
+        let _ = rustix::stdio::dup2_stderr(&log);
     }
 }
 

@@ -1,16 +1,15 @@
-//! Path globs: `*` and `?` match within one component, `**` matches any
-//! number of whole components. Matching is on bytes, so non-UTF-8 paths work.
+//! Path globs (docs/sensitive-paths.md): `*` and `?` match within one
+//! component, `**` matches any number of whole components. globset does the
+//! matching, on bytes, so non-UTF-8 paths work; this module checks the syntax
+//! and finds the literal components the kernel filter compares.
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+#[derive(Debug, Clone)]
 pub struct Glob {
     source: String,
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    AnyDepth,
-    Component(Vec<u8>),
+    matcher: globset::GlobMatcher,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +18,8 @@ pub enum GlobError {
     NotAbsolute(String),
     #[error("pattern {0:?} has an empty component ('//')")]
     EmptyComponent(String),
+    #[error("pattern {pattern:?} cannot be compiled: {reason}")]
+    Compile { pattern: String, reason: String },
 }
 
 impl Glob {
@@ -30,17 +31,22 @@ impl Glob {
         } else {
             return Err(GlobError::NotAbsolute(pattern.to_string()));
         };
-        let mut parts = Vec::new();
-        for component in body.split('/') {
-            match component {
-                "" => return Err(GlobError::EmptyComponent(pattern.to_string())),
-                "**" => parts.push(Part::AnyDepth),
-                literal => parts.push(Part::Component(literal.as_bytes().to_vec())),
-            }
+        if body.split('/').any(str::is_empty) {
+            return Err(GlobError::EmptyComponent(pattern.to_string()));
         }
+        let matcher = globset::GlobBuilder::new(&globset_syntax(pattern))
+            .literal_separator(true)
+            .backslash_escape(true)
+            .empty_alternates(true)
+            .build()
+            .map_err(|e| GlobError::Compile {
+                pattern: pattern.to_string(),
+                reason: e.kind().to_string(),
+            })?
+            .compile_matcher();
         Ok(Self {
             source: pattern.to_string(),
-            parts,
+            matcher,
         })
     }
 
@@ -59,44 +65,54 @@ impl Glob {
     }
 
     fn literal_from_end(&self, back: usize) -> Option<&[u8]> {
-        let index = self.parts.len().checked_sub(back + 1)?;
-        match &self.parts[index] {
-            Part::Component(c) if !c.iter().any(|b| matches!(b, b'*' | b'?')) => Some(c),
-            _ => None,
-        }
+        // Only the empty string before a leading '/' is empty (`new` checked).
+        let component = self
+            .source
+            .rsplit('/')
+            .filter(|c| !c.is_empty())
+            .nth(back)?;
+        (!component.contains(['*', '?'])).then_some(component.as_bytes())
     }
 
     /// Matches an absolute, normalised path.
     pub fn matches(&self, path: &[u8]) -> bool {
-        let components: Vec<&[u8]> = path
-            .split(|&b| b == b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
-        match_parts(&self.parts, &components)
+        // "/" has no component for a `*` to match, though globset's `/*` takes it.
+        if path == b"/" {
+            return self.source.split('/').all(|c| c.is_empty() || c == "**");
+        }
+        self.matcher.is_match(OsStr::from_bytes(path))
     }
 }
 
-fn match_parts(parts: &[Part], path: &[&[u8]]) -> bool {
-    match parts.split_first() {
-        None => path.is_empty(),
-        Some((Part::AnyDepth, rest)) => {
-            (0..=path.len()).any(|skip| match_parts(rest, &path[skip..]))
-        }
-        Some((Part::Component(pattern), rest)) => {
-            path.split_first().is_some_and(|(first, tail)| {
-                match_component(pattern, first) && match_parts(rest, tail)
-            })
-        }
+/// The same pattern in globset's syntax, where three things differ:
+/// - only `*`, `?` and `**` are special here, so `[`, `{`, `,` and `\` are escaped;
+/// - globset's leading `**/` also lets `*` match an empty first component
+///   (`**/*/x` takes `/x`); paths are absolute, so it becomes `/**/`, which does not;
+/// - a trailing `/**` here also matches the directory itself (any number of
+///   components includes none), so it becomes the alternation `{,/**}`.
+fn globset_syntax(pattern: &str) -> String {
+    let absolute = if pattern.starts_with("**/") {
+        format!("/{pattern}")
+    } else {
+        pattern.to_string()
+    };
+    let mut body = absolute.as_str();
+    let mut any_depth_tail = false;
+    while let Some(dir) = body.strip_suffix("/**") {
+        body = dir;
+        any_depth_tail = true;
     }
-}
-
-fn match_component(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| match_component(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && match_component(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && match_component(rest, &name[1..]),
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for c in body.chars() {
+        if matches!(c, '[' | ']' | '{' | '}' | ',' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
     }
+    if any_depth_tail {
+        out.push_str("{,/**}");
+    }
+    out
 }
 
 /// Resolves `.` and `..` lexically; symlinks are not followed.
@@ -157,6 +173,21 @@ mod tests {
             Glob::new("/a//b"),
             Err(GlobError::EmptyComponent(_))
         ));
+    }
+
+    #[test]
+    fn only_star_question_and_double_star_are_special() {
+        let tail = Glob::new("/a/**").unwrap();
+        assert!(tail.matches(b"/a"), "`**` matches no component too");
+        assert!(tail.matches(b"/a/b/c"));
+        let lead = Glob::new("**/*/x").unwrap();
+        assert!(!lead.matches(b"/x"), "`*` needs a component");
+        assert!(lead.matches(b"/d/x"));
+        let literal = Glob::new("/[a]/{b,c}/\\d").unwrap();
+        assert!(literal.matches(b"/[a]/{b,c}/\\d"));
+        assert!(!literal.matches(b"/a/b/d"));
+        assert!(!Glob::new("/*").unwrap().matches(b"/"));
+        assert!(Glob::new("/**").unwrap().matches(b"/"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 /// Why one endpoint string is not valid. The caller adds where it came from.
@@ -91,85 +91,64 @@ impl fmt::Display for Proto {
 /// An address and a prefix length: a single address is a /32 or /128.
 /// Always canonical: the host bits are zero and an IPv4-mapped IPv6 network
 /// is stored as the IPv4 one, so `::ffff:10.0.0.1` and `10.0.0.1` are one rule.
+/// A wrapper, not a bare `ipnet::IpNet`: ipnet keeps mapped networks as IPv6
+/// and always prints a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Fails when the prefix is too long or host bits are set.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, EndpointError> {
         let (addr, prefix) = unmap(addr, prefix);
-        let max = max_prefix(addr);
-        if prefix > max {
-            return Err(EndpointError::Cidr {
-                cidr: format!("{addr}/{prefix}"),
-                reason: format!("prefix length must be 0-{max}"),
-            });
-        }
-        let net = Self {
-            addr: mask(addr, prefix),
-            prefix,
-        };
-        if net.addr != addr {
+        let net = ipnet::IpNet::new(addr, prefix).map_err(|_| EndpointError::Cidr {
+            cidr: format!("{addr}/{prefix}"),
+            reason: format!("prefix length must be 0-{}", max_prefix(addr)),
+        })?;
+        let network = net.trunc();
+        if network != net {
             return Err(EndpointError::HostBits {
                 cidr: format!("{addr}/{prefix}"),
-                network: net.to_string(),
+                network: Self(network).to_string(),
             });
         }
-        Ok(net)
+        Ok(Self(net))
     }
 
     pub fn host(addr: IpAddr) -> Self {
-        let (addr, _) = unmap(addr, max_prefix(addr));
-        Self {
-            addr,
-            prefix: max_prefix(addr),
-        }
+        Self(ipnet::IpNet::from(addr.to_canonical()))
     }
 
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     pub fn is_host(&self) -> bool {
-        self.prefix == max_prefix(self.addr)
+        self.0.prefix_len() == self.0.max_prefix_len()
     }
 
     /// IPv4-mapped IPv6 addresses (what a dual-stack socket's connect6 sees
     /// for an IPv4 peer) match IPv4 networks.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        let addr = addr.to_canonical();
-        match (self.addr, addr) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                mask(addr, self.prefix) == self.addr
-            }
-            _ => false,
-        }
+        self.0.contains(&addr.to_canonical())
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_host() {
-            write!(f, "{}", self.addr)
+            write!(f, "{}", self.addr())
         } else {
-            write!(f, "{}/{}", self.addr, self.prefix)
+            write!(f, "{}", self.0)
         }
     }
 }
 
 fn max_prefix(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        32
-    } else {
-        128
-    }
+    ipnet::IpNet::from(addr).max_prefix_len()
 }
 
 /// `::ffff:a.b.c.d/len` (len >= 96) is the IPv4 network `a.b.c.d/(len-96)`.
@@ -180,29 +159,6 @@ fn unmap(addr: IpAddr, prefix: u8) -> (IpAddr, u8) {
             None => (addr, prefix),
         },
         _ => (addr, prefix),
-    }
-}
-
-fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let bits = u32::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix.min(32)))
-            };
-            IpAddr::V4(Ipv4Addr::from(bits & m))
-        }
-        IpAddr::V6(a) => {
-            let bits = u128::from(a);
-            let m = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix.min(128)))
-            };
-            IpAddr::V6(Ipv6Addr::from(bits & m))
-        }
     }
 }
 
