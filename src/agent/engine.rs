@@ -15,7 +15,7 @@ use crate::decode::decode;
 use crate::event::{Event, HookStatus, JobRef, TraceStart};
 use crate::health::Metrics;
 use crate::kind::Kind;
-use crate::pipeline::Consumer;
+use crate::pipeline::{Batch, Consumer};
 use crate::sink::SinkError;
 
 /// Where jobs' events are written.
@@ -40,6 +40,8 @@ pub struct Engine {
     runner_logs: Vec<RunnerLog>,
     daemon: Option<DaemonState>,
     scopes: Option<StepScopes>,
+    /// Every record committed before this instant has been processed.
+    drained_through: Option<Instant>,
 }
 
 /// Enforce mode with step-scoped rules: the kernel learns each step's groups from us.
@@ -60,6 +62,10 @@ pub struct DaemonState {
     pub idle: Duration,
     ended_since: HashMap<String, Instant>,
     idle_since: HashMap<String, Instant>,
+    /// When each job was first seen with nothing left to wait for. The kernel's
+    /// view of live processes runs ahead of the records read so far, so the job
+    /// is sealed only once a drain that began after this has delivered them.
+    quiet_since: HashMap<String, Instant>,
     /// The host-wide undecodable count when each open job began: a record that
     /// cannot be read may be any job's, so it counts against every job open then.
     undecodable_at_open: HashMap<String, u64>,
@@ -88,6 +94,7 @@ impl DaemonState {
             idle,
             ended_since: HashMap::new(),
             idle_since: HashMap::new(),
+            quiet_since: HashMap::new(),
             undecodable_at_open: HashMap::new(),
             sealed: Vec::new(),
             seal_errors: Vec::new(),
@@ -115,6 +122,7 @@ impl Engine {
             runner_logs: Vec::new(),
             daemon: None,
             scopes: None,
+            drained_through: None,
         }
     }
 
@@ -318,6 +326,7 @@ impl Engine {
             }
         }
         let now = Instant::now();
+        let drained_through = self.drained_through;
         let mut done = Vec::new();
         for job in open.keys() {
             let info = self.attributor.registry.job(job);
@@ -341,7 +350,12 @@ impl Engine {
                 continue;
             }
             let since = *daemon.ended_since.entry(job.clone()).or_insert(now);
-            if live == 0 || now.duration_since(since) >= daemon.linger {
+            if live > 0 && now.duration_since(since) < daemon.linger {
+                daemon.quiet_since.remove(job);
+                continue;
+            }
+            let quiet = *daemon.quiet_since.entry(job.clone()).or_insert(now);
+            if drained_through.is_some_and(|t| t > quiet) {
                 done.push((job.clone(), live, "ok"));
             }
         }
@@ -351,6 +365,7 @@ impl Engine {
             };
             daemon.ended_since.remove(&job);
             daemon.idle_since.remove(&job);
+            daemon.quiet_since.remove(&job);
             self.attributor.registry.finalize(&job, None);
             let mut totals = self.attributor.totals_base();
             let at_open = daemon.undecodable_at_open.remove(&job).unwrap_or(0);
@@ -404,8 +419,11 @@ pub fn runner_diag(worker: u32) -> Option<PathBuf> {
 }
 
 impl Consumer for Engine {
-    fn batch(&mut self, records: Vec<Vec<u8>>) {
-        for bytes in records {
+    fn batch(&mut self, batch: Batch) {
+        if batch.drained {
+            self.drained_through = Some(batch.drain_started);
+        }
+        for bytes in batch.records {
             match decode(&bytes) {
                 Ok(record) => {
                     if let Some((placement, event)) = self.attributor.event(record) {

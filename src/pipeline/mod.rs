@@ -4,7 +4,7 @@
 
 pub mod reader;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -14,9 +14,20 @@ use crate::event::{Event, Totals};
 /// Batches of raw records in flight between reader and consumer.
 const RAW_BATCHES: usize = 8;
 
+/// Records read from the ring in one go.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<Vec<u8>>,
+    /// When the drain this batch belongs to began.
+    pub drain_started: Instant,
+    /// The ring was empty after this batch: every record the kernel had
+    /// committed before `drain_started` has now been delivered.
+    pub drained: bool,
+}
+
 /// Decodes, attributes and writes records; also does periodic work (sealing ended jobs).
 pub trait Consumer: Send + 'static {
-    fn batch(&mut self, records: Vec<Vec<u8>>);
+    fn batch(&mut self, batch: Batch);
     fn tick(&mut self);
 }
 
@@ -42,7 +53,7 @@ impl<C: Consumer> Pipeline<C> {
         consumer: C,
     ) -> std::io::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
-        let (raw_tx, raw_rx) = mpsc::channel(RAW_BATCHES);
+        let (raw_tx, raw_rx) = mpsc::channel::<Batch>(RAW_BATCHES);
         let reader = reader::spawn(ring, drain_interval, raw_tx, stop_rx)?;
         let consumer = tokio::spawn(consume(raw_rx, consumer, tick_interval));
         Ok(Self {
@@ -61,7 +72,7 @@ impl<C: Consumer> Pipeline<C> {
 }
 
 async fn consume<C: Consumer>(
-    mut raw: mpsc::Receiver<Vec<Vec<u8>>>,
+    mut raw: mpsc::Receiver<Batch>,
     mut consumer: C,
     every: Duration,
 ) -> C {

@@ -2,7 +2,7 @@
 //! timer, in byte-bounded batches.
 
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
@@ -28,7 +28,7 @@ enum Wake {
 pub fn spawn(
     ring: RingBuf<MapData>,
     interval: Duration,
-    out: mpsc::Sender<Vec<Vec<u8>>>,
+    out: mpsc::Sender<super::Batch>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<Result<(), ReaderError>>> {
     tracing::debug!("ring buffer fd {}", ring.as_raw_fd());
@@ -62,24 +62,29 @@ pub fn spawn(
     }))
 }
 
-/// Sends everything queued now; false once the processor has gone away.
-async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<Vec<Vec<u8>>>) -> bool {
+/// Sends everything queued now, ending with a batch marked `drained` (empty
+/// when the ring was), so the consumer knows how far the log has caught up
+/// with the kernel. False once the processor has gone away.
+async fn drain(ring: &mut RingBuf<MapData>, out: &mpsc::Sender<super::Batch>) -> bool {
+    let drain_started = Instant::now();
     loop {
-        let mut batch = Vec::new();
+        let mut records = Vec::new();
         let mut bytes = 0;
         while bytes < BATCH_BYTES {
             let Some(item) = ring.next() else { break };
             bytes += item.len();
-            batch.push(item.to_vec());
+            records.push(item.to_vec());
         }
-        if batch.is_empty() {
-            return true;
-        }
-        let more = bytes >= BATCH_BYTES;
+        let drained = bytes < BATCH_BYTES;
+        let batch = super::Batch {
+            records,
+            drain_started,
+            drained,
+        };
         if out.send(batch).await.is_err() {
             return false;
         }
-        if !more {
+        if drained {
             return true;
         }
     }

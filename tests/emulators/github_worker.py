@@ -95,7 +95,7 @@ results = {"tracking": tracking}
 if cfg.get("scenario") == "orphan":
     # The Worker dies mid-step: the step goes on and connects after the Worker is gone.
     g = guid()
-    script = write_script(os.path.join(temp, g + ".sh"), f"sleep 0.5; {tcp(ports['build'])}")
+    script = write_script(os.path.join(temp, g + ".sh"), f"sleep {cfg.get('orphan_sleep', 0.5)}; {tcp(ports['build'])}")
     start("Orphan", ["/usr/bin/bash", "-e", script], step_env("__run", g))
     os._exit(0)
 if cfg.get("scenario") == "bench":
