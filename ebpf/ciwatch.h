@@ -48,6 +48,7 @@
 #define CW_TAG_STEP_ROOT (1 << 0) /* this process started its step */
 #define CW_TAG_LAUNCHER (1 << 1) /* a platform's step launcher (Runner.Worker, …) */
 #define CW_TAG_CONTAINER (1 << 2) /* started by a container runtime; userspace resolves its job */
+#define CW_TAG_LAUNCHED (1 << 3) /* forked by a launcher, not yet exec'd: its first exec starts a step */
 
 /* cw_env.reason */
 #define CW_ENV_STEP_ROOT 1

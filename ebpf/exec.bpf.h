@@ -3,7 +3,7 @@
  * exec: filename, bounded argv, parent and identity of every exec in a job;
  * and the moment a process joins a job's lineage:
  *  - exec'd under a launcher name (Runner.Worker, …): a launcher of a new job;
- *  - exec'd by a launcher: the root of a new step;
+ *  - exec'd by a launcher, or the first exec of a child it forked: the root of a new step;
  *  - exec'd by a container runtime: a container step, resolved in userspace.
  * Those three also send their environment (one cw_env record, never logged),
  * read here before the process can run, so even a 1 ms step is named; a new
@@ -45,6 +45,7 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 	struct cw_tag tag = {};
 	__u32 reason;
 	struct cw_launcher *parent = bpf_map_lookup_elem(&launchers, &ppid);
+	struct cw_tag *own = bpf_map_lookup_elem(&tasks, &tgid);
 	__u32 *platform = 0;
 	char comm[CW_COMM_LEN];
 
@@ -56,13 +57,12 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 		tag.job = l.job;
 		tag.flags = CW_TAG_LAUNCHER;
 		reason = CW_ENV_LAUNCHER;
-	} else if (parent) {
-		tag.job = parent->job;
+	} else if (parent || (own && (own->flags & CW_TAG_LAUNCHED))) {
+		tag.job = parent ? parent->job : own->job;
 		tag.step = new_id(1);
 		tag.flags = CW_TAG_STEP_ROOT;
 		reason = CW_ENV_STEP_ROOT;
-	} else if (!bpf_map_lookup_elem(&tasks, &tgid) &&
-		   comm_listed(&container_parents, BPF_CORE_READ(task, real_parent))) {
+	} else if (!own && comm_listed(&container_parents, BPF_CORE_READ(task, real_parent))) {
 		tag.step = new_id(1);
 		tag.flags = CW_TAG_CONTAINER | CW_TAG_STEP_ROOT;
 		reason = CW_ENV_CONTAINER;

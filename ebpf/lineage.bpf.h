@@ -17,7 +17,14 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 		return 0;
 	struct cw_tag inherited = *tag;
 	/* A child is neither a launcher nor a step root until its own exec says so. */
-	inherited.flags &= ~(CW_TAG_LAUNCHER | CW_TAG_STEP_ROOT);
+	inherited.flags &= ~(CW_TAG_LAUNCHER | CW_TAG_STEP_ROOT | CW_TAG_LAUNCHED);
+	/*
+	 * A launcher's child starts a step at its first exec even if the launcher
+	 * is gone by then: after a vfork the parent resumes mid-exec, before the
+	 * exec tracepoint, and may already have exited.
+	 */
+	if (tag->flags & CW_TAG_LAUNCHER)
+		inherited.flags |= CW_TAG_LAUNCHED;
 	bpf_map_update_elem(&tasks, &ctgid, &inherited, BPF_ANY);
 
 	struct cw_fork *e = reserve(sizeof(*e), CW_KIND_FORK);

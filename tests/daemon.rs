@@ -230,7 +230,15 @@ fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let _daemon = start_daemon(&state);
+    // The orphaned step outlives its Worker: a linger longer than the test keeps a
+    // loaded machine's slow step from being cut off by the timer (which is not what
+    // this test is about).
+    let config = tmp.path().join("long-linger.toml");
+    write(
+        &config,
+        "[health]\nlisten = \"127.0.0.1:0\"\n[run]\nlinger_ms = 60000\n",
+    );
+    let _daemon = start_daemon_with(&state, &config, &[]);
 
     let (mut orphan, op) = job_with(
         tmp.path(),
@@ -445,7 +453,9 @@ fn a_job_whose_last_records_are_still_in_the_ring_is_sealed_once_with_all_of_the
     let config = tmp.path().join("slow-reader.toml");
     write(
         &config,
-        "[health]\nlisten = \"127.0.0.1:0\"\n[ring]\ndrain_interval_ms = 1000\nwakeup_bytes = 8388608\n",
+        // A linger longer than the test keeps the seal waiting for the step, not for a timer.
+        "[health]\nlisten = \"127.0.0.1:0\"\n[ring]\ndrain_interval_ms = 1000\nwakeup_bytes = 8388608\n\
+         [run]\nlinger_ms = 60000\n",
     );
     let _daemon = start_daemon_with(&state, &config, &[]);
     let mut jobs = Vec::new();

@@ -5,6 +5,7 @@
 //! The subcommands differ only in who is watched (a spawned command, the CI
 //! job around `start`, every job on the host) and when recording ends.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,27 +112,7 @@ impl Recorder {
             command,
             runner_logs,
         } = opts;
-        let (outputs, daemon) = match target {
-            Target::Job { dir, job } => {
-                let header = trace_start(&agent, config, plan, &job_ref(&registry, &job), command);
-                let output = create_output(&dir, &header)?;
-                (Outputs::Single { job, output }, None)
-            }
-            Target::Host { root, host } => {
-                let unknown = JobRef {
-                    platform: "none".into(),
-                    id: String::new(),
-                };
-                let header = trace_start(&agent, config, plan, &unknown, command);
-                let outputs = Outputs::PerJob {
-                    root,
-                    header,
-                    open: Default::default(),
-                    errors: Vec::new(),
-                };
-                (outputs, Some(daemon_state(&agent, config, host)))
-            }
-        };
+        let (outputs, daemon) = outputs(&agent, config, plan, &registry, target, command)?;
         let attributor = Attributor::new(registry, config.capture_args, agent.sensitive.clone());
         let mut engine = Engine::new(attributor, outputs);
         if let Some(scopes) = agent.scopes.take() {
@@ -240,6 +221,39 @@ impl Stopped {
     pub fn seal_open_jobs(mut self) {
         self.engine.seal_all();
     }
+}
+
+/// Where events go, with the `trace_start` every trace begins with; the daemon's state for a host.
+fn outputs(
+    agent: &Agent,
+    config: &Config,
+    plan: &Plan,
+    registry: &Registry,
+    target: Target,
+    command: &[Vec<u8>],
+) -> Result<(Outputs, Option<DaemonState>), SessionError> {
+    Ok(match target {
+        Target::Job { dir, job } => {
+            let header = trace_start(agent, config, plan, &job_ref(registry, &job), command);
+            let output = create_output(&dir, &header)?;
+            (Outputs::Single { job, output }, None)
+        }
+        Target::Host { root, host } => {
+            // Each job's trace gets its own identity when its first event arrives.
+            let unknown = JobRef {
+                platform: "none".into(),
+                id: String::new(),
+            };
+            let header = trace_start(agent, config, plan, &unknown, command);
+            let outputs = Outputs::PerJob {
+                root,
+                header,
+                open: HashMap::new(),
+                errors: Vec::new(),
+            };
+            (outputs, Some(daemon_state(agent, config, host)))
+        }
+    })
 }
 
 fn daemon_state(agent: &Agent, config: &Config, host: HostOptions) -> DaemonState {

@@ -45,6 +45,7 @@ pub const STEP_VAR_NAME: usize = 32;
 pub const TAG_STEP_ROOT: u32 = 1 << 0;
 pub const TAG_LAUNCHER: u32 = 1 << 1;
 pub const TAG_CONTAINER: u32 = 1 << 2;
+pub const TAG_LAUNCHED: u32 = 1 << 3;
 
 pub const ENV_STEP_ROOT: u32 = 1;
 pub const ENV_LAUNCHER: u32 = 2;
@@ -532,6 +533,7 @@ mod tests {
             TAG_STEP_ROOT,
             TAG_LAUNCHER,
             TAG_CONTAINER,
+            TAG_LAUNCHED,
             ENV_STEP_ROOT,
             ENV_LAUNCHER,
             ENV_CONTAINER,
