@@ -70,6 +70,12 @@ fn check_names_line_and_field_and_exits_78() {
             6,
             "allow[2]: duplicate rule `github.com:443` (already at line 4)",
         ),
+        ("bad/long-host.yml", 5, "allow[1].host: host name \"c.aaaa"),
+        (
+            "bad/port-float.yml",
+            6,
+            "allow[1].port: port \"1.5e3\" is not a number from 1 to 65535",
+        ),
     ] {
         let p = path(file);
         let (code, out, err) = ciwatch(&["policy", "check", &p]);

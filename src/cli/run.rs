@@ -116,8 +116,13 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     }
     let signals = Signals::install().map_err(RunError::Signals)?;
 
-    let (registry, job) = job_registry(&args.command);
     let command: Vec<Vec<u8>> = args.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+    // The step (and job) name is copied into every event, the summary and the
+    // statement: masked as argv is.
+    let (registry, job) = job_registry(&crate::redact::command_line(
+        config.capture_args,
+        command.clone(),
+    ));
     let mut recorder = Recorder::start(
         agent,
         SessionOptions {
@@ -195,14 +200,15 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
     Ok(ended.shell_code())
 }
 
-/// The job this command is: the CI job around it when there is one, else the command itself.
-fn job_registry(command: &[OsString]) -> (Registry, String) {
+/// The job this command is: the CI job around it when there is one, else the
+/// command itself; `command_line` is already redacted.
+fn job_registry(command_line: &str) -> (Registry, String) {
     let mut registry = Registry::new();
     let detection = platform::detect(&StepEnv::of_this_process(), &[], None);
     let identity = detection.job.unwrap_or_else(|| JobIdentity {
         platform: Platform::None,
         id: local_job_id(),
-        name: Some(command_line(command)),
+        name: Some(command_line.to_string()),
         url: None,
         proof: vec![
             "no CI platform detected: the job is the watched command's process tree".into(),
@@ -211,7 +217,7 @@ fn job_registry(command: &[OsString]) -> (Registry, String) {
     let job = registry.register_job(JOB, identity, detection.conflicts);
     let step = StepIdentity {
         key: Some("command".into()),
-        name: Some(command_line(command)),
+        name: Some(command_line.to_string()),
         ..Default::default()
     };
     registry.register_step(STEP, &job, step, "lineage");
@@ -221,12 +227,4 @@ fn job_registry(command: &[OsString]) -> (Registry, String) {
 fn local_job_id() -> String {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     format!("run-{}-{}", now.replace([':', '-'], ""), std::process::id())
-}
-
-fn command_line(command: &[OsString]) -> String {
-    command
-        .iter()
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

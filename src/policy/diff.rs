@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::model::{Allowed, CompiledPolicy, Decision, Origin, Policy};
 use super::trace::{Step, Trace};
+use crate::text::escape_controls as inert;
 
 /// One destination the policy would deny, in one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -172,7 +173,9 @@ pub fn diff(
 }
 
 impl DiffReport {
-    /// The human form `policy diff` prints.
+    /// The human form `policy diff` prints. Everything that came from a file
+    /// (trace names, hosts, steps; the policy's rules) is shown inert, since a
+    /// job chooses its host and step names.
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -181,7 +184,9 @@ impl DiffReport {
         let _ = writeln!(
             out,
             "policy {} (version {}, mode {}, sha256 {short}…)",
-            p.source, p.version, p.mode
+            inert(&p.source),
+            p.version,
+            p.mode
         );
         for t in &self.traces {
             let partial = if t.complete {
@@ -192,7 +197,10 @@ impl DiffReport {
             let _ = writeln!(
                 out,
                 "trace  {} (job {}, {} connects, {} lookups{partial})",
-                t.path, t.job, t.connects, t.lookups
+                inert(&t.path),
+                inert(&t.job),
+                t.connects,
+                t.lookups
             );
         }
         if self.denied.is_empty() {
@@ -256,17 +264,21 @@ impl DiffReport {
         if !self.unused_rules.is_empty() {
             let _ = writeln!(out, "\nrules nothing in these traces used:");
             for r in &self.unused_rules {
-                let _ = writeln!(out, "  {r}");
+                let _ = writeln!(out, "  {}", inert(r));
             }
         }
         out
     }
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart; cells shown inert.
 fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.each_ref().map(|cell| inert(cell).into_owned()))
+        .collect();
     let mut widths = header.map(str::len);
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -282,7 +294,66 @@ fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N
         out.push('\n');
     };
     line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_traces_are_printed_inert() {
+        let evil = "x\x1b[2J\x1b]0;pwned\x07<img src=x onerror=alert(1)>";
+        let shown = "x\\x1b[2J\\x1b]0;pwned\\x07<img src=x onerror=alert(1)>";
+        let step = Step {
+            id: "s1".into(),
+            name: Some(evil.into()),
+            stage: None,
+        };
+        let report = DiffReport {
+            policy: PolicyInfo {
+                source: "p.yml".into(),
+                version: 1,
+                mode: "enforce".into(),
+                digest: "ab".repeat(32),
+                resolvers: Vec::new(),
+            },
+            traces: vec![TraceInfo {
+                path: "t".into(),
+                job: evil.into(),
+                mode: "observe".into(),
+                connects: 1,
+                lookups: 1,
+                complete: true,
+            }],
+            connects_checked: 1,
+            connects_denied: 1,
+            denied: vec![Denial {
+                addr: IpAddr::from([192, 0, 2, 1]),
+                port: 443,
+                protocol: "tcp".into(),
+                hosts: vec![evil.into()],
+                step: step.clone(),
+                count: 1,
+                traces: vec!["t".into()],
+            }],
+            unlisted_dns: vec![UnlistedLookup {
+                host: evil.into(),
+                step,
+                count: 1,
+                refused: false,
+            }],
+            unused_rules: Vec::new(),
+        };
+        let out = report.render();
+        assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out}");
+        assert!(out.contains(&format!("(job {shown}, ")), "{out}");
+        assert!(
+            out.contains(&format!("192.0.2.1    443   tcp    {shown}  {shown}  1")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("  {shown}  {shown}  1\n")), "{out}");
     }
 }

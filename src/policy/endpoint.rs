@@ -50,6 +50,8 @@ pub enum EndpointError {
     WildcardTooBroad(String),
     #[error("{0:?} is not a valid host name, IP address or CIDR")]
     BadHost(String),
+    #[error("host name {0:?} is longer than the kernel's {MAX_NAME_BYTES}-byte limit")]
+    NameTooLong(String),
     #[error("a port goes in the `port` field, not in `host` ({0:?})")]
     PortInHost(String),
     #[error("a protocol goes in the `protocol` field, not in `host` ({0:?})")]
@@ -208,6 +210,7 @@ impl Target {
             if !parent.contains('.') {
                 return Err(EndpointError::WildcardTooBroad(text.to_string()));
             }
+            fits_the_kernel(parent, text)?;
             return Ok(Target::Wildcard(parent.to_string()));
         }
         if name.contains('*') {
@@ -216,6 +219,7 @@ impl Target {
         if !is_host_name(name) {
             return Err(EndpointError::BadHost(text.to_string()));
         }
+        fits_the_kernel(name, text)?;
         Ok(Target::Host(name.to_string()))
     }
 
@@ -257,6 +261,19 @@ fn parse_cidr(addr: &str, len: &str) -> Result<IpNet, EndpointError> {
         }
     };
     IpNet::new(ip, prefix)
+}
+
+/// The longest name (or wildcard parent) the kernel's allowlist keys hold,
+/// without their NUL. DNS allows 253, so this is checked here rather than
+/// failing later when enforcement starts.
+pub const MAX_NAME_BYTES: usize = crate::bpf::abi::NAME_MAX - 1;
+
+/// `key` is what the kernel map stores: the name, or a wildcard's parent.
+fn fits_the_kernel(key: &str, written: &str) -> Result<(), EndpointError> {
+    if key.len() > MAX_NAME_BYTES {
+        return Err(EndpointError::NameTooLong(written.to_string()));
+    }
+    Ok(())
 }
 
 /// Labels of letters, digits, `-` and `_` (service names like `_dmarc`), 1-63
@@ -516,6 +533,24 @@ mod tests {
             "10.0.0.0/08".parse::<Endpoint>(),
             Err(EndpointError::Cidr { .. })
         ));
+    }
+
+    #[test]
+    fn names_longer_than_the_kernel_key_are_refused() {
+        // 63 + 1 + 63 = 127 bytes fits; two more do not (DNS would allow 253).
+        let fits = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+        assert_eq!(ep(&fits).target, Target::Host(fits.clone()));
+        assert_eq!(
+            ep(&format!("*.{fits}")).target,
+            Target::Wildcard(fits.clone())
+        );
+        let over = format!("c.{fits}");
+        for input in [over.clone(), format!("*.{over}")] {
+            assert_eq!(
+                input.parse::<Endpoint>(),
+                Err(EndpointError::NameTooLong(input.clone()))
+            );
+        }
     }
 
     #[test]

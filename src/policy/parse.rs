@@ -159,6 +159,7 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<Parsed, PolicyError> {
         .map_err(|e| yaml_error(&e, name))?;
     let mut parsed = Validator {
         path: name,
+        source: text,
         warnings: Vec::new(),
     }
     .policy(raw)?;
@@ -360,6 +361,7 @@ impl<'de> Deserialize<'de> for Scalar {
 
 struct Validator<'a> {
     path: &'a str,
+    source: &'a str,
     warnings: Vec<Warning>,
 }
 
@@ -378,6 +380,23 @@ impl Validator<'_> {
         }
     }
 
+    /// A scalar as written. YAML numbers arrive as their value, so without this
+    /// `port: 1.5e3`, `0x1bb` or `+443` would pass as the integer they evaluate to.
+    fn written<'s>(&'s self, scalar: &'s Spanned<Scalar>) -> &'s str {
+        if !scalar.value.is_number {
+            return &scalar.value.text;
+        }
+        let span = scalar.referenced.span();
+        span.byte_offset()
+            .zip(span.byte_len())
+            .and_then(|(start, len)| {
+                let start = usize::try_from(start).ok()?;
+                let end = start.checked_add(usize::try_from(len).ok()?)?;
+                self.source.get(start..end)
+            })
+            .unwrap_or(&scalar.value.text)
+    }
+
     fn policy(mut self, raw: RawPolicy) -> Result<Parsed, PolicyError> {
         let version = &raw.version;
         if !version.value.is_number {
@@ -390,13 +409,13 @@ impl Validator<'_> {
                 ),
             ));
         }
-        if version.value.text != VERSION.to_string() {
+        if self.written(version) != VERSION.to_string() {
             return Err(self.invalid(
                 &version.referenced,
                 "version",
                 format!(
                     "unsupported version {}: this ciwatch reads version {VERSION}",
-                    version.value.text
+                    self.written(version)
                 ),
             ));
         }
@@ -503,7 +522,7 @@ impl Validator<'_> {
                 let target = self.long_target(&long.host, &host_field)?;
                 let port = match &long.port {
                     None => None,
-                    Some(p) => Some(super::endpoint::parse_port(&p.value.text).map_err(|e| {
+                    Some(p) => Some(super::endpoint::parse_port(self.written(p)).map_err(|e| {
                         self.invalid(&p.referenced, format!("{field}.port"), e.to_string())
                     })?),
                 };
@@ -830,6 +849,10 @@ allow:
             ("https", "\"https\""),
             ("-1", "\"-1\""),
             ("4.5", "\"4.5\""),
+            ("1.5e3", "\"1.5e3\""),
+            ("443.0", "\"443.0\""),
+            ("0x1bb", "\"0x1bb\""),
+            ("+443", "\"+443\""),
         ] {
             let m = expect(
                 &format!(
@@ -850,6 +873,12 @@ allow:
             4,
             "`port` field",
         );
+        let long = format!("c.{}.{}", "a".repeat(63), "b".repeat(63));
+        expect(
+            &format!("version: 1\nmode: enforce\nallow:\n  - x.example\n  - host: {long}\n"),
+            5,
+            "longer than the kernel's 127-byte limit",
+        );
     }
 
     #[test]
@@ -866,6 +895,11 @@ allow:
             "unsupported version 2: this ciwatch reads version 1",
         );
         expect("version: \"1\"\nmode: enforce\n", 1, "must be a number");
+        expect(
+            "version: 1.0\nmode: enforce\n",
+            1,
+            "unsupported version 1.0",
+        );
         expect(
             "version: 1\nmode: enforce\non-policy-error: ignore\n",
             3,

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::event::{Body, Event, HookStatus, Protocol, Totals};
+use crate::text::escape_controls;
 
 /// Rows shown per table; the log holds everything.
 const MAX_ROWS: usize = 50;
@@ -337,7 +338,7 @@ fn render_steps(md: &mut String, steps: &[StepRow]) {
     for s in steps {
         let mut name = cell(&s.name);
         if let Some(stage) = s.stage.as_deref().filter(|st| *st != "main") {
-            name = format!("{name} ({stage})");
+            name = format!("{name} ({})", cell(stage));
         }
         if s.internal {
             name = format!("_{name}_");
@@ -401,9 +402,40 @@ fn list(items: &BTreeSet<String>) -> String {
     cell(&items.iter().cloned().collect::<Vec<_>>().join(", "))
 }
 
-/// Keeps table cells on one line and their pipes literal.
+/// One table cell, on one line and inert. Names come from the job, and GitHub
+/// renders summaries as Markdown with HTML: `<`, `>` and `&` become entities,
+/// characters that open inline syntax (code, links, emphasis, strikethrough,
+/// escapes, `|` ending the cell) are backslash-escaped, and controls are shown
+/// as `\x1b`. A cell holds inline content only, so `#`, `>` or `-` at its start
+/// start nothing; `_` is escaped only where it could open or close emphasis,
+/// which keeps `id_rsa` or `GITHUB_TOKEN` as written.
 fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, &c) in chars.iter().enumerate() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '|' | '\\' | '`' | '*' | '[' | ']' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '_' if !inside_word(&chars, i) => out.push_str("\\_"),
+            c => out.push_str(&escape_controls(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    out
+}
+
+/// Whether `chars[i]` sits between two letters or digits (no emphasis there).
+fn inside_word(chars: &[char], i: usize) -> bool {
+    let alnum = |j: Option<usize>| {
+        j.and_then(|j| chars.get(j))
+            .is_some_and(|c| c.is_alphanumeric())
+    };
+    alnum(i.checked_sub(1)) && alnum(i.checked_add(1))
 }
 
 /// Egress and denials share one table: destination, protocol, names, steps, processes, count.
@@ -436,4 +468,73 @@ fn more(md: &mut String, total: usize) {
         let _ = writeln!(md, "\n… and {} more in events.ndjson.", total - MAX_ROWS);
     }
     md.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVIL: &str = "x\x1b]0;pwned\x07<img src=x onerror=alert(1)>`code`|*b*[l](u)";
+
+    fn step(name: &str) -> StepRow {
+        StepRow {
+            id: "s1".into(),
+            name: name.into(),
+            stage: None,
+            internal: false,
+            execs: 1,
+            connects: 0,
+            dns: 1,
+            files: 0,
+            degraded: false,
+        }
+    }
+
+    fn render(host: &str, steps: &[StepRow]) -> String {
+        let mut summary = Summary::default();
+        summary.dns.insert(
+            host.into(),
+            Lookup {
+                count: 1,
+                steps: BTreeSet::from(["s1".to_string()]),
+                ..Lookup::default()
+            },
+        );
+        summary.render(&Context {
+            title: "t",
+            hooks: &[],
+            exit: None,
+            log_sha256: None,
+            still_running: 0,
+            steps,
+            notes: &[],
+        })
+    }
+
+    #[test]
+    fn job_chosen_names_are_inert_in_cells() {
+        let md = render(EVIL, &[step(EVIL)]);
+        let shown =
+            "x\\x1b\\]0;pwned\\x07&lt;img src=x onerror=alert(1)&gt;\\`code\\`\\|\\*b\\*\\[l\\](u)";
+        assert!(md.contains(&format!("| {shown} | 1 | 0 | 1 | 0 |")), "{md}");
+        assert!(
+            md.contains(&format!("| {shown} |  | {shown} | 1 |")),
+            "{md}"
+        );
+        assert!(!md.contains('\x1b') && !md.contains('<'), "{md}");
+    }
+
+    #[test]
+    fn ordinary_names_are_kept_as_written() {
+        for name in [
+            "Build (ubuntu-latest, 3.12)",
+            "GITHUB_TOKEN id_rsa /home/runner/.ssh/id_ed25519",
+            "registry.npmjs.org",
+            "# not a heading - not a list 1. nor this",
+        ] {
+            assert_eq!(cell(name), name);
+        }
+        assert_eq!(cell("__init__ _x"), "\\_\\_init\\_\\_ \\_x");
+        assert_eq!(cell("a\\b\nc"), "a\\\\b c");
+    }
 }
