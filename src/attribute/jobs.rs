@@ -80,6 +80,9 @@ struct KernelJob {
     job: Option<String>,
     /// The launcher runs many jobs over its life (gitlab-runner, a Jenkins agent).
     long_lived: bool,
+    /// Its exit may be read before its first step root names the job: a
+    /// vforked step execs after the launcher has resumed, and maybe exited.
+    exited: bool,
 }
 
 /// A root whose environment arrived; its exec record (argv) completes it.
@@ -296,8 +299,10 @@ impl Registry {
             }
             (Some(identity), _) => {
                 let key = self.ensure_job(identity.clone(), detection.conflicts.clone());
+                let exited = self.kernel_jobs.get(&kernel_job).is_some_and(|k| k.exited);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.has_launcher = true;
+                    j.launcher_exited |= exited && !long_lived;
                 }
                 if !long_lived {
                     self.kernel_jobs.entry(kernel_job).or_default().job = Some(key.clone());
@@ -572,11 +577,9 @@ impl Registry {
 
     /// The launcher of `kernel_job` exited.
     pub fn launcher_exited(&mut self, kernel_job: u32) {
-        if let Some(job) = self
-            .kernel_jobs
-            .get(&kernel_job)
-            .and_then(|k| k.job.clone())
-        {
+        let kj = self.kernel_jobs.entry(kernel_job).or_default();
+        kj.exited = true;
+        if let Some(job) = kj.job.clone() {
             if let Some(j) = self.jobs.get_mut(&job) {
                 j.launcher_exited = true;
             }
@@ -677,4 +680,52 @@ fn launcher_platform(argv: &[String]) -> Option<Platform> {
                 .any(|c| !program.is_empty() && (program == *c || program.starts_with(c)))
         })
         .map(|d| d.platform())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribute::env::StepEnv;
+
+    fn common(tgid: u32, job: u32, step: u32, tag_flags: u32) -> Common {
+        Common {
+            flags: 0,
+            ktime_ns: 1,
+            pid: tgid,
+            tgid,
+            proc_start_ns: 1,
+            cgroup_id: 0,
+            uid: 0,
+            job,
+            step,
+            tag_flags,
+            comm: b"x".to_vec(),
+        }
+    }
+
+    fn github_env() -> StepEnv {
+        StepEnv::parse(
+            b"GITHUB_ACTIONS=true\0GITHUB_REPOSITORY=acme/app\0GITHUB_RUN_ID=1\0GITHUB_JOB=build\0RUNNER_TRACKING_ID=github_x\0",
+            false,
+        )
+    }
+
+    /// A launcher that vforks a step and exits at once: its exit record comes
+    /// before the step root's exec, which is what names the job.
+    #[test]
+    fn a_launcher_exit_read_before_its_first_step_still_ends_the_job() {
+        let mut r = Registry::new();
+        let launcher = common(10, 1001, 0, abi::TAG_LAUNCHER);
+        r.environment(&launcher, EnvReason::Launcher, github_env());
+        r.exec(&launcher, &["/runner/bin/Runner.Worker".into()]);
+        r.launcher_exited(1001);
+
+        let root = common(11, 1001, 1001, abi::TAG_STEP_ROOT);
+        r.environment(&root, EnvReason::StepRoot, github_env());
+        r.exec(&root, &["/usr/bin/bash".into()]);
+        let job = r.place(&root).expect("the step is placed").job;
+        let info = r.job(&job).expect("the job is known");
+        assert!(info.has_launcher);
+        assert!(info.launcher_exited, "the early exit is not forgotten");
+    }
 }
