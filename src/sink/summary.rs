@@ -150,7 +150,8 @@ impl Summary {
 
     pub fn render(&self, ctx: &Context<'_>) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "# {}\n", ctx.title);
+        // The job's name comes from the CI (and on GitHub from a log the job can write).
+        let _ = writeln!(md, "# {}\n", cell(ctx.title));
         self.render_overview(&mut md, ctx);
         render_steps(&mut md, ctx.steps);
         let names = StepNames(ctx.steps);
@@ -501,7 +502,7 @@ mod tests {
             },
         );
         summary.render(&Context {
-            title: "t",
+            title: host,
             hooks: &[],
             exit: None,
             log_sha256: None,
@@ -520,6 +521,10 @@ mod tests {
         assert!(
             md.contains(&format!("| {shown} |  | {shown} | 1 |")),
             "{md}"
+        );
+        assert!(
+            md.starts_with(&format!("# {shown}\n")),
+            "the heading too: {md}"
         );
         assert!(!md.contains('\x1b') && !md.contains('<'), "{md}");
     }

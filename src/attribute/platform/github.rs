@@ -93,17 +93,40 @@ fn internal_label(argv: &[String]) -> String {
         return "hashFiles".into();
     }
     match program(argv) {
-        "docker" => format!("docker {}", argv.get(1).map_or("", String::as_str))
-            .trim()
-            .to_string(),
+        // The runner's own `docker pull|create|exec|…`: the subcommand names the
+        // step; anything else in argv[1] (a flag, a value) is not shown.
+        "docker" => match argv.get(1).filter(|a| is_subcommand(a)) {
+            Some(sub) => format!("docker {sub}"),
+            None => "docker".into(),
+        },
         "" => "unknown".into(),
         other => other.to_string(),
     }
 }
 
+fn is_subcommand(arg: &str) -> bool {
+    !arg.is_empty()
+        && arg.len() <= 32
+        && arg.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        && !arg.starts_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_docker_steps_show_the_subcommand_and_nothing_else() {
+        let label =
+            |args: &[&str]| internal_label(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        assert_eq!(label(&["/usr/bin/docker", "pull", "img"]), "docker pull");
+        assert_eq!(
+            label(&["/usr/bin/docker", "--password=hunter2", "login"]),
+            "docker"
+        );
+        assert_eq!(label(&["/usr/bin/docker", "-H", "tcp://x"]), "docker");
+        assert_eq!(label(&["/usr/bin/docker"]), "docker");
+    }
 
     #[test]
     fn file_command_guid_is_the_step_key() {
