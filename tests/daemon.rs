@@ -31,7 +31,7 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(state: &Path) -> Daemon {
-    start_daemon_with(state, &no_health_config(state), &[])
+    start_daemon_with(state, &config_with(state, ""), &[])
 }
 
 fn start_daemon_with(state: &Path, config: &Path, extra: &[&str]) -> Daemon {
@@ -58,10 +58,14 @@ fn start_daemon_with(state: &Path, config: &Path, extra: &[&str]) -> Daemon {
     panic!("the daemon exited before it was ready: {status:?}");
 }
 
-/// The default health port may be taken on a shared host; this test reads traces, not metrics.
-fn no_health_config(state: &Path) -> PathBuf {
+/// A config beside `state` with `extra` sections. The default health port may be
+/// taken on a shared host, so the health server listens on a free one.
+fn config_with(state: &Path, extra: &str) -> PathBuf {
     let path = state.with_extension("toml");
-    write(&path, "[health]\nlisten = \"127.0.0.1:0\"\n");
+    write(
+        &path,
+        &format!("[health]\nlisten = \"127.0.0.1:0\"\n{extra}"),
+    );
     path
 }
 
@@ -233,11 +237,7 @@ fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
     // The orphaned step outlives its Worker: a linger longer than the test keeps a
     // loaded machine's slow step from being cut off by the timer (which is not what
     // this test is about).
-    let config = tmp.path().join("long-linger.toml");
-    write(
-        &config,
-        "[health]\nlisten = \"127.0.0.1:0\"\n[run]\nlinger_ms = 60000\n",
-    );
+    let config = config_with(&state, "[run]\nlinger_ms = 60000\n");
     let _daemon = start_daemon_with(&state, &config, &[]);
 
     let (mut orphan, op) = job_with(
@@ -450,12 +450,10 @@ fn a_job_whose_last_records_are_still_in_the_ring_is_sealed_once_with_all_of_the
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let config = tmp.path().join("slow-reader.toml");
-    write(
-        &config,
-        // A linger longer than the test keeps the seal waiting for the step, not for a timer.
-        "[health]\nlisten = \"127.0.0.1:0\"\n[ring]\ndrain_interval_ms = 1000\nwakeup_bytes = 8388608\n\
-         [run]\nlinger_ms = 60000\n",
+    // A linger longer than the test keeps the seal waiting for the step, not for a timer.
+    let config = config_with(
+        &state,
+        "[ring]\ndrain_interval_ms = 1000\nwakeup_bytes = 8388608\n[run]\nlinger_ms = 60000\n",
     );
     let _daemon = start_daemon_with(&state, &config, &[]);
     let mut jobs = Vec::new();

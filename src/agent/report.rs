@@ -161,7 +161,7 @@ impl Report {
 /// `<pid> <start time in clock ticks>` of the agent process.
 pub fn write_pid_file(dir: &Path) -> std::io::Result<()> {
     let pid = std::process::id();
-    let start = process_start(pid).unwrap_or(0);
+    let start = crate::attribute::procfs::process_start(pid).unwrap_or(0);
     std::fs::write(dir.join(PID_FILE), format!("{pid} {start}\n"))
 }
 
@@ -180,12 +180,5 @@ pub fn live_agent(dir: &Path) -> Result<Option<u32>, String> {
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("{PID_FILE} is malformed"))?;
     let start: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    Ok((process_start(pid) == Some(start)).then_some(pid))
-}
-
-/// Field 22 of /proc/PID/stat: the start time, which tells a reused pid apart.
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    Ok((crate::attribute::procfs::process_start(pid) == Some(start)).then_some(pid))
 }

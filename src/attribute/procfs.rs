@@ -1,5 +1,5 @@
-//! What `/proc` says of a process, read once at start-up (finding launchers);
-//! events themselves never depend on it.
+//! What `/proc` says of a process: finding the launchers already running, and
+//! telling a reused pid apart. Events themselves never depend on it.
 
 /// The task name, without its newline; empty when the process is gone.
 pub fn comm(pid: u32) -> String {
@@ -20,14 +20,25 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The parent's pid, from the field after the (possibly spaced) task name.
-pub fn parent_of(pid: u32) -> Option<u32> {
+/// Field `n` of /proc/PID/stat counted from the one after the task name,
+/// which may hold spaces and parentheses itself.
+fn stat_field<T: std::str::FromStr>(pid: u32, n: usize) -> Option<T> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..]
         .split_whitespace()
-        .nth(1)?
+        .nth(n)?
         .parse()
         .ok()
+}
+
+/// The parent's pid (field 4).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)
+}
+
+/// The start time (field 22), which tells a reused pid apart.
+pub fn process_start(pid: u32) -> Option<u64> {
+    stat_field(pid, 19)
 }
 
 /// Every process id now in `/proc`.

@@ -439,13 +439,13 @@ fn announce(
 
 /// Until finish signals us, or the job's launcher is gone (the job ended without a finish).
 async fn wait_for_stop(signals: &mut Signals, launcher: Option<u32>) -> String {
-    let start = launcher.and_then(report::process_start);
+    let start = launcher.and_then(procfs::process_start);
     loop {
         tokio::select! {
             sig = signals.any() => return format!("signal {sig}"),
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Some(pid) = launcher {
-                    if report::process_start(pid) != start {
+                    if procfs::process_start(pid) != start {
                         return format!("the step launcher (pid {pid}) exited");
                     }
                 }
