@@ -43,6 +43,7 @@
 #define CW_F_TRUNC_ADDRS (1 << 7)
 #define CW_F_DNS_JUDGED (1 << 8) /* enforce judged this lookup against the policy's name rules */
 #define CW_F_DNS_UNLISTED (1 << 9) /* … and no rule in scope for the step lists the name */
+#define CW_F_UNTRACKED (1 << 10) /* fork: the child found no room in `tasks`; denied: the sender was such a child */
 
 /* cw_tag.flags */
 #define CW_TAG_STEP_ROOT (1 << 0) /* this process started its step */
@@ -90,7 +91,7 @@ struct cw_tag {
 	__u32 job;
 	__u32 step;
 	__u32 flags;
-	__u32 _pad;
+	__u32 platform; /* the launcher's platform id (0: none); picks the step variables read at exec */
 };
 
 struct cw_header {
@@ -237,10 +238,10 @@ struct cw_step_pattern {
 	char text[CW_STEP_TEXT];
 };
 
-/* An environment variable whose value is a step's id or name, with its '=' ("GITHUB_ACTION="). */
+/* An environment variable whose value is a step's id or name, with its '=' ("GITHUB_ACTION="), and its platform's id. */
 struct cw_step_var {
 	__u32 len;
-	__u32 _pad;
+	__u32 platform;
 	char name[CW_STEP_VAR_NAME];
 };
 

@@ -27,13 +27,21 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* tgid -> lineage tag of every process that belongs to a watched job. */
+/* tgid -> lineage tag of every process that belongs to a watched job; sized by `[lineage] max_processes`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct cw_tag);
 } tasks SEC(".maps");
+
+/* Job processes that found no room in `tasks`: their events are lost, and enforce denies their egress. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked SEC(".maps");
 
 /* Launchers by tgid: their exec'd children start new steps. */
 struct {
@@ -77,6 +85,40 @@ static __always_inline struct cw_tag *current_tag(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	return bpf_map_lookup_elem(&tasks, &tgid);
+}
+
+static __always_inline void count_untracked(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&untracked, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+#define CW_ANCESTOR_DEPTH 32
+
+/*
+ * The tag of the nearest tagged ancestor of an untagged current process, once
+ * `tasks` has overflowed (0 before: the walk costs nothing until then). Such a
+ * process may be a job process the lineage had no room for.
+ */
+static __always_inline struct cw_tag *untracked_ancestor(void)
+{
+	__u32 zero = 0;
+	__u64 *overflowed = bpf_map_lookup_elem(&untracked, &zero);
+	if (!overflowed || !*overflowed)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	for (int i = 0; i < CW_ANCESTOR_DEPTH; i++) {
+		task = BPF_CORE_READ(task, real_parent);
+		__u32 tgid = BPF_CORE_READ(task, tgid);
+		struct cw_tag *tag = bpf_map_lookup_elem(&tasks, &tgid);
+		if (tag)
+			return tag;
+		if (tgid <= 1)
+			break;
+	}
+	return 0;
 }
 
 static __always_inline void *reserve(__u32 size, __u32 kind)

@@ -122,13 +122,15 @@ static __always_inline void sockaddr_dest(struct bpf_sock_addr *ctx, __u16 famil
 	*port = bpf_ntohs((__u16)ctx->user_port);
 }
 
-static __always_inline void emit_sockaddr(struct bpf_sock_addr *ctx, struct cw_tag *tag, __u16 kind,
-					  __u16 family, __u8 addr[16], __u16 port, __u8 source)
+static __always_inline void emit_sockaddr_flagged(struct bpf_sock_addr *ctx, struct cw_tag *tag, __u16 kind,
+						  __u16 family, __u8 addr[16], __u16 port, __u8 source,
+						  __u16 flags)
 {
 	struct cw_connect *e = reserve(sizeof(*e), kind);
 	if (!e)
 		return;
 	fill_header_base(&e->h, kind, sizeof(*e), tag);
+	e->h.flags = flags;
 	e->family = family;
 	e->port = port;
 	e->sock_type = ctx->type;
@@ -138,6 +140,31 @@ static __always_inline void emit_sockaddr(struct bpf_sock_addr *ctx, struct cw_t
 	e->fd = -1;
 	e->_pad1 = 0;
 	submit(e);
+}
+
+static __always_inline void emit_sockaddr(struct bpf_sock_addr *ctx, struct cw_tag *tag, __u16 kind,
+					  __u16 family, __u8 addr[16], __u16 port, __u8 source)
+{
+	emit_sockaddr_flagged(ctx, tag, kind, family, addr, port, source, 0);
+}
+
+/*
+ * Under enforce, a process with no tag but a tagged ancestor, after `tasks`
+ * overflowed, is a job process the lineage could not hold: its egress is
+ * denied (fail closed), and recorded under the ancestor's step. True if denied.
+ */
+static __always_inline bool deny_untracked(struct bpf_sock_addr *ctx, __u16 family, __u8 source)
+{
+	if (!cw_enforce)
+		return false;
+	struct cw_tag *ancestor = untracked_ancestor();
+	if (!ancestor)
+		return false;
+	__u8 addr[16];
+	__u16 port;
+	sockaddr_dest(ctx, family, addr, &port);
+	emit_sockaddr_flagged(ctx, ancestor, CW_KIND_DENIED, family, addr, port, source, CW_F_UNTRACKED);
+	return true;
 }
 
 static __always_inline bool same_addr(const __u8 a[16], const __u8 b[16])
@@ -150,7 +177,7 @@ static __always_inline int observe_connect(struct bpf_sock_addr *ctx, __u16 fami
 {
 	struct cw_tag *tag = current_tag();
 	if (!tag)
-		return 1;
+		return deny_untracked(ctx, family, CW_SRC_CGROUP_CONNECT) ? 0 : 1;
 	__u8 addr[16];
 	__u16 port;
 	sockaddr_dest(ctx, family, addr, &port);
@@ -178,7 +205,7 @@ static __always_inline int observe_sendmsg(struct bpf_sock_addr *ctx, __u16 fami
 {
 	struct cw_tag *tag = current_tag();
 	if (!tag)
-		return 1;
+		return deny_untracked(ctx, family, CW_SRC_CGROUP_SENDMSG) ? 0 : 1;
 	struct udp_flow flow = {};
 	flow.cookie = bpf_get_socket_cookie(ctx);
 	flow.family = family;

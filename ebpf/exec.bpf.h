@@ -56,9 +56,16 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 		bpf_map_update_elem(&launchers, &tgid, &l, BPF_ANY);
 		tag.job = l.job;
 		tag.flags = CW_TAG_LAUNCHER;
+		tag.platform = l.platform;
 		reason = CW_ENV_LAUNCHER;
 	} else if (parent || (own && (own->flags & CW_TAG_LAUNCHED))) {
-		tag.job = parent ? parent->job : own->job;
+		if (parent) {
+			tag.job = parent->job;
+			tag.platform = parent->platform;
+		} else if (own) {
+			tag.job = own->job;
+			tag.platform = own->platform;
+		}
 		tag.step = new_id(1);
 		tag.flags = CW_TAG_STEP_ROOT;
 		reason = CW_ENV_STEP_ROOT;
@@ -69,10 +76,13 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 	} else {
 		return 0;
 	}
-	bpf_map_update_elem(&tasks, &tgid, &tag, BPF_ANY);
+	if (bpf_map_update_elem(&tasks, &tgid, &tag, BPF_ANY) != 0) {
+		count_untracked();
+		return 0;
+	}
 	/* Before the env record: userspace's later groups must land after, and over, the kernel's. */
 	if (tag.step)
-		scope_step(task, tag.step);
+		scope_step(task, tag.step, tag.platform);
 	struct cw_tag *stored = bpf_map_lookup_elem(&tasks, &tgid);
 	if (stored)
 		emit_env(task, stored, reason, ppid);

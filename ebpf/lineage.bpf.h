@@ -25,12 +25,16 @@ static __always_inline int on_fork(struct task_struct *parent, struct task_struc
 	 */
 	if (tag->flags & CW_TAG_LAUNCHER)
 		inherited.flags |= CW_TAG_LAUNCHED;
-	bpf_map_update_elem(&tasks, &ctgid, &inherited, BPF_ANY);
+	bool tracked = bpf_map_update_elem(&tasks, &ctgid, &inherited, BPF_ANY) == 0;
+	if (!tracked)
+		count_untracked();
 
 	struct cw_fork *e = reserve(sizeof(*e), CW_KIND_FORK);
 	if (!e)
 		return 0;
 	fill_header(&e->h, CW_KIND_FORK, sizeof(*e), &inherited);
+	if (!tracked)
+		e->h.flags |= CW_F_UNTRACKED;
 	e->child_tgid = ctgid;
 	e->_pad = 0;
 	e->child_start_ns = BPF_CORE_READ(child, start_boottime);

@@ -3,7 +3,9 @@
  * step_scope: puts a new step into its policy step groups in the kernel, at
  * the step's first exec, before the step runs a single instruction. The
  * step's id or name is in its environment (GITHUB_ACTION, DRONE_STEP_NAME,
- * …); it is matched against the policy's `steps:` globs here, so a step that
+ * …), read only from the variables of its launcher's platform, so a job that
+ * sets another platform's variable names nothing; it is matched against the
+ * policy's `steps:` globs here, so a step that
  * connects in its first microsecond is already judged by its scoped rules.
  * Userspace later adds what only it can know (display names from the
  * runner's log); what the kernel sets is always a subset of that.
@@ -66,6 +68,8 @@ struct env_walk {
 	__u64 end;
 	__u32 skipping; /* inside a variable longer than the buffer */
 	__u32 found; /* bit k: values[k] holds step_vars[k]'s value */
+	__u32 platform; /* only this platform's variables name the step */
+	__u32 _pad;
 };
 
 /* One bpf_loop step: read the next variable of the environment and keep it if it names the step. */
@@ -87,7 +91,8 @@ static long env_var_step(__u32 i, void *ctx)
 		return 0;
 	for (__u32 k = 0; k < CW_STEP_VARS; k++) {
 		struct cw_step_var *v = bpf_map_lookup_elem(&step_vars, &k);
-		if (!v || v->len == 0 || v->len >= CW_STEP_VAR_NAME || !var_is(s, v))
+		if (!v || v->platform != w->platform || v->len == 0 || v->len >= CW_STEP_VAR_NAME ||
+		    !var_is(s, v))
 			continue;
 		if (take_value(s, k, v->len))
 			w->found |= 1u << k;
@@ -187,16 +192,17 @@ static long glob_step(__u32 i, void *ctx)
 #define CW_GLOB_STEPS (CW_STEP_VARS * CW_STEP_PATTERNS * (CW_STEP_TEXT + 1) * (CW_STEP_TEXT + 1))
 
 /* Called at a new step's first exec, before anything reports the step to userspace. */
-static __always_inline void scope_step(struct task_struct *task, __u32 step)
+static __always_inline void scope_step(struct task_struct *task, __u32 step, __u32 platform)
 {
 	__u32 zero = 0;
 	struct cw_step_pattern *first = bpf_map_lookup_elem(&step_patterns, &zero);
-	if (!first || first->groups == 0)
+	if (!first || first->groups == 0 || platform == 0)
 		return;
 	struct mm_struct *mm = BPF_CORE_READ(task, mm);
 	struct env_walk env = {
 		.ptr = BPF_CORE_READ(mm, env_start),
 		.end = BPF_CORE_READ(mm, env_end),
+		.platform = platform,
 	};
 	bpf_loop(4096, env_var_step, &env, 0);
 	if (!env.found)

@@ -36,6 +36,7 @@ pub struct Config {
     pub files: Files,
     pub hooks: Hooks,
     pub ring: Ring,
+    pub lineage: Lineage,
     pub run: Run,
     /// Where sealed traces go (daemon): a local directory and optionally an object store.
     pub output: crate::store::OutputConfig,
@@ -87,6 +88,26 @@ pub struct Ring {
     /// How often the reader drains the ring without a wakeup.
     pub drain_interval_ms: u64,
 }
+
+/// The kernel's map of job processes (ebpf/common.bpf.h `tasks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lineage {
+    /// Job processes alive at once that the kernel can follow. One more is
+    /// untracked: counted in `trace_end.untracked`, and denied egress under enforce.
+    pub max_processes: u32,
+}
+
+impl Default for Lineage {
+    fn default() -> Self {
+        Self {
+            max_processes: 65536,
+        }
+    }
+}
+
+/// Bounds of `lineage.max_processes`: a map entry is 24 bytes of kernel memory.
+const MAX_PROCESSES: std::ops::RangeInclusive<u32> = 16..=4 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +175,14 @@ impl Config {
                 "ring.drain_interval_ms must be between 1 and 10000".into(),
             ));
         }
+        let processes = self.lineage.max_processes;
+        if !MAX_PROCESSES.contains(&processes) {
+            return Err(invalid(format!(
+                "lineage.max_processes = {processes}: must be between {} and {}",
+                MAX_PROCESSES.start(),
+                MAX_PROCESSES.end()
+            )));
+        }
         self.sensitive_paths().map_err(|source| ConfigError::Rule {
             path: name.to_string(),
             source,
@@ -200,6 +229,9 @@ mod tests {
         let e = Config::parse("[ring]\nsize_bytes = 1000\n", "t.toml").unwrap_err();
         let e = crate::error::chain(&e);
         assert!(e.contains("ring.size_bytes = 1000"), "{e}");
+        let e = Config::parse("[lineage]\nmax_processes = 8\n", "t.toml").unwrap_err();
+        let e = crate::error::chain(&e);
+        assert!(e.contains("lineage.max_processes = 8"), "{e}");
         let e = Config::parse("[files]\nsensitve = []\n", "t.toml").unwrap_err();
         let e = crate::error::chain(&e);
         assert!(e.contains("sensitve") && e.contains("line 2"), "{e}");

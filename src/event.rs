@@ -124,6 +124,9 @@ pub struct ConnectBody {
     /// Names this job resolved to the address, most recent first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Denied because the sender was a job process the lineage map had no room for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -263,6 +266,16 @@ pub struct Totals {
     pub file_filtered: u64,
     /// Events of no watched job (another job's containers, a long-lived runner's own traffic).
     pub unattributed: u64,
+    /// Job processes the lineage map had no room for (`[lineage] max_processes`): none of
+    /// their events were recorded, and under enforce their egress was denied.
+    pub untracked: u64,
+}
+
+impl Totals {
+    /// Nothing the kernel saw went missing on its way to the log.
+    pub fn nothing_lost(&self) -> bool {
+        self.lost_total == 0 && self.undecodable == 0 && self.untracked == 0
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

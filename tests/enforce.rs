@@ -598,3 +598,68 @@ fn unlisted_dns_queries_never_leave_the_host_whatever_sends_them() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&outside.stdout).trim(), "answer");
 }
+
+/// Fills the kernel's process map (`lineage.max_processes = 16`) with 20 sleeping children, then
+/// connects from a forked child that found no room: it must not slip past the policy untagged.
+fn overflow_then_connect(port: u16) -> String {
+    format!(
+        "import os, socket, subprocess, errno\n\
+         def attempt():\n\
+         \x20   s = socket.socket()\n\
+         \x20   try:\n\
+         \x20       s.connect(('127.0.0.1', {port})); return 'ok'\n\
+         \x20   except OSError as e:\n\
+         \x20       return errno.errorcode[e.errno]\n\
+         print(attempt(), flush=True)\n\
+         sleepers = [subprocess.Popen(['sleep', '30']) for _ in range(20)]\n\
+         r, w = os.pipe()\n\
+         pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   os.write(w, attempt().encode()); os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         print(os.read(r, 16).decode(), flush=True)\n\
+         for s in sleepers: s.kill(); s.wait()\n"
+    )
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn a_job_process_the_lineage_map_cannot_hold_is_denied_and_counted() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    write(&config, "[lineage]\nmax_processes = 16\n");
+    let allow = format!("127.0.0.1:{port}");
+    let config_arg = config.to_str().unwrap();
+
+    let enforced = run_py(
+        &["--config", config_arg, "--mode", "enforce", "--no-default-allow", "--allow", &allow],
+        &overflow_then_connect(port),
+    );
+    assert_eq!(
+        stdout(&enforced),
+        ["ok", "EPERM"],
+        "an untagged child of the job is denied even where the policy allows: {}",
+        enforced.stderr()
+    );
+    let untracked: Vec<&Value> = enforced
+        .events("denied")
+        .into_iter()
+        .filter(|d| d["untracked"] == true)
+        .collect();
+    assert_eq!(untracked.len(), 1, "{:#?}", enforced.events("denied"));
+    assert_eq!(untracked[0]["port"].as_u64(), Some(u64::from(port)));
+    assert_eq!(untracked[0]["step"]["id"], "command", "logged under its ancestor's step");
+    let end = enforced.end();
+    assert!(end["untracked"].as_u64().unwrap() >= 5, "{end}");
+    assert_eq!(end["complete"], false, "{end}");
+    assert!(enforced.summary().contains("job processes were not followed"));
+
+    let observed = run_py(&["--config", config_arg], &overflow_then_connect(port));
+    assert_eq!(stdout(&observed), ["ok", "ok"], "observe never denies");
+    let end = observed.end();
+    assert!(end["untracked"].as_u64().unwrap() >= 5, "{end}");
+    assert_eq!(end["complete"], false, "{end}");
+}

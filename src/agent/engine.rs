@@ -372,8 +372,7 @@ impl Engine {
             totals.undecodable = self.undecodable - at_open;
             crate::agent::read_lost(&daemon.lost, &mut totals);
             let complete = status == "ok"
-                && totals.lost_total == 0
-                && totals.undecodable == 0
+                && totals.nothing_lost()
                 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
             let end = super::trace::trace_end(totals, None, live, complete, status);
             let input = super::seal::SealInput {

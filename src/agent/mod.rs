@@ -150,7 +150,7 @@ impl Agent {
                 job,
                 step: 0,
                 flags: abi::TAG_LAUNCHER,
-                _pad: 0,
+                platform,
             },
         )
     }
@@ -243,18 +243,21 @@ pub fn load_options<'a>(
         },
         enforce,
         require_all,
+        max_processes: config.lineage.max_processes,
     }
 }
 
-/// Fills `totals.lost` from the kernel's per-CPU counters.
+/// Fills `totals.lost` and `totals.untracked` from the kernel's counters.
 pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
     let counters = lost
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    totals.untracked = counters.untracked.get(&0, 0).unwrap_or(0);
     totals.lost.clear();
     totals.lost_total = 0;
     for kind in crate::kind::Kind::ALL {
         let lost: u64 = counters
+            .records
             .get(&u32::from(kind.abi()), 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0);

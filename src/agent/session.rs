@@ -192,8 +192,7 @@ impl Stopped {
         totals.undecodable = self.engine.undecodable;
         totals.unattributed += self.engine.other_jobs;
         self.agent.lost(&mut totals);
-        let complete = totals.lost_total == 0
-            && totals.undecodable == 0
+        let complete = totals.nothing_lost()
             && hooks.iter().all(|h| h.attached || h.disabled);
         let names_unavailable = self.engine.names_unavailable();
         let (mut attributor, job, output) = self

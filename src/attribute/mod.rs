@@ -155,6 +155,7 @@ impl Attributor {
                 ConnectSource::Unknown(_) => "unknown",
             },
             hosts: self.names.hosts(&r.addr),
+            untracked: r.common.flags & crate::bpf::abi::F_UNTRACKED != 0,
         }
     }
 

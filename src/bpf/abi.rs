@@ -61,6 +61,7 @@ pub const F_TRUNC_HOST: u16 = 1 << 6;
 pub const F_TRUNC_ADDRS: u16 = 1 << 7;
 pub const F_DNS_JUDGED: u16 = 1 << 8;
 pub const F_DNS_UNLISTED: u16 = 1 << 9;
+pub const F_UNTRACKED: u16 = 1 << 10;
 
 pub const SRC_SYSCALL: u8 = 1;
 pub const SRC_CGROUP_CONNECT: u8 = 2;
@@ -78,7 +79,8 @@ pub struct Tag {
     pub job: u32,
     pub step: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// The launcher's `Platform::id` (0: none).
+    pub platform: u32,
 }
 
 // SAFETY: plain old data with explicit padding; any bit pattern is valid.
@@ -324,7 +326,8 @@ impl StepPattern {
 #[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Eq)]
 pub struct StepVar {
     pub len: u32,
-    pub _pad: u32,
+    /// The `Platform::id` whose steps carry this variable.
+    pub platform: u32,
     pub name: [u8; STEP_VAR_NAME],
 }
 
@@ -332,8 +335,8 @@ pub struct StepVar {
 unsafe impl aya::Pod for StepVar {}
 
 impl StepVar {
-    /// `NAME=`, as the kernel compares it; None when it cannot fit.
-    pub fn new(var: &str) -> Option<Self> {
+    /// `NAME=`, as the kernel compares it, for steps of `platform`; None when it cannot fit.
+    pub fn new(var: &str, platform: u32) -> Option<Self> {
         let with_eq = format!("{var}=");
         let bytes = with_eq.as_bytes();
         if bytes.len() >= STEP_VAR_NAME {
@@ -343,7 +346,7 @@ impl StepVar {
         name[..bytes.len()].copy_from_slice(bytes);
         Some(Self {
             len: u32::try_from(bytes.len()).ok()?,
-            _pad: 0,
+            platform,
             name,
         })
     }
@@ -390,7 +393,7 @@ mod tests {
     fn layout_matches_c() {
         let object = crate::bpf::ABI_CHECK_OBJECT;
         let cases = [
-            ("cw_tag", layout!(Tag, job, step, flags, _pad)),
+            ("cw_tag", layout!(Tag, job, step, flags, platform)),
             (
                 "cw_header",
                 layout!(
@@ -464,7 +467,7 @@ mod tests {
             ("cw_allow_val", layout!(AllowVal, count, _pad, entries)),
             ("cw_host_key", layout!(HostKey, name)),
             ("cw_step_pattern", layout!(StepPattern, groups, len, text)),
-            ("cw_step_var", layout!(StepVar, len, _pad, name)),
+            ("cw_step_var", layout!(StepVar, len, platform, name)),
         ];
         for (c_name, rust) in cases {
             let c = struct_layout(object, c_name).unwrap_or_else(|e| panic!("{c_name}: {e}"));
@@ -530,6 +533,7 @@ mod tests {
             F_TRUNC_ADDRS,
             F_DNS_JUDGED,
             F_DNS_UNLISTED,
+            F_UNTRACKED,
             TAG_STEP_ROOT,
             TAG_LAUNCHER,
             TAG_CONTAINER,

@@ -57,6 +57,8 @@ pub struct LoadOptions<'a> {
     pub enforce: Enforcement,
     /// Fail when a hook has no working implementation (the default).
     pub require_all: bool,
+    /// Room in the lineage map (`[lineage] max_processes`).
+    pub max_processes: u32,
 }
 
 /// Hooks that may be left out; exec and lineage always attach. A hook left out
@@ -83,8 +85,15 @@ pub const DNS_REFUSAL: &str = "dns_refusal";
 
 /// The lineage map: tgid → job tag.
 pub type Tasks = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, Tag>>>;
-/// Per-CPU counts of records the kernel could not queue, by kind.
-pub type Lost = std::sync::Arc<std::sync::Mutex<PerCpuArray<MapData, u64>>>;
+/// What the kernel could not record, shared with the engine that seals.
+pub type Lost = std::sync::Arc<std::sync::Mutex<KernelLosses>>;
+
+pub struct KernelLosses {
+    /// Per-CPU counts of records the kernel could not queue, by kind.
+    pub records: PerCpuArray<MapData, u64>,
+    /// Job processes the lineage map had no room for.
+    pub untracked: aya::maps::Array<MapData, u64>,
+}
 
 /// Loaded programs and the maps userspace talks through. Dropping it detaches everything.
 pub struct Probes {
@@ -125,6 +134,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         .override_global("cw_enforce", &u32::from(opts.enforce.egress), true)
         .override_global("cw_dns_refuse", &u32::from(opts.enforce.refuse_dns), true)
         .map_max_entries("events", opts.ring_bytes)
+        .map_max_entries("tasks", opts.max_processes)
         .load(crate::bpf::OBJECT)
         .map_err(|e| LoadError::Object(chain(&e)))?;
 
@@ -171,7 +181,11 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     release_load_memory();
     let ring = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?;
     let tasks = HashMap::try_from(take(&mut ebpf, "tasks")?).map_err(map_err("tasks"))?;
-    let lost = PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?;
+    let lost = KernelLosses {
+        records: PerCpuArray::try_from(take(&mut ebpf, "lost")?).map_err(map_err("lost"))?,
+        untracked: aya::maps::Array::try_from(take(&mut ebpf, "untracked")?)
+            .map_err(map_err("untracked"))?,
+    };
     let launchers =
         HashMap::try_from(take(&mut ebpf, "launchers")?).map_err(map_err("launchers"))?;
     let launcher_names =
@@ -413,7 +427,8 @@ fn attach_egress(p: &mut CgroupSkb, root: Option<&Path>, loaded: bool) -> Result
         .map(drop)
 }
 
-/// A short reason: the error chain, with any verifier log reduced to its last line.
+/// A short reason: the error chain, with any verifier log reduced to its verdict
+/// (the last line before the statistics the verifier appends).
 fn reason(e: &ProgramError) -> String {
     if let ProgramError::LoadError {
         io_error,
@@ -425,7 +440,7 @@ fn reason(e: &ProgramError) -> String {
             .to_string()
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| !l.trim().is_empty() && !is_verifier_statistics(l))
             .unwrap_or("")
             .to_string();
         return format!(
@@ -438,6 +453,12 @@ fn reason(e: &ProgramError) -> String {
         );
     }
     chain(e)
+}
+
+fn is_verifier_statistics(line: &str) -> bool {
+    ["processed ", "verification time ", "stack depth "]
+        .iter()
+        .any(|p| line.starts_with(p))
 }
 
 /// Tries candidates in order and stops at the first that attaches.

@@ -145,7 +145,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
             job: JOB,
             step: STEP,
             flags: abi::TAG_STEP_ROOT,
-            _pad: 0,
+            platform: 0,
         },
     )?;
     let pid = held.release()?;

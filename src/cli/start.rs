@@ -412,7 +412,7 @@ fn join_caller(
             job: JOB,
             step: CALLER_STEP,
             flags: crate::bpf::abi::TAG_STEP_ROOT,
-            _pad: 0,
+            platform: platform.id(),
         },
     )
 }

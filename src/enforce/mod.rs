@@ -17,6 +17,7 @@ use crate::bpf::abi::{
 };
 use crate::bpf::loader::AllowMaps;
 use crate::policy::{CompiledPolicy, NamePattern, Proto, StepMatch, StepPattern, StepScope};
+use crate::attribute::platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -81,13 +82,16 @@ impl Scopes {
 
 /// Variables whose value a platform uses as a step's id (`action`) or name,
 /// read by the exec hook: GitHub and Azure step ids, Azure and Drone names.
-/// The engine matches the same values (src/attribute/platform/), so the
-/// kernel's groups are never more than the engine's.
-pub const KERNEL_STEP_VARS: [&str; 4] = [
-    "GITHUB_ACTION",
-    "SYSTEM_TASKINSTANCENAME",
-    "SYSTEM_TASKDISPLAYNAME",
-    "DRONE_STEP_NAME",
+/// The kernel reads only those of the step's launcher's platform, so a
+/// variable of another platform that the job put into the environment
+/// (`DRONE_STEP_NAME` through `$GITHUB_ENV`) names nothing. The engine
+/// matches the same values through the job's own detector
+/// (src/attribute/platform/), so the kernel's groups are never more than the engine's.
+pub const KERNEL_STEP_VARS: [(&str, Platform); 4] = [
+    ("GITHUB_ACTION", Platform::GithubActions),
+    ("SYSTEM_TASKINSTANCENAME", Platform::AzurePipelines),
+    ("SYSTEM_TASKDISPLAYNAME", Platform::AzurePipelines),
+    ("DRONE_STEP_NAME", Platform::Drone),
 ];
 
 /// Patterns the kernel matches byte for byte exactly as `glob` does by character: ASCII, short enough.
@@ -126,8 +130,8 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
 
 /// Gives the exec hook the patterns it can match at a step's first exec; the rest wait for the engine.
 fn load_step_patterns(maps: &mut AllowMaps, scopes: &Scopes) -> Result<(), EnforceError> {
-    for (index, var) in (0u32..).zip(KERNEL_STEP_VARS) {
-        if let Some(var) = StepVar::new(var) {
+    for (index, (var, platform)) in (0u32..).zip(KERNEL_STEP_VARS) {
+        if let Some(var) = StepVar::new(var, platform.id()) {
             maps.step_vars
                 .set(index, var, 0)
                 .map_err(map_error("step_vars"))?;

@@ -202,6 +202,15 @@ impl Summary {
                 t.undecodable
             );
         }
+        if t.untracked > 0 {
+            let _ = writeln!(
+                md,
+                "> **Warning: {} job processes were not followed** because the kernel's process map \
+                 was full: their events are missing, and under enforce their egress was denied. \
+                 Raise `lineage.max_processes` in the config.\n",
+                t.untracked
+            );
+        }
         if ctx.still_running > 0 {
             let _ = writeln!(
                 md,

@@ -128,6 +128,8 @@ pub struct Counts {
     pub lost: BTreeMap<String, u64>,
     pub lost_total: u64,
     pub undecodable: u64,
+    /// Job processes the kernel's process map had no room for (`trace_end.untracked`).
+    pub untracked: u64,
     pub file_filtered: u64,
     /// Events that could not be written (`trace_end.unwritten`, e.g. after a full disk).
     pub unwritten: u64,

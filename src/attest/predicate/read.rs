@@ -75,6 +75,8 @@ pub(super) struct TraceEnd {
     #[serde(default)]
     pub(super) undecodable: u64,
     #[serde(default)]
+    pub(super) untracked: u64,
+    #[serde(default)]
     pub(super) file_filtered: u64,
     #[serde(default)]
     pub(super) exit_code: Option<i64>,

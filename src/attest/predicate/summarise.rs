@@ -442,6 +442,7 @@ impl Summariser {
                 lost: end.lost,
                 lost_total: end.lost_total,
                 undecodable: end.undecodable,
+                untracked: end.untracked,
                 file_filtered: end.file_filtered,
                 unwritten: end.unwritten,
             },
