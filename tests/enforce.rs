@@ -318,7 +318,8 @@ fn per_step_scoping_allows_a_destination_in_one_step_and_denies_it_in_another() 
     let target = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = target.local_addr().unwrap().port();
     // Both steps connect to the same destination and ask the resolver for the same name; the rules
-    // name the Build step by a glob over its workflow `id:`.
+    // name the Build step by a glob over its workflow `id:`. Test carries `DRONE_STEP_NAME=build`
+    // and Azure's step variables (as `>> $GITHUB_ENV` would put them there): only GitHub's count.
     const RESOLVER: &str = "127.53.0.3";
     let server = DnsServer::start(RESOLVER, tmp.path().join("questions.log"));
     let policy = tmp.path().join("policy.yml");
