@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::output::JobOutput;
-use crate::attribute::github_log::{LogFact, WorkerLog};
+use crate::attribute::github_log::{LogFact, RunnerLogSource, WorkerLog};
+use crate::attribute::jobs::LogName;
 use crate::attribute::Attributor;
 use crate::decode::decode;
 use crate::event::{Event, HookStatus, JobRef, TraceStart};
@@ -106,7 +107,6 @@ impl DaemonState {
 
 /// A GitHub runner's diagnostic log.
 struct RunnerLog {
-    dir: PathBuf,
     log: WorkerLog,
     /// Why names are missing, once reading failed.
     failure: Option<String>,
@@ -176,12 +176,11 @@ impl Engine {
         self
     }
 
-    /// Reads step names and stages from a GitHub runner's `_diag` directory.
-    pub fn follow_runner_log(&mut self, diag: &Path) {
-        if !self.runner_logs.iter().any(|r| r.dir == diag) {
+    /// Reads step names from the log a GitHub runner's Worker has open in its `_diag` directory.
+    pub fn follow_runner_log(&mut self, source: RunnerLogSource) {
+        if !self.runner_logs.iter().any(|r| *r.log.source() == source) {
             self.runner_logs.push(RunnerLog {
-                dir: diag.to_path_buf(),
-                log: WorkerLog::new(diag),
+                log: WorkerLog::new(source),
                 failure: None,
             });
         }
@@ -273,7 +272,10 @@ impl Engine {
                 .filter(|_| launcher.program.starts_with('/'))
                 .or_else(|| runner_diag(launcher.tgid))
             {
-                self.follow_runner_log(&diag);
+                self.follow_runner_log(RunnerLogSource {
+                    diag,
+                    worker: launcher.tgid,
+                });
             }
         }
         let single_job = match &self.outputs {
@@ -284,10 +286,18 @@ impl Engine {
             match runner.log.poll() {
                 Ok(facts) => {
                     runner.failure = None;
-                    for fact in facts {
+                    let worker = runner.log.source().worker;
+                    for (fact, read_ns) in facts {
                         match fact {
                             LogFact::ProcessStarted { pid, display_name } => {
-                                self.attributor.registry.display_name(pid, &display_name)
+                                self.attributor.registry.display_name(
+                                    pid,
+                                    LogName {
+                                        name: display_name,
+                                        worker,
+                                        read_ns,
+                                    },
+                                )
                             }
                             LogFact::Job {
                                 display_name: Some(name),

@@ -224,7 +224,7 @@ fn header_patch(registry: &Registry, job: &str, steps: &[&StepInfo], clock: Boot
                 "source": s.source,
                 "start": time(s.first_ns),
                 "end": time(s.last_ns.max(s.first_ns)),
-                "roots": s.roots.iter().map(|(tgid, start)| json!({"tgid": tgid, "start_ns": start})).collect::<Vec<_>>(),
+                "roots": s.roots.iter().map(|r| json!({"tgid": r.tgid, "start_ns": r.start_ns})).collect::<Vec<_>>(),
                 "counts": s.counts,
                 "degraded": s.degraded,
             })

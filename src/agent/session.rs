@@ -91,8 +91,8 @@ pub struct SessionOptions<'a> {
     pub target: Target,
     /// The watched command line, for the trace header (redacted there).
     pub command: &'a [Vec<u8>],
-    /// GitHub runners' `_diag` directories to read step names from.
-    pub runner_logs: Vec<PathBuf>,
+    /// GitHub runners' Workers and `_diag` directories to read step names from.
+    pub runner_logs: Vec<crate::attribute::github_log::RunnerLogSource>,
 }
 
 /// A running session: hooks attached, events flowing to the outputs.
@@ -121,8 +121,8 @@ impl Recorder {
         if let Some(daemon) = daemon {
             engine = engine.with_daemon(daemon);
         }
-        for diag in runner_logs {
-            engine.follow_runner_log(&diag);
+        for source in runner_logs {
+            engine.follow_runner_log(source);
         }
         let ring = agent.probes.take_ring().ok_or(SessionError::RingTaken)?;
         let drain = Duration::from_millis(config.ring.drain_interval_ms);

@@ -32,8 +32,8 @@ pub struct StepInfo {
     pub action: Option<String>,
     /// Started by the runner for itself, not a user step.
     pub internal: bool,
-    /// The root process of each execution of this step: (tgid, start_ns).
-    pub roots: Vec<(u32, u64)>,
+    /// The root process of each execution of this step.
+    pub roots: Vec<Root>,
     /// How it was attributed: lineage (the launcher's child), or container environment.
     pub source: &'static str,
     pub first_ns: u64,
@@ -43,6 +43,34 @@ pub struct StepInfo {
     pub degraded: Vec<String>,
     pub counts: StepCounts,
 }
+
+/// A process that started an execution of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Root {
+    pub tgid: u32,
+    pub start_ns: u64,
+    /// Its parent at exec: the launcher, for a step the lineage placed.
+    pub parent: u32,
+}
+
+/// A step display name the runner's log gave a pid: which Worker's log, read when (boot clock).
+#[derive(Debug, Clone)]
+pub struct LogName {
+    pub name: String,
+    pub worker: u32,
+    pub read_ns: u64,
+}
+
+impl LogName {
+    /// The log is the job's to write, so it names only what the lineage supports:
+    /// a process its own Worker started, which already ran when the line was read.
+    fn may_name(&self, root: &Root) -> bool {
+        root.parent == self.worker && root.start_ns <= self.read_ns
+    }
+}
+
+/// Names read before their process was seen, kept for this many pids at most.
+const PENDING_NAMES: usize = 4096;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StepCounts {
@@ -91,6 +119,7 @@ struct PendingRoot {
     env: StepEnv,
     job: u32,
     step: u32,
+    parent: u32,
 }
 
 pub struct Registry {
@@ -100,8 +129,11 @@ pub struct Registry {
     /// Container processes that belong to no job we watch.
     foreign_steps: std::collections::HashSet<u32>,
     pending: HashMap<u32, PendingRoot>,
-    /// Step display names from the runner's log, by root pid.
-    names_by_pid: HashMap<u32, String>,
+    /// Step display names from the runner's log, by pid, until the pid's root is seen.
+    names_by_pid: HashMap<u32, LogName>,
+    names_order: std::collections::VecDeque<u32>,
+    /// Per job: runner-log lines that named a process the lineage does not support.
+    names_rejected: HashMap<String, u64>,
     /// Steps to number in order, per job.
     ordinals: HashMap<String, u32>,
     /// Events that belong to no watched job (foreign containers, long-lived launchers' own traffic).
@@ -130,6 +162,8 @@ impl Registry {
             foreign_steps: Default::default(),
             pending: HashMap::new(),
             names_by_pid: HashMap::new(),
+            names_order: Default::default(),
+            names_rejected: HashMap::new(),
             ordinals: HashMap::new(),
             unattributed: 0,
             new_launchers: Vec::new(),
@@ -213,7 +247,8 @@ impl Registry {
     }
 
     /// An environment record: kept until the same process's exec record brings argv.
-    pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv) {
+    /// `parent` is the process's parent at exec, as the kernel saw it.
+    pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv, parent: u32) {
         self.pending.insert(
             common.tgid,
             PendingRoot {
@@ -221,6 +256,7 @@ impl Registry {
                 env,
                 job: common.job,
                 step: common.step,
+                parent,
             },
         );
     }
@@ -241,8 +277,17 @@ impl Registry {
                     program,
                 });
             }
-            EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
-            EnvReason::Container => self.container_root(root.step, common, &env, argv),
+            EnvReason::StepRoot => {
+                let root_of = Root {
+                    tgid: common.tgid,
+                    start_ns: common.proc_start_ns,
+                    parent: root.parent,
+                };
+                self.step_root(root.job, root.step, root_of, common, &env, argv)
+            }
+            EnvReason::Container => {
+                self.container_root(root.step, common, &env, argv, root.parent)
+            }
             EnvReason::Unknown(_) => {}
         }
     }
@@ -277,6 +322,7 @@ impl Registry {
         &mut self,
         kernel_job: u32,
         kernel_step: u32,
+        root: Root,
         common: &Common,
         env: &StepEnv,
         argv: &[String],
@@ -322,11 +368,15 @@ impl Registry {
         let mut identity = platform::detector(platform)
             .and_then(|d| d.step(env, argv))
             .unwrap_or_default();
-        if let Some(name) = self.names_by_pid.get(&common.tgid) {
-            apply_display_name(&mut identity, name);
+        if let Some(named) = self.names_by_pid.remove(&root.tgid) {
+            if named.may_name(&root) {
+                apply_display_name(&mut identity, &named.name);
+            } else {
+                *self.names_rejected.entry(job.clone()).or_default() += 1;
+            }
         }
         let step = self.add_step(&job, identity, "lineage");
-        self.note_root(&job, &step, common);
+        self.note_root(&job, &step, common, root.parent);
         self.kernel_steps
             .insert(kernel_step, Placement { job, step });
     }
@@ -338,9 +388,10 @@ impl Registry {
         common: &Common,
         env: &StepEnv,
         argv: &[String],
+        parent: u32,
     ) {
         if let Some(placement) = self.match_known_step(env) {
-            self.note_root(&placement.job, &placement.step, common);
+            self.note_root(&placement.job, &placement.step, common, parent);
             self.kernel_steps.insert(kernel_step, placement);
             return;
         }
@@ -359,7 +410,7 @@ impl Registry {
             .and_then(|d| d.step(env, argv))
             .unwrap_or_default();
         let step = self.add_step(&job, step_identity, "container environment");
-        self.note_root(&job, &step, common);
+        self.note_root(&job, &step, common, parent);
         self.kernel_steps
             .insert(kernel_step, Placement { job, step });
     }
@@ -487,9 +538,13 @@ impl Registry {
         id
     }
 
-    fn note_root(&mut self, job: &str, step: &str, common: &Common) {
+    fn note_root(&mut self, job: &str, step: &str, common: &Common, parent: u32) {
         if let Some(s) = self.jobs.get_mut(job).and_then(|j| j.steps.get_mut(step)) {
-            s.roots.push((common.tgid, common.proc_start_ns));
+            s.roots.push(Root {
+                tgid: common.tgid,
+                start_ns: common.proc_start_ns,
+                parent,
+            });
             if s.first_ns == 0 || common.ktime_ns < s.first_ns {
                 s.first_ns = common.ktime_ns;
             }
@@ -556,21 +611,43 @@ impl Registry {
         }
     }
 
-    /// The runner's log named the step a pid started.
-    pub fn display_name(&mut self, pid: u32, name: &str) {
-        self.names_by_pid.insert(pid, name.to_string());
+    /// The runner's log named the step a pid started. The first name the lineage
+    /// supports wins; a name it does not support is counted against the job, never applied.
+    pub fn display_name(&mut self, pid: u32, named: LogName) {
+        let mut seen = false;
         for job in self.jobs.values_mut() {
             for step in job.steps.values_mut() {
-                if step.roots.iter().any(|(tgid, _)| *tgid == pid) && step.name.is_none() {
+                let Some(root) = step.roots.iter().find(|r| r.tgid == pid) else {
+                    continue;
+                };
+                seen = true;
+                if !named.may_name(root) {
+                    *self.names_rejected.entry(job.key.clone()).or_default() += 1;
+                } else if step.name.is_none() {
                     let mut identity = StepIdentity {
                         name: None,
                         stage: step.stage.clone(),
                         ..Default::default()
                     };
-                    apply_display_name(&mut identity, name);
+                    apply_display_name(&mut identity, &named.name);
                     step.name = identity.name;
                     step.stage = identity.stage;
                 }
+            }
+        }
+        if !seen {
+            self.remember_name(pid, named);
+        }
+    }
+
+    /// Keeps a name until its process is seen; the oldest go first, so junk lines stay bounded.
+    fn remember_name(&mut self, pid: u32, named: LogName) {
+        if self.names_by_pid.insert(pid, named).is_none() {
+            self.names_order.push_back(pid);
+        }
+        while self.names_order.len() > PENDING_NAMES {
+            if let Some(old) = self.names_order.pop_front() {
+                self.names_by_pid.remove(&old);
             }
         }
     }
@@ -591,6 +668,12 @@ impl Registry {
         let Some(j) = self.jobs.get_mut(job) else {
             return;
         };
+        if let Some(n) = self.names_rejected.remove(job) {
+            j.notes.push(format!(
+                "{n} lines of the runner's log named a process that its Worker did not start, \
+                 or before it started: ignored (the log is writable by the job)"
+            ));
+        }
         // GitHub names steps only in the runner's log; say so when it did not.
         let reason = missing_name_reason.map(String::from).or_else(|| {
             (j.identity.platform == Platform::GithubActions)
@@ -716,16 +799,88 @@ mod tests {
     fn a_launcher_exit_read_before_its_first_step_still_ends_the_job() {
         let mut r = Registry::new();
         let launcher = common(10, 1001, 0, abi::TAG_LAUNCHER);
-        r.environment(&launcher, EnvReason::Launcher, github_env());
+        r.environment(&launcher, EnvReason::Launcher, github_env(), 1);
         r.exec(&launcher, &["/runner/bin/Runner.Worker".into()]);
         r.launcher_exited(1001);
 
         let root = common(11, 1001, 1001, abi::TAG_STEP_ROOT);
-        r.environment(&root, EnvReason::StepRoot, github_env());
+        r.environment(&root, EnvReason::StepRoot, github_env(), 10);
         r.exec(&root, &["/usr/bin/bash".into()]);
         let job = r.place(&root).expect("the step is placed").job;
         let info = r.job(&job).expect("the job is known");
         assert!(info.has_launcher);
         assert!(info.launcher_exited, "the early exit is not forgotten");
+    }
+
+    /// Worker pid 10 starts a user step with root `tgid` (started at boot-clock time 1).
+    fn start_steps(r: &mut Registry, tgids: &[u32]) -> String {
+        let launcher = common(10, 1001, 0, abi::TAG_LAUNCHER);
+        r.environment(&launcher, EnvReason::Launcher, github_env(), 1);
+        r.exec(&launcher, &["/runner/bin/Runner.Worker".into()]);
+        for &tgid in tgids {
+            let root = common(tgid, 1001, 2000 + tgid, abi::TAG_STEP_ROOT);
+            let guid = format!("00000000-0000-0000-0000-0000000000{tgid}");
+            let env = format!(
+                "GITHUB_ACTIONS=true\0GITHUB_REPOSITORY=acme/app\0GITHUB_RUN_ID=1\0GITHUB_JOB=build\0\
+                 RUNNER_TRACKING_ID=github_x\0GITHUB_ACTION=__run_{tgid}\0\
+                 GITHUB_OUTPUT=/w/_temp/_runner_file_commands/set_output_{guid}\0"
+            );
+            r.environment(&root, EnvReason::StepRoot, StepEnv::parse(env.as_bytes(), false), 10);
+            r.exec(&root, &["/usr/bin/bash".into()]);
+        }
+        r.place(&common(tgids[0], 1001, 2000 + tgids[0], 0)).unwrap().job
+    }
+
+    fn github_job_with_steps() -> (Registry, String) {
+        let mut r = Registry::new();
+        let job = start_steps(&mut r, &[11, 12]);
+        (r, job)
+    }
+
+    fn step_names(r: &Registry, job: &str) -> Vec<Option<String>> {
+        r.steps_of(job).iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn named(name: &str, worker: u32, read_ns: u64) -> LogName {
+        LogName {
+            name: name.into(),
+            worker,
+            read_ns,
+        }
+    }
+
+    #[test]
+    fn runner_log_names_never_contradict_the_lineage() {
+        let (mut r, job) = github_job_with_steps();
+        r.display_name(11, named("Build", 10, 5));
+        r.display_name(11, named("Publish", 10, 6)); // a second, forged line: the first wins
+        r.display_name(12, named("Publish", 99, 5)); // another Worker's log
+        r.display_name(12, named("Publish", 10, 0)); // read before the process started
+        assert_eq!(step_names(&r, &job), [Some("Build".into()), None]);
+        r.finalize(&job, None);
+        let notes = &r.job(&job).unwrap().notes;
+        assert!(
+            notes.iter().any(|n| n.starts_with("2 lines of the runner's log")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn a_name_read_before_its_process_was_seen_applies_only_if_the_lineage_agrees() {
+        let mut r = Registry::new();
+        r.display_name(11, named("Build", 10, 5));
+        r.display_name(12, named("Forged", 10, 0)); // written before pid 12 existed
+        let job = start_steps(&mut r, &[11, 12]);
+        assert_eq!(step_names(&r, &job), [Some("Build".into()), None]);
+    }
+
+    #[test]
+    fn names_for_processes_never_seen_stay_bounded() {
+        let mut r = Registry::new();
+        for pid in 0..12_288 {
+            r.display_name(pid, named("junk", 10, 5));
+        }
+        assert_eq!(r.names_by_pid.len(), PENDING_NAMES);
+        assert_eq!(r.names_order.len(), PENDING_NAMES);
     }
 }

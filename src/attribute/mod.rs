@@ -65,6 +65,7 @@ impl Attributor {
                     &common,
                     env.reason,
                     env::StepEnv::parse(&env.block, env.truncated),
+                    env.ppid,
                 );
                 return None;
             }

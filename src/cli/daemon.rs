@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::engine::runner_diag;
+use crate::attribute::github_log::RunnerLogSource;
 use crate::agent::publish::{self, Publisher};
 use crate::agent::session::{HostOptions, Recorder, SessionOptions, Target};
 use crate::agent::{Agent, AgentOptions};
@@ -116,7 +117,12 @@ pub async fn execute(args: DaemonArgs) -> u8 {
     let runner_logs = existing
         .iter()
         .filter(|l| l.platform == Platform::GithubActions)
-        .filter_map(|l| runner_diag(l.pid))
+        .filter_map(|l| {
+            Some(RunnerLogSource {
+                diag: runner_diag(l.pid)?,
+                worker: l.pid,
+            })
+        })
         .collect();
     let recorder = match Recorder::start(
         agent,

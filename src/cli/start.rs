@@ -15,6 +15,7 @@ use rustix::process::Signal;
 use serde_json::json;
 
 use crate::agent::engine::runner_diag;
+use crate::attribute::github_log::RunnerLogSource;
 use crate::agent::report::{self, Report};
 use crate::agent::session::{Recorder, SessionError, SessionOptions, Target};
 use crate::agent::{Agent, AgentOptions};
@@ -325,15 +326,19 @@ fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
     }
     let mut runner_logs = Vec::new();
     if platform == Platform::GithubActions {
-        let diag = args
-            .runner_diag
-            .clone()
-            .or_else(|| launcher.as_ref().and_then(|(pid, _)| runner_diag(*pid)));
-        match diag {
-            Some(dir) => runner_logs.push(dir),
+        // Only the Worker's own open log is read, so without the Worker there are no names.
+        let source = launcher.as_ref().and_then(|(worker, _)| {
+            let diag = args.runner_diag.clone().or_else(|| runner_diag(*worker))?;
+            Some(RunnerLogSource {
+                diag,
+                worker: *worker,
+            })
+        });
+        match source {
+            Some(source) => runner_logs.push(source),
             None => registry.job_note(
                 &job,
-                "the runner's _diag directory was not found: steps have no display names".into(),
+                "the runner's Worker or its _diag directory was not found: steps have no display names".into(),
             ),
         }
     }
