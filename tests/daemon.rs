@@ -81,7 +81,7 @@ fn job_with(tmp: &Path, name: &str, extra: Value) -> (Command, Ports) {
     let config = tmp.join(name).join("config.json");
     let mut cfg = serde_json::json!({
         "runner_root": root, "work": tmp.join(name).join("work"), "ports": ports.by_name,
-        "results": tmp.join(name).join("results.json"),
+        "results": tmp.join(name).join("results.json"), "await_reader": true,
     });
     cfg.as_object_mut()
         .unwrap()

@@ -450,6 +450,12 @@ impl Consumer for Engine {
             }
         }
         self.update_step_groups();
+        // A Worker may live only briefly: look for its log on records, not only on ticks.
+        if self.attributor.registry.has_new_launchers()
+            || self.runner_logs.iter().any(|r| !r.log.has_page())
+        {
+            self.poll_runner_logs();
+        }
     }
 
     fn tick(&mut self) {

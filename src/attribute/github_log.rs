@@ -102,6 +102,11 @@ impl WorkerLog {
         &self.source
     }
 
+    /// Whether the Worker's page was found: until then it must be looked for while the Worker lives.
+    pub fn has_page(&self) -> bool {
+        self.page.is_some()
+    }
+
     /// Facts from lines completed since the last poll, each with the boot-clock
     /// time it was read. Follows the runner to its next page; once the Worker is
     /// gone, reads the page it had open to the end.

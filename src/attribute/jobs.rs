@@ -300,6 +300,10 @@ impl Registry {
         platform
     }
 
+    pub fn has_new_launchers(&self) -> bool {
+        !self.new_launchers.is_empty()
+    }
+
     /// Launchers found by the kernel since the last call.
     pub fn drain_new_launchers(&mut self) -> Vec<NewLauncher> {
         std::mem::take(&mut self.new_launchers)

@@ -8,6 +8,7 @@ the same task names, parentage and environments as with the real runners.
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 
@@ -25,6 +26,28 @@ def tcp(port):
 
 def guid():
     return str(uuid.uuid4())
+
+
+def await_reader(path, deadline_s=30):
+    """Returns once another process holds `path` open; exits loudly if none does in time."""
+    target = os.path.realpath(path)
+    until = time.monotonic() + deadline_s
+    while time.monotonic() < until:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return
+                except OSError:
+                    pass
+        time.sleep(0.01)
+    sys.exit(f"no process opened {path} within {deadline_s} s: is ciwatch daemon following this Worker?")
 
 
 def spawn(argv, env, cwd=None):

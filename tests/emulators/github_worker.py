@@ -12,7 +12,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from emu import base_env, guid, log_line, request_container, spawn, tcp, write_script  # noqa: E402
+from emu import await_reader, base_env, guid, log_line, request_container, spawn, tcp, write_script  # noqa: E402
 
 cfg = json.load(open(sys.argv[1]))
 root = cfg["runner_root"]
@@ -25,6 +25,10 @@ if cfg.get("no_diag"):
 else:
     os.makedirs(os.path.join(root, "_diag"), exist_ok=True)
     log = open(os.path.join(root, "_diag", time.strftime("Worker_%Y%m%d-%H%M%S-utc.log", time.gmtime())), "w")
+    if cfg.get("await_reader"):
+        # A real Worker lives for the whole job; this one may live for milliseconds. ciwatch reads only
+        # the log the Worker holds open, so wait until a reader (the daemon) holds it open too.
+        await_reader(log.name)
 ports = cfg["ports"]
 tracking = "github_" + guid()
 node = os.path.join(root, "externals", "node20", "bin", "node")
