@@ -254,7 +254,8 @@ fn a_worker_that_dies_mid_step_and_a_missing_diag_log_degrade_visibly() {
     assert_eq!(
         step_of(hit).1,
         Some("Orphan"),
-        "the step outlived its Worker and kept its attribution"
+        "the step outlived its Worker and kept its attribution: {}",
+        lines[0]
     );
     assert_eq!(lines[0]["job"]["launcher_exited"], true);
 

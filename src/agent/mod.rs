@@ -180,6 +180,7 @@ impl Agent {
                 job,
                 launcher.platform,
                 crate::attribute::jobs::is_long_lived(Some(launcher.platform), &launcher.argv),
+                Some(launcher.pid),
             );
             tracing::info!(
                 "adopted running {} (pid {}) as a {} launcher",

@@ -49,8 +49,9 @@ pub struct StepInfo {
 pub struct Root {
     pub tgid: u32,
     pub start_ns: u64,
-    /// Its parent at exec: the launcher, for a step the lineage placed.
-    pub parent: u32,
+    /// The kernel's id of the launcher's job it inherited (0 for a container's process).
+    #[serde(skip)]
+    pub kernel_job: u32,
 }
 
 /// A step display name the runner's log gave a pid: which Worker's log, read when (boot clock).
@@ -61,11 +62,35 @@ pub struct LogName {
     pub read_ns: u64,
 }
 
+impl Root {
+    fn of(common: &Common) -> Self {
+        Self {
+            tgid: common.tgid,
+            start_ns: common.proc_start_ns,
+            kernel_job: common.job,
+        }
+    }
+}
+
 impl LogName {
     /// The log is the job's to write, so it names only what the lineage supports:
-    /// a process its own Worker started, which already ran when the line was read.
-    fn may_name(&self, root: &Root) -> bool {
-        root.parent == self.worker && root.start_ns <= self.read_ns
+    /// a step root its own Worker launched (`worker_job`, the Worker's kernel job),
+    /// which already ran when the line was read.
+    fn may_name(&self, root: &Root, worker_job: Option<u32>) -> bool {
+        let ok = worker_job == Some(root.kernel_job) && root.start_ns <= self.read_ns;
+        if !ok {
+            tracing::debug!(
+                "runner log line naming {} {:?} ignored: its job {} is not Worker {}'s ({worker_job:?}), \
+                 or it started at {}, after the line was read at {}",
+                root.tgid,
+                self.name,
+                root.kernel_job,
+                self.worker,
+                root.start_ns,
+                self.read_ns
+            );
+        }
+        ok
     }
 }
 
@@ -104,6 +129,8 @@ pub struct JobInfo {
 #[derive(Debug, Default)]
 struct KernelJob {
     platform: Option<Platform>,
+    /// The launcher's tgid, where known.
+    launcher: Option<u32>,
     /// Its own events and its children's before they exec belong to this job (one job per launcher).
     job: Option<String>,
     /// The launcher runs many jobs over its life (gitlab-runner, a Jenkins agent).
@@ -119,7 +146,6 @@ struct PendingRoot {
     env: StepEnv,
     job: u32,
     step: u32,
-    parent: u32,
 }
 
 pub struct Registry {
@@ -214,10 +240,18 @@ impl Registry {
     }
 
     /// A launcher registered by userspace (ciwatch start), for a platform.
-    pub fn register_launcher(&mut self, kernel_job: u32, platform: Platform, long_lived: bool) {
+    /// A launcher known before any of its steps ran; `tgid` where it was found.
+    pub fn register_launcher(
+        &mut self,
+        kernel_job: u32,
+        platform: Platform,
+        long_lived: bool,
+        tgid: Option<u32>,
+    ) {
         let kj = self.kernel_jobs.entry(kernel_job).or_default();
         kj.platform = Some(platform);
         kj.long_lived = long_lived;
+        kj.launcher = tgid;
     }
 
     pub fn set_job_name(&mut self, job: &str, name: &str) {
@@ -247,8 +281,7 @@ impl Registry {
     }
 
     /// An environment record: kept until the same process's exec record brings argv.
-    /// `parent` is the process's parent at exec, as the kernel saw it.
-    pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv, parent: u32) {
+    pub fn environment(&mut self, common: &Common, reason: EnvReason, env: StepEnv) {
         self.pending.insert(
             common.tgid,
             PendingRoot {
@@ -256,7 +289,6 @@ impl Registry {
                 env,
                 job: common.job,
                 step: common.step,
-                parent,
             },
         );
     }
@@ -270,6 +302,7 @@ impl Registry {
         match root.reason {
             EnvReason::Launcher => {
                 let platform = self.launcher_started(root.job, argv);
+                self.kernel_jobs.entry(root.job).or_default().launcher = Some(common.tgid);
                 let program = argv.first().cloned().unwrap_or_default();
                 self.new_launchers.push(NewLauncher {
                     tgid: common.tgid,
@@ -277,17 +310,8 @@ impl Registry {
                     program,
                 });
             }
-            EnvReason::StepRoot => {
-                let root_of = Root {
-                    tgid: common.tgid,
-                    start_ns: common.proc_start_ns,
-                    parent: root.parent,
-                };
-                self.step_root(root.job, root.step, root_of, common, &env, argv)
-            }
-            EnvReason::Container => {
-                self.container_root(root.step, common, &env, argv, root.parent)
-            }
+            EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
+            EnvReason::Container => self.container_root(root.step, common, &env, argv),
             EnvReason::Unknown(_) => {}
         }
     }
@@ -326,7 +350,6 @@ impl Registry {
         &mut self,
         kernel_job: u32,
         kernel_step: u32,
-        root: Root,
         common: &Common,
         env: &StepEnv,
         argv: &[String],
@@ -372,15 +395,16 @@ impl Registry {
         let mut identity = platform::detector(platform)
             .and_then(|d| d.step(env, argv))
             .unwrap_or_default();
+        let root = Root::of(common);
         if let Some(named) = self.names_by_pid.remove(&root.tgid) {
-            if named.may_name(&root) {
+            if named.may_name(&root, self.kernel_job_of_launcher(named.worker)) {
                 apply_display_name(&mut identity, &named.name);
             } else {
                 *self.names_rejected.entry(job.clone()).or_default() += 1;
             }
         }
         let step = self.add_step(&job, identity, "lineage");
-        self.note_root(&job, &step, common, root.parent);
+        self.note_root(&job, &step, common);
         self.kernel_steps
             .insert(kernel_step, Placement { job, step });
     }
@@ -392,10 +416,9 @@ impl Registry {
         common: &Common,
         env: &StepEnv,
         argv: &[String],
-        parent: u32,
     ) {
         if let Some(placement) = self.match_known_step(env) {
-            self.note_root(&placement.job, &placement.step, common, parent);
+            self.note_root(&placement.job, &placement.step, common);
             self.kernel_steps.insert(kernel_step, placement);
             return;
         }
@@ -414,7 +437,7 @@ impl Registry {
             .and_then(|d| d.step(env, argv))
             .unwrap_or_default();
         let step = self.add_step(&job, step_identity, "container environment");
-        self.note_root(&job, &step, common, parent);
+        self.note_root(&job, &step, common);
         self.kernel_steps
             .insert(kernel_step, Placement { job, step });
     }
@@ -542,13 +565,9 @@ impl Registry {
         id
     }
 
-    fn note_root(&mut self, job: &str, step: &str, common: &Common, parent: u32) {
+    fn note_root(&mut self, job: &str, step: &str, common: &Common) {
         if let Some(s) = self.jobs.get_mut(job).and_then(|j| j.steps.get_mut(step)) {
-            s.roots.push(Root {
-                tgid: common.tgid,
-                start_ns: common.proc_start_ns,
-                parent,
-            });
+            s.roots.push(Root::of(common));
             if s.first_ns == 0 || common.ktime_ns < s.first_ns {
                 s.first_ns = common.ktime_ns;
             }
@@ -618,6 +637,7 @@ impl Registry {
     /// The runner's log named the step a pid started. The first name the lineage
     /// supports wins; a name it does not support is counted against the job, never applied.
     pub fn display_name(&mut self, pid: u32, named: LogName) {
+        let worker_job = self.kernel_job_of_launcher(named.worker);
         let mut seen = false;
         for job in self.jobs.values_mut() {
             for step in job.steps.values_mut() {
@@ -625,7 +645,7 @@ impl Registry {
                     continue;
                 };
                 seen = true;
-                if !named.may_name(root) {
+                if !named.may_name(root, worker_job) {
                     *self.names_rejected.entry(job.key.clone()).or_default() += 1;
                 } else if step.name.is_none() {
                     let mut identity = StepIdentity {
@@ -642,6 +662,12 @@ impl Registry {
         if !seen {
             self.remember_name(pid, named);
         }
+    }
+
+    fn kernel_job_of_launcher(&self, tgid: u32) -> Option<u32> {
+        self.kernel_jobs
+            .iter()
+            .find_map(|(id, kj)| (kj.launcher == Some(tgid)).then_some(*id))
     }
 
     /// Keeps a name until its process is seen; the oldest go first, so junk lines stay bounded.
@@ -803,12 +829,12 @@ mod tests {
     fn a_launcher_exit_read_before_its_first_step_still_ends_the_job() {
         let mut r = Registry::new();
         let launcher = common(10, 1001, 0, abi::TAG_LAUNCHER);
-        r.environment(&launcher, EnvReason::Launcher, github_env(), 1);
+        r.environment(&launcher, EnvReason::Launcher, github_env());
         r.exec(&launcher, &["/runner/bin/Runner.Worker".into()]);
         r.launcher_exited(1001);
 
         let root = common(11, 1001, 1001, abi::TAG_STEP_ROOT);
-        r.environment(&root, EnvReason::StepRoot, github_env(), 10);
+        r.environment(&root, EnvReason::StepRoot, github_env());
         r.exec(&root, &["/usr/bin/bash".into()]);
         let job = r.place(&root).expect("the step is placed").job;
         let info = r.job(&job).expect("the job is known");
@@ -819,7 +845,7 @@ mod tests {
     /// Worker pid 10 starts a user step with root `tgid` (started at boot-clock time 1).
     fn start_steps(r: &mut Registry, tgids: &[u32]) -> String {
         let launcher = common(10, 1001, 0, abi::TAG_LAUNCHER);
-        r.environment(&launcher, EnvReason::Launcher, github_env(), 1);
+        r.environment(&launcher, EnvReason::Launcher, github_env());
         r.exec(&launcher, &["/runner/bin/Runner.Worker".into()]);
         for &tgid in tgids {
             let root = common(tgid, 1001, 2000 + tgid, abi::TAG_STEP_ROOT);
@@ -829,7 +855,7 @@ mod tests {
                  RUNNER_TRACKING_ID=github_x\0GITHUB_ACTION=__run_{tgid}\0\
                  GITHUB_OUTPUT=/w/_temp/_runner_file_commands/set_output_{guid}\0"
             );
-            r.environment(&root, EnvReason::StepRoot, StepEnv::parse(env.as_bytes(), false), 10);
+            r.environment(&root, EnvReason::StepRoot, StepEnv::parse(env.as_bytes(), false));
             r.exec(&root, &["/usr/bin/bash".into()]);
         }
         r.place(&common(tgids[0], 1001, 2000 + tgids[0], 0)).unwrap().job

@@ -65,7 +65,6 @@ impl Attributor {
                     &common,
                     env.reason,
                     env::StepEnv::parse(&env.block, env.truncated),
-                    env.ppid,
                 );
                 return None;
             }

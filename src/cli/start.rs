@@ -312,7 +312,12 @@ fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
         platform,
         Platform::GitlabCi | Platform::Jenkins | Platform::Drone
     );
-    registry.register_launcher(JOB, platform, long_lived);
+    registry.register_launcher(
+        JOB,
+        platform,
+        long_lived,
+        launcher.as_ref().map(|(pid, _)| *pid),
+    );
     let setup = match &launcher {
         Some((pid, _)) => agent.add_launcher(*pid, JOB, platform.id()),
         None => {
