@@ -618,3 +618,43 @@ fn closed_port_url() -> String {
     drop(l);
     format!("http://127.0.0.1:{port}")
 }
+
+/// A signature over a partial trace holds, but the trace is not evidence of the whole job.
+#[tokio::test]
+async fn verify_refuses_an_incomplete_or_died_trace_unless_told_to_accept_it() {
+    let job = tempfile::tempdir().unwrap();
+    let fixture =
+        std::fs::read_to_string(repo().join("tests/fixtures/attest/events.ndjson")).unwrap();
+    let died = fixture.replace(
+        r#""still_running":0,"complete":true}"#,
+        r#""still_running":0,"agent_status":"died","complete":false}"#,
+    );
+    assert_ne!(died, fixture, "the fixture's trace_end changed shape");
+    let log = job.path().join("events.ndjson");
+    std::fs::write(&log, died).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = keypair(keys.path());
+    attest::sign_trace(job.path(), &options(SignMode::Key, Some(&private)))
+        .await
+        .unwrap();
+    let bundle = job.path().join(attest::BUNDLE_FILE);
+
+    let out = verify_key(&public, ("--bundle", &bundle), &log);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("partial evidence"), "{stderr}");
+    assert!(stderr.contains("the trace is incomplete"), "{stderr}");
+    assert!(stderr.contains("`died`"), "{stderr}");
+
+    let accepted = ciwatch(&[
+        "verify",
+        "--allow-incomplete",
+        "--key",
+        &s(&public),
+        "--bundle",
+        &s(&bundle),
+        &s(&log),
+    ]);
+    assert_eq!(accepted.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("INCOMPLETE"));
+}

@@ -664,3 +664,51 @@ fn a_job_process_the_lineage_map_cannot_hold_is_denied_and_counted() {
     assert!(end["untracked"].as_u64().unwrap() >= 5, "{end}");
     assert_eq!(end["complete"], false, "{end}");
 }
+
+/// `ciwatch run --mode enforce` with extra arguments; returns (exit code, stderr).
+fn enforce_with(prefix: &[&str], extra: &[&str]) -> (Option<i32>, String) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(prefix.first().copied().unwrap_or(CIWATCH));
+    cmd.args(prefix.iter().skip(1));
+    if !prefix.is_empty() {
+        cmd.arg(CIWATCH);
+    }
+    let out = cmd
+        .args(["run", "--quiet", "--out"])
+        .arg(out_dir.path())
+        .args(["--mode", "enforce", "--allow", "127.0.0.1:9"])
+        .args(extra)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn enforce_refuses_to_start_without_every_cgroup_program() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    write(&config, "[hooks]\nconnect = false\n");
+    let (code, stderr) = enforce_with(&[], &["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(79), "{stderr}");
+    assert!(
+        stderr.contains("enforce mode needs hook `connect`") && stderr.contains("connect = false"),
+        "{stderr}"
+    );
+
+    // No cgroup v2 hierarchy in the agent's mount namespace: only the syscall tracepoint can
+    // attach, which records but cannot deny. Not even --allow-partial starts enforce like that.
+    let script = "grep ' cgroup2 ' /proc/self/mounts | cut -d' ' -f2 | xargs -r -n1 umount -l && exec \"$@\"";
+    let (code, stderr) = enforce_with(
+        &["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"],
+        &["--allow-partial"],
+    );
+    assert_eq!(code, Some(79), "{stderr}");
+    assert!(
+        stderr.contains("enforce mode needs hook `connect`")
+            && stderr.contains("no cgroup v2 hierarchy is mounted"),
+        "{stderr}"
+    );
+}

@@ -85,6 +85,12 @@ describe('readInputs', () => {
 });
 
 describe('fail-on', () => {
+  it('is implied for agent failures and unsupported runners under enforce, whatever the input says', () => {
+    const i = readInputs(get({ mode: 'enforce', 'allowed-endpoints': 'github.com:443', 'fail-on': 'none' }));
+    assert.deepEqual(i.failOn, ['agent-failure', 'unsupported']);
+    assert.deepEqual(readInputs(get({ 'fail-on': 'none' })).failOn, []);
+  });
+
   it('parses lists, all and none', () => {
     assert.deepEqual(parseFailOn(''), ['denied']);
     assert.deepEqual(parseFailOn('none'), []);

@@ -152,6 +152,10 @@ export function readInputs(get: InputGetter): Inputs {
   }
   const jobSummary = boolean(get, 'job-summary', true);
   const failOn = parseFailOn(get('fail-on'));
+  // Enforcement fails closed: a job that asked for it never runs on without it.
+  if (mode === 'enforce') {
+    for (const implied of ['agent-failure', 'unsupported'] as const) if (!failOn.includes(implied)) failOn.push(implied);
+  }
 
   const version = get('version').trim().replace(/^v/, '');
   if (version !== '' && !/^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$/.test(version)) {

@@ -20876,6 +20876,9 @@ function readInputs(get) {
   }
   const jobSummary = boolean(get, "job-summary", true);
   const failOn = parseFailOn(get("fail-on"));
+  if (mode === "enforce") {
+    for (const implied of ["agent-failure", "unsupported"]) if (!failOn.includes(implied)) failOn.push(implied);
+  }
   const version = get("version").trim().replace(/^v/, "");
   if (version !== "" && !/^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$/.test(version)) {
     throw new InputError("version", `${JSON.stringify(version)} is not a release version such as 0.1.0`);

@@ -428,6 +428,36 @@ fn ciwatch_view(s: &Statement) -> Option<&Value> {
     }
 }
 
+/// Why a signed trace is only partial evidence: an incomplete log, an agent that did not end
+/// normally, tampering. Empty when the predicate vouches for the whole job.
+pub fn evidence_gaps(v: &Verified) -> Vec<String> {
+    let Some(p) = v.statements.iter().find_map(ciwatch_view) else {
+        return vec!["the attestation carries no ciwatch predicate to judge the trace by".into()];
+    };
+    let mut gaps = Vec::new();
+    if p.pointer("/eventLog/complete").and_then(Value::as_bool) != Some(true) {
+        gaps.push(
+            "the trace is incomplete (records were lost, undecodable or untracked, or a hook did not attach)"
+                .to_string(),
+        );
+    }
+    if let Some(status) = p
+        .pointer("/eventLog/agentStatus")
+        .and_then(Value::as_str)
+        .filter(|s| *s != "ok")
+    {
+        gaps.push(format!("the agent's status at the end was `{status}`"));
+    }
+    if let Some(n) = p
+        .pointer("/counts/tamper")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        gaps.push(format!("{n} tamper events were recorded"));
+    }
+    gaps
+}
+
 /// The human summary printed by `ciwatch verify`.
 pub fn headline(v: &Verified) -> String {
     let mut out = String::new();

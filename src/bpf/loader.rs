@@ -44,6 +44,11 @@ pub enum LoadError {
          Run `ciwatch check` for details, or pass --allow-partial to record without it"
     )]
     Required { hook: &'static str, reasons: String },
+    #[error(
+        "enforce mode needs hook `{hook}` in full, but {reasons}. Enforcement is never \
+         weakened to start: fix that, or run in observe mode"
+    )]
+    EnforceNeeds { hook: &'static str, reasons: String },
 }
 
 pub struct LoadOptions<'a> {
@@ -144,7 +149,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         attach_lineage(&mut ebpf, &btf),
         attach_exec(&mut ebpf),
         if on.connect {
-            attach_connect(&mut ebpf, opts.cgroup2)
+            attach_connect(&mut ebpf, opts.cgroup2, opts.enforce.egress)
         } else {
             disabled("connect")
         },
@@ -159,11 +164,14 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
             disabled("dns")
         },
     ];
+    if opts.enforce.egress {
+        // Enforcement asked for is never dropped, not even for a partial run.
+        require_enforcing(&hooks, "connect")?;
+    }
     if opts.enforce.refuse_dns {
         let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2);
         if !refusal.attached && opts.enforce.egress {
-            // Enforcement asked for is never dropped for a partial run.
-            return Err(LoadError::Required {
+            return Err(LoadError::EnforceNeeds {
                 hook: refusal.hook,
                 reasons: join(skipped_reasons(&refusal)),
             });
@@ -549,7 +557,27 @@ fn attach_exec(ebpf: &mut Ebpf) -> HookStatus {
 }
 
 /// The syscall tracepoint plus every cgroup sock_addr hook that attaches.
-fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+/// Under enforce, `hook` must be attached in full: never disabled, never partial.
+fn require_enforcing(hooks: &[HookStatus], hook: &'static str) -> Result<(), LoadError> {
+    let Some(status) = hooks.iter().find(|h| h.hook == hook) else {
+        return Ok(());
+    };
+    let reasons = if status.disabled {
+        format!("the config switches it off (`[hooks] {hook} = false`)")
+    } else if !status.attached {
+        format!(
+            "it did not attach in full: {}",
+            join(skipped_reasons(status))
+        )
+    } else {
+        return Ok(());
+    };
+    Err(LoadError::EnforceNeeds { hook, reasons })
+}
+
+/// The syscall tracepoint only records; the four cgroup programs are what deny,
+/// so under enforce the hook counts as attached only with all four.
+fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>, enforce: bool) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
     let mut parts = vec![Candidate::new(
@@ -565,10 +593,15 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     ] {
         parts.push(Candidate::new(section, program, Attach::Cgroup(cgroup2)));
     }
+    let mut cgroup_parts = 0;
     for part in &parts {
-        attached.extend(first_of(ebpf, std::slice::from_ref(part), &mut skipped));
+        if let Some(label) = first_of(ebpf, std::slice::from_ref(part), &mut skipped) {
+            cgroup_parts += usize::from(matches!(part.attach, Attach::Cgroup(_)));
+            attached.push(label);
+        }
     }
     let mut hook = status("connect", attached, skipped, false, parts.len());
+    hook.attached &= !enforce || cgroup_parts == parts.len() - 1;
     if let Some(root) = cgroup2 {
         hook.targets
             .push(format!("cgroup v2 root {}", root.display()));

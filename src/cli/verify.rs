@@ -29,6 +29,10 @@ pub struct VerifyArgs {
     /// Sigstore trusted_root.json (default: the embedded public-good root).
     #[arg(long, value_name = "FILE")]
     pub trusted_root: Option<PathBuf>,
+    /// Accept a trace that is only partial evidence (incomplete, an agent that died, tampering);
+    /// by default such a trace fails verification even when its signature holds.
+    #[arg(long)]
+    pub allow_incomplete: bool,
     /// The event log (events.ndjson), or a build output named as a subject.
     #[arg(value_name = "LOG")]
     pub log: PathBuf,
@@ -65,7 +69,16 @@ pub async fn execute(args: VerifyArgs) -> u8 {
     match result {
         Ok(Ok(verified)) => {
             print!("{}", verify::headline(&verified));
-            0
+            let gaps = verify::evidence_gaps(&verified);
+            if gaps.is_empty() || args.allow_incomplete {
+                return 0;
+            }
+            eprintln!(
+                "ciwatch: verification FAILED: the signature holds, but the trace is partial evidence: {}. \
+                 Pass --allow-incomplete to accept it as such.",
+                gaps.join("; ")
+            );
+            exit::VERIFY_FAILED
         }
         Ok(Err(e)) if e.is_input_error() => super::fail(exit::DATA, &e),
         Ok(Err(e)) => {
