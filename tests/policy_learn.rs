@@ -445,3 +445,32 @@ fn learns_from_the_daemons_trace_directory_named_by_its_config() {
     let two: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(two["coverage"]["jobs"], 2, "{stdout}");
 }
+
+#[test]
+fn a_name_longer_than_a_rule_can_hold_is_proposed_by_address_and_says_why() {
+    let long = format!("{}.example.com", ["a".repeat(60), "b".repeat(60)].join("."));
+    assert!(long.len() > 127);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run-1");
+    std::fs::create_dir_all(&run).unwrap();
+    let events = std::fs::read_to_string(fixture("runs/run-1/events.ndjson")).unwrap();
+    std::fs::write(
+        run.join("events.ndjson"),
+        events.replace(r#""hosts":["github.com"]"#, &format!(r#""hosts":["{long}"]"#)),
+    )
+    .unwrap();
+    let (yaml, cov, _) = learn_dir(dir.path(), &[]);
+    assert!(
+        !yaml.lines().any(|l| !l.trim_start().starts_with('#') && l.contains(&long)),
+        "only comments may name it: {yaml}"
+    );
+    compiled(&yaml);
+    let e = entry(&cov, "140.82.112.3:443/tcp");
+    assert!(
+        e["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("longer than the 127 bytes a name rule can hold"),
+        "{e}"
+    );
+}

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::policy::trace::{Connect, Step, Trace};
+use crate::policy::endpoint::MAX_NAME_BYTES;
 use crate::policy::{Allowed, CompiledPolicy, Decision, Endpoint, IpNet, Policy, Proto, Target};
 
 /// Fewer jobs than this and the proposal says it is not to be trusted.
@@ -133,6 +134,8 @@ struct Acc {
     denied_jobs: BTreeSet<usize>,
     addrs_by_job: BTreeMap<usize, BTreeSet<IpAddr>>,
     names: BTreeSet<String>,
+    /// Names the address answered for that no name rule can hold (over the kernel's limit).
+    too_long: BTreeSet<String>,
     observed: BTreeSet<Observation>,
 }
 
@@ -159,6 +162,7 @@ impl Acc {
             self.addrs_by_job.entry(job).or_default().extend(addrs);
         }
         self.names.extend(other.names);
+        self.too_long.extend(other.too_long);
         self.observed.extend(other.observed);
     }
 
@@ -182,13 +186,15 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
     let mut looked_up: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     for (job, trace) in traces.iter().enumerate() {
         for c in trace.connects.iter().filter(|c| !implicit(c)) {
-            let dest = match c.hosts.first() {
-                Some(name) => Dest::Name(name.clone()),
-                None => Dest::Addr(c.addr),
-            };
+            // The most recent name a rule can hold; the kernel keys names of at most 127 bytes.
+            let fitting = c.hosts.iter().find(|h| h.len() <= MAX_NAME_BYTES);
+            let dest = fitting.map_or(Dest::Addr(c.addr), |name| Dest::Name(name.clone()));
             connected_names.extend(c.hosts.iter().cloned());
             let acc = dests.entry((dest, c.port, c.proto())).or_default();
             acc.add(job, c);
+            if fitting.is_none() {
+                acc.too_long.extend(c.hosts.iter().cloned());
+            }
         }
         for l in trace.lookups.iter().filter(|l| !l.failed) {
             looked_up.entry(l.host.clone()).or_default().insert(job);
@@ -306,7 +312,13 @@ fn entry(
             addresses.len()
         ));
     }
-    if kind == Kind::Address {
+    if kind == Kind::Address && !acc.too_long.is_empty() {
+        let names: Vec<&str> = acc.too_long.iter().map(String::as_str).collect();
+        notes.push(format!(
+            "named {}, longer than the {MAX_NAME_BYTES} bytes a name rule can hold: proposed by address",
+            names.join(", ")
+        ));
+    } else if kind == Kind::Address {
         notes.push(
             "no DNS answer named this address (a literal address, or a resolver libc does not see)"
                 .into(),
