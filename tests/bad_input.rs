@@ -225,7 +225,15 @@ fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
     let names: Vec<&str> = hooks.iter().map(|h| h["hook"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["lineage", "exec", "connect", "file", "dns", "socket", "dns_refusal"]
+        [
+            "lineage",
+            "exec",
+            "connect",
+            "file",
+            "dns",
+            "socket",
+            "dns_refusal"
+        ]
     );
     assert!(hooks.iter().all(|h| h["attached"] == true));
     assert_eq!(

@@ -653,11 +653,12 @@ impl CompiledPolicy {
             || self.socket_rules.iter().any(|r| !r.steps.is_any())
     }
 
-    /// Whether a `sockets:` entry in scope for the step allows a socket of this class.
-    pub fn allows_socket(&self, class: SocketClass, step: &StepMatch<'_>) -> bool {
+    /// The first `sockets:` entry in scope for the step that allows a socket
+    /// of this class; None: enforce refuses it.
+    pub fn socket_rule(&self, class: SocketClass, step: &StepMatch<'_>) -> Option<&SocketRule> {
         self.socket_rules
             .iter()
-            .any(|r| r.class == class && r.steps.matches(step))
+            .find(|r| r.class == class && r.steps.matches(step))
     }
 
     /// The rules in force in one step: indexes into `ip_rules` and
@@ -730,12 +731,14 @@ mod tests {
         ];
         let c = p.compiled_with(&[]);
         let test = StepMatch::new("t1", Some("Test"));
-        assert!(
-            c.allows_socket(SocketClass::Ping, &MAIN) && c.allows_socket(SocketClass::Ping, &test)
+        let allows = |class, step| c.socket_rule(class, step).is_some();
+        assert!(allows(SocketClass::Ping, &MAIN) && allows(SocketClass::Ping, &test));
+        assert_eq!(
+            c.socket_rule(SocketClass::Raw, &MAIN).map(|r| &r.steps),
+            Some(&StepScope::Only(vec![StepPattern("Bui*".into())]))
         );
-        assert!(c.allows_socket(SocketClass::Raw, &MAIN));
-        assert!(!c.allows_socket(SocketClass::Raw, &test));
-        assert!(!c.allows_socket(SocketClass::Packet, &MAIN), "unlisted");
+        assert!(!allows(SocketClass::Raw, &test));
+        assert!(!allows(SocketClass::Packet, &MAIN), "unlisted");
         assert!(
             c.has_step_scopes(),
             "a scoped socket entry needs step groups"
