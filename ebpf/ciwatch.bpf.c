@@ -10,6 +10,7 @@
 #include "exec.bpf.h"
 #include "dns_refuse.bpf.h"
 #include "connect.bpf.h"
+#include "socket.bpf.h"
 #include "file.bpf.h"
 #include "dns.bpf.h"
 

@@ -31,6 +31,8 @@
 #define CW_KIND_ENV 7 /* a step root's environment; consumed by attribution, never logged */
 #define CW_KIND_DENIED 8 /* a cw_connect the enforce hook refused (EPERM) */
 #define CW_KIND_DNS_REFUSED 9 /* a DNS query the enforce hook dropped (EPERM) */
+#define CW_KIND_SOCKET 10 /* a raw, packet or ping socket a job process opened */
+#define CW_KIND_SOCKET_DENIED 11 /* … one the enforce hook refused (cw_socket.refusal says how) */
 
 /* cw_header.flags */
 #define CW_F_TRUNC_FILENAME (1 << 0)
@@ -43,7 +45,7 @@
 #define CW_F_TRUNC_ADDRS (1 << 7)
 #define CW_F_DNS_JUDGED (1 << 8) /* enforce judged this lookup against the policy's name rules */
 #define CW_F_DNS_UNLISTED (1 << 9) /* … and no rule in scope for the step lists the name */
-#define CW_F_UNTRACKED (1 << 10) /* fork: the child found no room in `tasks`; denied: the sender was such a child */
+#define CW_F_UNTRACKED (1 << 10) /* fork: the child found no room in `tasks`; denied, socket_denied: the caller was such a child */
 
 /* cw_tag.flags */
 #define CW_TAG_STEP_ROOT (1 << 0) /* this process started its step */
@@ -78,6 +80,21 @@
 /* cw_dns_refused.reason */
 #define CW_REFUSED_UNLISTED 1 /* no name rule in scope lists the name */
 #define CW_REFUSED_UNREADABLE 2 /* not one plain query ciwatch can read: refused rather than trusted */
+
+/* cw_socket.class: sockets whose traffic never passes the connect/sendmsg hooks */
+#define CW_SOCKET_RAW 1 /* SOCK_RAW, IPv4 or IPv6 */
+#define CW_SOCKET_PACKET 2 /* AF_PACKET, and the obsolete AF_INET SOCK_PACKET */
+#define CW_SOCKET_PING 3 /* ICMP or ICMPv6 echo (SOCK_DGRAM) */
+#define CW_SOCKET_CLASSES 4 /* entries of the sock_allow map, indexed by class */
+
+/* cw_socket.refusal; 0: allowed */
+#define CW_SOCKET_EPERM 1 /* socket() failed with EPERM */
+#define CW_SOCKET_KILLED 2 /* the caller was sent SIGKILL before socket() returned */
+#define CW_SOCKET_KILL_FAILED 3 /* … but the kernel would not send it */
+
+/* cw_socket.source */
+#define CW_SOCKET_SRC_CGROUP 1 /* cgroup/sock_create */
+#define CW_SOCKET_SRC_SYSCALL 2 /* tracepoint/syscalls/sys_enter_socket */
 
 /* cw_file.hook */
 #define CW_FILE_KPROBE 1
@@ -188,6 +205,19 @@ struct cw_dns_refused {
 	__u32 _pad1;
 	__u8 addr[16]; /* the resolver; IPv4 in the first 4 bytes */
 	char name[CW_NAME_MAX]; /* lower-cased, dot-separated, as far as it could be read */
+};
+
+/* A socket the connect/sendmsg hooks never judge (CW_KIND_SOCKET, CW_KIND_SOCKET_DENIED). */
+struct cw_socket {
+	struct cw_header h;
+	__u32 protocol; /* socket()'s protocol: an IP protocol, or a packet socket's ethertype (network order) */
+	__u16 family;
+	__u16 sock_type; /* SOCK_RAW, SOCK_DGRAM, SOCK_PACKET: without SOCK_NONBLOCK and SOCK_CLOEXEC */
+	__u8 class;
+	__u8 refusal;
+	__u8 source;
+	__u8 _pad0;
+	__u32 _pad1;
 };
 
 /* A process whose exec'd children start steps (key: its tgid). */

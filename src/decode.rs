@@ -50,6 +50,10 @@ pub enum Record {
     Denied(Connect),
     /// A DNS query the enforce hook dropped before it left.
     DnsRefused(DnsRefused),
+    /// A raw, packet or ping socket a job process opened.
+    Socket(Socket),
+    /// One the enforce hook refused.
+    SocketDenied(Socket),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +162,48 @@ pub struct DnsRefused {
     pub qtype: u16,
 }
 
+/// The sockets whose traffic no connect/sendmsg hook judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketClass {
+    Raw,
+    Packet,
+    Ping,
+    Unknown(u8),
+}
+
+/// How the enforce hook refused a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketRefusal {
+    /// socket() failed with EPERM.
+    Eperm,
+    /// The caller was sent SIGKILL before socket() returned.
+    Killed,
+    /// The kernel would not send that signal.
+    KillFailed,
+    Unknown(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketSource {
+    CgroupSockCreate,
+    Syscall,
+    Unknown(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Socket {
+    pub common: Common,
+    pub family: u16,
+    /// Without SOCK_NONBLOCK and SOCK_CLOEXEC.
+    pub sock_type: u16,
+    /// socket()'s protocol argument, as the caller passed it.
+    pub protocol: u32,
+    pub class: SocketClass,
+    /// None when the socket was allowed.
+    pub refusal: Option<SocketRefusal>,
+    pub source: SocketSource,
+}
+
 impl Record {
     pub fn common(&self) -> &Common {
         match self {
@@ -170,6 +216,7 @@ impl Record {
             Record::Env(r) => &r.common,
             Record::Denied(r) => &r.common,
             Record::DnsRefused(r) => &r.common,
+            Record::Socket(r) | Record::SocketDenied(r) => &r.common,
         }
     }
 }
@@ -204,6 +251,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         abi::KIND_DENIED => Record::Denied(connect(read(bytes, "denied record")?, common)),
         abi::KIND_DNS_REFUSED => {
             Record::DnsRefused(dns_refused(read(bytes, "dns_refused record")?, common))
+        }
+        abi::KIND_SOCKET => Record::Socket(socket(read(bytes, "socket record")?, common)),
+        abi::KIND_SOCKET_DENIED => {
+            Record::SocketDenied(socket(read(bytes, "socket_denied record")?, common))
         }
         abi::KIND_FILE => Record::File(file(read(bytes, "file record")?, common)),
         abi::KIND_DNS => Record::Dns(dns(read(bytes, "dns record")?, common)),
@@ -338,6 +389,36 @@ fn dns_refused(r: abi::DnsRefused, common: Common) -> DnsRefused {
         reason,
         name: until_nul(prefix(&r.name, r.name_len as usize)).to_vec(),
         qtype: r.qtype,
+    }
+}
+
+fn socket(r: abi::Socket, common: Common) -> Socket {
+    let class = match r.class {
+        abi::SOCKET_RAW => SocketClass::Raw,
+        abi::SOCKET_PACKET => SocketClass::Packet,
+        abi::SOCKET_PING => SocketClass::Ping,
+        other => SocketClass::Unknown(other),
+    };
+    let refusal = match r.refusal {
+        0 => None,
+        abi::SOCKET_EPERM => Some(SocketRefusal::Eperm),
+        abi::SOCKET_KILLED => Some(SocketRefusal::Killed),
+        abi::SOCKET_KILL_FAILED => Some(SocketRefusal::KillFailed),
+        other => Some(SocketRefusal::Unknown(other)),
+    };
+    let source = match r.source {
+        abi::SOCKET_SRC_CGROUP => SocketSource::CgroupSockCreate,
+        abi::SOCKET_SRC_SYSCALL => SocketSource::Syscall,
+        other => SocketSource::Unknown(other),
+    };
+    Socket {
+        common,
+        family: r.family,
+        sock_type: r.sock_type,
+        protocol: r.protocol,
+        class,
+        refusal,
+        source,
     }
 }
 
@@ -520,6 +601,67 @@ pub(crate) mod tests {
         assert_eq!(r.resolver, "127.53.0.1".parse::<IpAddr>().unwrap());
         assert_eq!((r.port, r.proto, r.qtype), (53, 17, 28));
         assert_eq!(r.reason, RefusalReason::Unlisted);
+    }
+
+    pub(crate) fn socket_record(kind: u16, class: u8, refusal: u8) -> abi::Socket {
+        abi::Socket {
+            h: header(kind, size_of::<abi::Socket>()),
+            protocol: 1,
+            family: 2,
+            sock_type: 2,
+            class,
+            refusal,
+            source: abi::SOCKET_SRC_CGROUP,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+
+    #[test]
+    fn sockets_keep_their_class_and_how_they_were_refused() {
+        let ping = socket_record(abi::KIND_SOCKET, abi::SOCKET_PING, 0);
+        let Record::Socket(s) = decode(&bytes_of(&ping)).unwrap() else {
+            panic!("not socket")
+        };
+        assert_eq!(
+            (s.family, s.sock_type, s.protocol, s.class, s.refusal),
+            (2, 2, 1, SocketClass::Ping, None)
+        );
+        assert_eq!(s.source, SocketSource::CgroupSockCreate);
+        assert_eq!(s.common.tgid, 4242);
+
+        let mut packet = socket_record(
+            abi::KIND_SOCKET_DENIED,
+            abi::SOCKET_PACKET,
+            abi::SOCKET_KILLED,
+        );
+        (packet.family, packet.sock_type, packet.protocol) = (17, 3, 0x0300);
+        packet.source = abi::SOCKET_SRC_SYSCALL;
+        let Record::SocketDenied(s) = decode(&bytes_of(&packet)).unwrap() else {
+            panic!("not socket_denied")
+        };
+        assert_eq!(
+            (s.class, s.refusal, s.source),
+            (
+                SocketClass::Packet,
+                Some(SocketRefusal::Killed),
+                SocketSource::Syscall
+            )
+        );
+
+        let odd = socket_record(abi::KIND_SOCKET_DENIED, 99, 77);
+        let Record::SocketDenied(s) = decode(&bytes_of(&odd)).unwrap() else {
+            panic!("not socket_denied")
+        };
+        assert_eq!(
+            (s.class, s.refusal),
+            (SocketClass::Unknown(99), Some(SocketRefusal::Unknown(77))),
+            "values from a newer kernel object are kept, not guessed"
+        );
+        let full = bytes_of(&ping);
+        for cut in 0..full.len() {
+            assert!(decode(&full[..cut]).is_err(), "cut at {cut} decoded");
+        }
     }
 
     #[test]

@@ -64,6 +64,31 @@ pub enum Body {
     Denied(ConnectBody),
     /// A DNS query the enforce hook dropped before it left (`dns.refuse-unlisted`).
     DnsRefused(DnsRefusedBody),
+    /// A raw, packet or ping socket: its traffic passes no connect/sendmsg hook.
+    Socket(SocketBody),
+    /// One the enforce hook refused (`refusal` says how).
+    SocketDenied(SocketBody),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketBody {
+    /// `raw`, `packet` or `ping`: what the policy's `sockets:` names.
+    pub class: &'static str,
+    /// `ipv4`, `ipv6` or `packet`.
+    pub family: &'static str,
+    /// `raw`, `dgram` or `packet` (the obsolete `SOCK_PACKET`).
+    pub socket_type: &'static str,
+    /// An IP protocol number, or a packet socket's ethertype (3 is every protocol).
+    /// Not `protocol`: that name is a connect's `tcp`/`udp` to every reader of the log.
+    pub protocol_number: u32,
+    /// Which hook saw it: `cgroup_sock_create` or `syscall`.
+    pub source: &'static str,
+    /// `socket_denied` only: `eperm`, `killed` or `kill_failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<&'static str>,
+    /// Refused because the caller was a job process the lineage map had no room for.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untracked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +196,8 @@ impl Body {
             Body::Dns(_) => Kind::Dns,
             Body::Denied(_) => Kind::Denied,
             Body::DnsRefused(_) => Kind::DnsRefused,
+            Body::Socket(_) => Kind::Socket,
+            Body::SocketDenied(_) => Kind::SocketDenied,
         }
     }
 

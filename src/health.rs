@@ -1028,7 +1028,9 @@ mod tests {
                 "file",
                 "dns",
                 "denied",
-                "dns_refused"
+                "dns_refused",
+                "socket",
+                "socket_denied"
             ]
         );
     }

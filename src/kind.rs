@@ -15,6 +15,10 @@ pub enum Kind {
     Env,
     Denied,
     DnsRefused,
+    /// A raw, packet or ping socket a job process opened.
+    Socket,
+    /// One the enforce hook refused.
+    SocketDenied,
 }
 
 struct Row {
@@ -23,7 +27,7 @@ struct Row {
 }
 
 /// In `Kind`'s order, which is the ABI's (checked by a test).
-const TABLE: [Row; 9] = [
+const TABLE: [Row; 11] = [
     Row {
         abi: abi::KIND_EXEC,
         name: "exec",
@@ -60,11 +64,19 @@ const TABLE: [Row; 9] = [
         abi: abi::KIND_DNS_REFUSED,
         name: "dns_refused",
     },
+    Row {
+        abi: abi::KIND_SOCKET,
+        name: "socket",
+    },
+    Row {
+        abi: abi::KIND_SOCKET_DENIED,
+        name: "socket_denied",
+    },
 ];
 
 impl Kind {
     /// Every kind the kernel sends, in ABI order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Exec,
         Kind::Fork,
         Kind::Exit,
@@ -74,6 +86,8 @@ impl Kind {
         Kind::Env,
         Kind::Denied,
         Kind::DnsRefused,
+        Kind::Socket,
+        Kind::SocketDenied,
     ];
 
     fn row(self) -> &'static Row {

@@ -225,10 +225,22 @@ fn check_reports_each_hook_and_the_fallbacks_it_skipped() {
     let names: Vec<&str> = hooks.iter().map(|h| h["hook"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["lineage", "exec", "connect", "file", "dns", "dns_refusal"]
+        [
+            "lineage",
+            "exec",
+            "connect",
+            "file",
+            "dns",
+            "socket",
+            "dns_refusal"
+        ]
     );
     assert!(hooks.iter().all(|h| h["attached"] == true));
-    assert_eq!(hooks[5]["implementation"], "cgroup_skb/egress");
+    assert_eq!(
+        hooks[5]["implementation"],
+        "cgroup/sock_create + tracepoint/syscalls/sys_enter_socket"
+    );
+    assert_eq!(hooks[6]["implementation"], "cgroup_skb/egress");
     let file = &hooks[3];
     let kernel_hook = file["implementation"].as_str().unwrap();
     if kernel_hook.starts_with("tracepoint/") {

@@ -601,16 +601,22 @@ fn unlisted_dns_queries_never_leave_the_host_whatever_sends_them() {
 }
 
 /// Fills the kernel's process map (`lineage.max_processes = 16`) with 20 sleeping children, then
-/// connects from a forked child that found no room: it must not slip past the policy untagged.
+/// connects and opens a raw socket from a forked child that found no room: it must not slip past
+/// the policy untagged. Prints each attempt's outcome, before and after.
 fn overflow_then_connect(port: u16) -> String {
     format!(
         "import os, socket, subprocess, errno\n\
          def attempt():\n\
-         \x20   s = socket.socket()\n\
+         \x20   out = []\n\
          \x20   try:\n\
-         \x20       s.connect(('127.0.0.1', {port})); return 'ok'\n\
+         \x20       socket.socket().connect(('127.0.0.1', {port})); out.append('ok')\n\
          \x20   except OSError as e:\n\
-         \x20       return errno.errorcode[e.errno]\n\
+         \x20       out.append(errno.errorcode[e.errno])\n\
+         \x20   try:\n\
+         \x20       socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close(); out.append('ok')\n\
+         \x20   except OSError as e:\n\
+         \x20       out.append(errno.errorcode[e.errno])\n\
+         \x20   return ' '.join(out)\n\
          print(attempt(), flush=True)\n\
          sleepers = [subprocess.Popen(['sleep', '30']) for _ in range(20)]\n\
          r, w = os.pipe()\n\
@@ -618,7 +624,7 @@ fn overflow_then_connect(port: u16) -> String {
          if pid == 0:\n\
          \x20   os.write(w, attempt().encode()); os._exit(0)\n\
          os.waitpid(pid, 0)\n\
-         print(os.read(r, 16).decode(), flush=True)\n\
+         print(os.read(r, 64).decode(), flush=True)\n\
          for s in sleepers: s.kill(); s.wait()\n"
     )
 }
@@ -632,18 +638,27 @@ fn a_job_process_the_lineage_map_cannot_hold_is_denied_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     write(&config, "[lineage]\nmax_processes = 16\n");
-    let allow = format!("127.0.0.1:{port}");
+    let policy = dir.path().join("policy.yml");
+    write(
+        &policy,
+        &format!("version: 1\nmode: enforce\ndefaults:\n  loopback: false\nallow:\n  - 127.0.0.1:{port}/tcp\nsockets: [raw]\n"),
+    );
     let config_arg = config.to_str().unwrap();
 
     let enforced = run_py(
-        &["--config", config_arg, "--mode", "enforce", "--no-default-allow", "--allow", &allow],
+        &["--config", config_arg, "--policy", policy.to_str().unwrap()],
         &overflow_then_connect(port),
     );
     assert_eq!(
         stdout(&enforced),
-        ["ok", "EPERM"],
-        "an untagged child of the job is denied even where the policy allows: {}",
+        ["ok ok", "EPERM EPERM"],
+        "an untagged child of the job is refused even what the policy allows: {}",
         enforced.stderr()
+    );
+    let refused_socket = enforced.events("socket_denied");
+    assert!(
+        refused_socket.len() == 1 && refused_socket[0]["untracked"] == true,
+        "{refused_socket:#?}"
     );
     let untracked: Vec<&Value> = enforced
         .events("denied")
@@ -659,7 +674,7 @@ fn a_job_process_the_lineage_map_cannot_hold_is_denied_and_counted() {
     assert!(enforced.summary().contains("job processes were not followed"));
 
     let observed = run_py(&["--config", config_arg], &overflow_then_connect(port));
-    assert_eq!(stdout(&observed), ["ok", "ok"], "observe never denies");
+    assert_eq!(stdout(&observed), ["ok ok", "ok ok"], "observe never denies");
     let end = observed.end();
     assert!(end["untracked"].as_u64().unwrap() >= 5, "{end}");
     assert_eq!(end["complete"], false, "{end}");

@@ -303,3 +303,56 @@ fn diff_with_allow_only_and_bad_inputs() {
 fn sha256_hex(bytes: &[u8]) -> String {
     ciwatch::policy::sha256_hex(bytes)
 }
+
+/// A sealed log of one job whose steps opened raw, packet and ping sockets.
+fn socket_trace(dir: &std::path::Path) -> String {
+    let start = r#"{"type":"trace_start","schema":"ciwatch.events/v1","mode":"observe","job":{"platform":"none","id":"j"}}"#;
+    let socket = |seq: u32, step: &str, class: &str| {
+        format!(
+            r#"{{"type":"socket","seq":{seq},"step":{{"id":"{step}","name":"{step}"}},"class":"{class}","family":"ipv4","socket_type":"dgram","protocol_number":1,"source":"cgroup_sock_create"}}"#
+        )
+    };
+    let lines = [
+        start.to_string(),
+        socket(1, "Ping", "ping"),
+        socket(2, "Ping", "ping"),
+        socket(3, "Capture", "packet"),
+        r#"{"type":"trace_end","complete":true}"#.to_string(),
+    ];
+    let file = dir.join("events.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file.display().to_string()
+}
+
+#[test]
+fn diff_refuses_the_sockets_the_policy_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = socket_trace(dir.path());
+    let policy = dir.path().join("p.yml");
+    let write = |sockets: &str| {
+        std::fs::write(
+            &policy,
+            format!("version: 1\nmode: enforce\nallow: [a.example]\n{sockets}"),
+        )
+        .unwrap();
+    };
+    let p = policy.display().to_string();
+    write("sockets:\n  - ping\n  - {class: raw, steps: [Nope]}\n");
+    let (code, out, err) = ciwatch(&["policy", "diff", "--policy", &p, &trace]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("raw, packet and ping sockets `sockets:` does not allow (would be refused):")
+            && out.contains("  packet  Capture  1\n"),
+        "{out}"
+    );
+    assert!(!out.contains("  ping "), "ping is listed: {out}");
+    assert!(
+        out.contains("sockets: raw (steps: Nope) (line 6)"),
+        "an entry nothing used is reported: {out}"
+    );
+    write("sockets: [ping, packet]\n");
+    let (code, out, err) = ciwatch(&["policy", "diff", "--policy", &p, "--json", &trace]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["refused_sockets"], Value::Array(Vec::new()));
+}

@@ -474,3 +474,72 @@ fn a_name_longer_than_a_rule_can_hold_is_proposed_by_address_and_says_why() {
         "{e}"
     );
 }
+
+#[test]
+fn the_sockets_the_jobs_opened_are_proposed_and_an_old_policy_without_them_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = r#"{"type":"trace_start","schema":"ciwatch.events/v1","mode":"observe","job":{"platform":"none","id":"j"}}"#;
+    let end = r#"{"type":"trace_end","complete":true}"#;
+    for (run, classes) in [("a", &["ping", "raw"][..]), ("b", &["ping"][..])] {
+        let mut lines = vec![start.to_string()];
+        for (seq, class) in classes.iter().enumerate() {
+            lines.push(format!(
+                r#"{{"type":"socket","seq":{seq},"step":{{"id":"s","name":"Net"}},"class":"{class}"}}"#
+            ));
+        }
+        lines.push(end.to_string());
+        let trace = dir.path().join(run);
+        std::fs::create_dir_all(&trace).unwrap();
+        std::fs::write(trace.join("events.ndjson"), lines.join("\n") + "\n").unwrap();
+    }
+    let (yaml, cov, _) = learn_dir(dir.path(), &[]);
+    assert!(
+        yaml.contains(
+            "sockets:\n  # 1/2 jobs; steps: Net; 1 opened\n  - raw\n  # 2/2 jobs; steps: Net; 2 opened\n  - ping\n"
+        ),
+        "{yaml}"
+    );
+    assert_eq!(
+        cov["sockets"][0]["class"], "raw",
+        "classes in order: {cov:#}"
+    );
+    let policy = compiled(&yaml);
+    let net = ciwatch::policy::StepMatch::new("s", Some("Net"));
+    assert!(policy
+        .socket_rule(ciwatch::policy::SocketClass::Raw, &net)
+        .is_some());
+    assert!(policy
+        .socket_rule(ciwatch::policy::SocketClass::Packet, &net)
+        .is_none());
+
+    let (per_step, _, _) = learn_dir(dir.path(), &["--per-step"]);
+    assert!(
+        per_step.contains("  - { class: ping, steps: [\"Net\"] }\n"),
+        "{per_step}"
+    );
+    compiled(&per_step);
+
+    let old = dir.path().join("old.yml");
+    std::fs::write(
+        &old,
+        "version: 1\nmode: enforce\nallow: [a.example]\nsockets: [packet]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("new.yml");
+    let (code, stdout, stderr) = learn(&[
+        "--dir",
+        &s(dir.path()),
+        "--out",
+        &s(&out),
+        "--diff",
+        &s(&old),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let shown = format!("{stdout}{stderr}");
+    assert!(shown.contains("+ sockets: ping"), "{shown}");
+    assert!(shown.contains("- sockets: packet"), "{shown}");
+    assert!(
+        shown.contains("would refuse 2 raw, packet or ping socket(s)"),
+        "{shown}"
+    );
+}

@@ -101,6 +101,7 @@ export function finishResult(outDir: string, over: Partial<FinishResult> = {}): 
     files: [{ path: '/home/runner/.npmrc', steps: ['s2'] }],
     denied_events: [],
     refused_lookups: [],
+    denied_sockets: [],
     proposed_policy: null,
     policy_diff: null,
     ...over,

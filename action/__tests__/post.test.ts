@@ -154,6 +154,13 @@ describe('post: a started agent', () => {
     assert.equal(io.outputs['refused-count'], '2');
   });
 
+  it('fails on denied sockets too, and counts them', async () => {
+    const s = await prepared({ mode: 'enforce' });
+    const { io } = await post(s, { result: (st) => finishResult(st.outDir, { denied_sockets: [{ socket: 'raw', count: 3 }] }) });
+    assert.match(io.failed[0] ?? '', /3 raw, packet or ping socket\(s\) were denied/);
+    assert.equal(io.outputs['denied-socket-count'], '3');
+  });
+
   it('honours fail-on none, lost-events and unsigned', async () => {
     const bad = (st: SavedState) => finishResult(st.outDir, { denied: 1, lost: 4, signing: { method: 'none', fallback: 'no OIDC token and no key', identity: '', verify_command: '' } });
     const none = await post(await prepared({ failOn: [] }), { code: 1, result: bad });

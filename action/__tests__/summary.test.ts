@@ -71,6 +71,18 @@ describe('renderSummary', () => {
     assert.ok(md.includes('| exfil.example (unlisted) |'), md);
   });
 
+  it('lists denied sockets with how they were refused', () => {
+    const md = renderSummary(
+      finishResult('/o', {
+        denied_sockets: [{ socket: 'packet', family: 'packet', protocol: 3, refusals: ['killed'], steps: ['s2'], comm: 'tcpdump', count: 2 }],
+      }),
+      ctx({ mode: 'enforce' }),
+    );
+    assert.match(md, /### Denied sockets \(2\)/);
+    assert.ok(md.includes('| packet | packet | killed | Run npm ci | tcpdump | 2 |'), md);
+    assert.match(md, / · 2 denied sockets · /);
+  });
+
   it('shows the learned policy and its diff in learn mode', () => {
     const md = renderSummary(finishResult('/o', { proposed_policy: 'allow:\n  - github.com:443\n', policy_diff: '+  - github.com:443\n' }), ctx({ mode: 'learn' }));
     assert.match(md, /### Learned policy/);

@@ -11,7 +11,7 @@ import type { FailOn } from './inputs.ts';
 import { errorMessage, type Io } from './io.ts';
 import { agentEnv, privileged, type ProcessRunner } from './proc.ts';
 import { decodeState, STATE_KEY, type SavedState } from './state.ts';
-import { ARTIFACT_FILES, refusedCount, renderSummary, type ArtifactInfo } from './summary.ts';
+import { ARTIFACT_FILES, deniedSocketCount, refusedCount, renderSummary, type ArtifactInfo } from './summary.ts';
 
 export interface PostDeps {
   io: Io;
@@ -44,6 +44,7 @@ function outputsOf(r: FinishResult | null, artifact: ArtifactInfo, outDir: strin
     'file-count': String(r?.counts.file ?? 0),
     'denied-count': String(r?.denied ?? 0),
     'refused-count': String(r ? refusedCount(r) : 0),
+    'denied-socket-count': String(r ? deniedSocketCount(r) : 0),
     'lost-count': String(r?.lost ?? 0),
     'agent-died': String(r ? r.agent_died : true),
     'signing-method': r?.signing.method ?? 'none',
@@ -61,6 +62,8 @@ function failuresOf(failOn: FailOn[], r: FinishResult | null, finishError: strin
     if (on('denied') && r.denied > 0) out.push(`${r.denied} connection(s) were denied by the egress policy (fail-on: denied)`);
     const refused = refusedCount(r);
     if (on('denied') && refused > 0) out.push(`${refused} DNS lookup(s) were refused by the egress policy (fail-on: denied)`);
+    const sockets = deniedSocketCount(r);
+    if (on('denied') && sockets > 0) out.push(`${sockets} raw, packet or ping socket(s) were denied by the policy (fail-on: denied)`);
     if (on('lost-events') && r.lost > 0) out.push(`${r.lost} event(s) were lost (fail-on: lost-events)`);
     if (on('agent-failure') && r.agent_died) out.push('the ciwatch agent died during the job (fail-on: agent-failure)');
     if (on('unsigned') && r.signing.method === 'none') out.push('the trace is not signed (fail-on: unsigned)');

@@ -91,6 +91,23 @@ function refusedRow(e: Record<string, unknown>, byId: Map<string, StepCounts>): 
   ]);
 }
 
+/** Raw, packet and ping sockets the kernel refused because the policy's `sockets:` does not list them. */
+export function deniedSocketCount(r: FinishResult): number {
+  return (r.denied_sockets ?? []).reduce((n, e) => n + (typeof e['count'] === 'number' ? (e['count'] as number) : 1), 0);
+}
+
+function deniedSocketRow(e: Record<string, unknown>, byId: Map<string, StepCounts>): string {
+  const times = typeof e['count'] === 'number' ? (e['count'] as number) : 1;
+  return row([
+    cell(asString(e['socket']) ?? '?'),
+    cell(asString(e['family']) ?? ''),
+    cell(asStrings(e['refusals']).join(', ')),
+    stepNames(asStrings(e['steps']), byId),
+    cell(asString(e['comm']) ?? ''),
+    times,
+  ]);
+}
+
 function sections(r: FinishResult): Section[] {
   const byId = new Map(r.steps.map((s) => [s.id, s]));
   const out: Section[] = [
@@ -137,6 +154,18 @@ function sections(r: FinishResult): Section[] {
       intro: 'With `dns.refuse-unlisted`, these queries never left the runner; the callers got EPERM.',
       header: table(['host name', 'reason', 'steps', 'process', 'times'], ['l', 'l', 'l', 'l', 'r']),
       rows: refused.map((e) => refusedRow(e, byId)),
+      empty: '',
+    });
+  }
+  const sockets = r.denied_sockets ?? [];
+  if (sockets.length > 0) {
+    out.push({
+      title: `Denied sockets (${deniedSocketCount(r)})`,
+      intro:
+        "The policy's `sockets:` does not allow these raw, packet or ping sockets: `eperm`, socket() failed with EPERM; " +
+        '`killed`, the process was killed before socket() returned (packet sockets).',
+      header: table(['socket', 'family', 'refusal', 'steps', 'process', 'times'], ['l', 'l', 'l', 'l', 'l', 'r']),
+      rows: sockets.map((e) => deniedSocketRow(e, byId)),
       empty: '',
     });
   }
@@ -205,7 +234,8 @@ function header(r: FinishResult | null, ctx: SummaryContext): string {
     const c = r.counts;
     md +=
       `Mode **${ctx.mode}** · ciwatch ${cell(ctx.version)} · ${c.exec} execs · ${c.connect} connects · ` +
-      `${c.dns} DNS lookups · ${c.file} sensitive file opens · ${r.denied} denied${refusedCount(r) > 0 ? ` · ${refusedCount(r)} refused lookups` : ''} · ${r.lost} lost\n\n`;
+      `${c.dns} DNS lookups · ${c.file} sensitive file opens · ${r.denied} denied${refusedCount(r) > 0 ? ` · ${refusedCount(r)} refused lookups` : ''}` +
+      `${deniedSocketCount(r) > 0 ? ` · ${deniedSocketCount(r)} denied sockets` : ''} · ${r.lost} lost\n\n`;
   }
   return md;
 }

@@ -105826,6 +105826,7 @@ var finishResult = object({
   files: array(fileOpen),
   denied_events: array(record),
   refused_lookups: optional(array(record)),
+  denied_sockets: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str)
 });
@@ -106032,6 +106033,20 @@ function refusedRow(e, byId) {
     times
   ]);
 }
+function deniedSocketCount(r) {
+  return (r.denied_sockets ?? []).reduce((n, e) => n + (typeof e["count"] === "number" ? e["count"] : 1), 0);
+}
+function deniedSocketRow(e, byId) {
+  const times = typeof e["count"] === "number" ? e["count"] : 1;
+  return row([
+    cell(asString(e["socket"]) ?? "?"),
+    cell(asString(e["family"]) ?? ""),
+    cell(asStrings(e["refusals"]).join(", ")),
+    stepNames(asStrings(e["steps"]), byId),
+    cell(asString(e["comm"]) ?? ""),
+    times
+  ]);
+}
 function sections(r) {
   const byId = new Map(r.steps.map((s) => [s.id, s]));
   const out = [
@@ -106078,6 +106093,16 @@ function sections(r) {
       intro: "With `dns.refuse-unlisted`, these queries never left the runner; the callers got EPERM.",
       header: table(["host name", "reason", "steps", "process", "times"], ["l", "l", "l", "l", "r"]),
       rows: refused.map((e) => refusedRow(e, byId)),
+      empty: ""
+    });
+  }
+  const sockets = r.denied_sockets ?? [];
+  if (sockets.length > 0) {
+    out.push({
+      title: `Denied sockets (${deniedSocketCount(r)})`,
+      intro: "The policy's `sockets:` does not allow these raw, packet or ping sockets: `eperm`, socket() failed with EPERM; `killed`, the process was killed before socket() returned (packet sockets).",
+      header: table(["socket", "family", "refusal", "steps", "process", "times"], ["l", "l", "l", "l", "l", "r"]),
+      rows: sockets.map((e) => deniedSocketRow(e, byId)),
       empty: ""
     });
   }
@@ -106155,7 +106180,7 @@ function header(r, ctx) {
 `;
   if (r) {
     const c = r.counts;
-    md += `Mode **${ctx.mode}** \xB7 ciwatch ${cell(ctx.version)} \xB7 ${c.exec} execs \xB7 ${c.connect} connects \xB7 ${c.dns} DNS lookups \xB7 ${c.file} sensitive file opens \xB7 ${r.denied} denied${refusedCount(r) > 0 ? ` \xB7 ${refusedCount(r)} refused lookups` : ""} \xB7 ${r.lost} lost
+    md += `Mode **${ctx.mode}** \xB7 ciwatch ${cell(ctx.version)} \xB7 ${c.exec} execs \xB7 ${c.connect} connects \xB7 ${c.dns} DNS lookups \xB7 ${c.file} sensitive file opens \xB7 ${r.denied} denied${refusedCount(r) > 0 ? ` \xB7 ${refusedCount(r)} refused lookups` : ""}${deniedSocketCount(r) > 0 ? ` \xB7 ${deniedSocketCount(r)} denied sockets` : ""} \xB7 ${r.lost} lost
 
 `;
   }
@@ -106241,6 +106266,7 @@ function outputsOf(r, artifact, outDir) {
     "file-count": String(r?.counts.file ?? 0),
     "denied-count": String(r?.denied ?? 0),
     "refused-count": String(r ? refusedCount(r) : 0),
+    "denied-socket-count": String(r ? deniedSocketCount(r) : 0),
     "lost-count": String(r?.lost ?? 0),
     "agent-died": String(r ? r.agent_died : true),
     "signing-method": r?.signing.method ?? "none",
@@ -106257,6 +106283,8 @@ function failuresOf(failOn, r, finishError, artifact) {
     if (on("denied") && r.denied > 0) out.push(`${r.denied} connection(s) were denied by the egress policy (fail-on: denied)`);
     const refused = refusedCount(r);
     if (on("denied") && refused > 0) out.push(`${refused} DNS lookup(s) were refused by the egress policy (fail-on: denied)`);
+    const sockets = deniedSocketCount(r);
+    if (on("denied") && sockets > 0) out.push(`${sockets} raw, packet or ping socket(s) were denied by the policy (fail-on: denied)`);
     if (on("lost-events") && r.lost > 0) out.push(`${r.lost} event(s) were lost (fail-on: lost-events)`);
     if (on("agent-failure") && r.agent_died) out.push("the ciwatch agent died during the job (fail-on: agent-failure)");
     if (on("unsigned") && r.signing.method === "none") out.push("the trace is not signed (fail-on: unsigned)");

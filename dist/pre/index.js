@@ -20631,6 +20631,7 @@ var finishResult = object({
   files: array(fileOpen),
   denied_events: array(record),
   refused_lookups: optional(array(record)),
+  denied_sockets: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str)
 });

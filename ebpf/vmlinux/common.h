@@ -51,7 +51,13 @@ enum { BPF_RB_NO_WAKEUP = 1, BPF_RB_FORCE_WAKEUP = 2 };
 enum { BPF_SK_STORAGE_GET_F_CREATE = 1 };
 enum { BPF_RB_AVAIL_DATA = 0, BPF_RB_RING_SIZE = 1 };
 
-struct bpf_sock;
+/* The cgroup/sock_create context: its leading UAPI fields, the only ones read. */
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+};
 struct bpf_sock_addr {
 	__u32 user_family;
 	__u32 user_ip4;
@@ -114,11 +120,14 @@ struct __sk_buff {
 
 /* include/uapi/linux/if_ether.h, in.h */
 enum { ETH_P_IP = 0x0800, ETH_P_IPV6 = 0x86DD };
-enum { IPPROTO_TCP = 6, IPPROTO_UDP = 17 };
+enum { IPPROTO_ICMP = 1, IPPROTO_TCP = 6, IPPROTO_UDP = 17, IPPROTO_ICMPV6 = 58 };
 
 /* include/uapi/linux/in.h, in6.h, socket.h */
-enum { AF_UNIX = 1, AF_INET = 2, AF_INET6 = 10 };
-enum { SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_RAW = 3 };
+enum { AF_UNIX = 1, AF_INET = 2, AF_INET6 = 10, AF_PACKET = 17 };
+enum { SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_RAW = 3, SOCK_PACKET = 10, SOCK_TYPE_MASK = 0xf };
+/* include/uapi/linux/capability.h, asm-generic/signal.h */
+enum { CAP_NET_RAW = 13 };
+enum { SIGKILL = 9 };
 enum { AT_FDCWD = -100 };
 struct in_addr { __be32 s_addr; };
 struct sockaddr_in {
@@ -211,6 +220,13 @@ struct mm_struct {
 struct signal_struct {
 	atomic_t live;
 };
+/* A u64 since 6.3, two u32 before: 8 bytes whose first 32 capability bits read the same either way. */
+typedef struct {
+	u64 val;
+} kernel_cap_t;
+struct cred {
+	kernel_cap_t cap_effective;
+};
 struct task_struct {
 	unsigned int flags;
 	struct mm_struct *mm;
@@ -224,6 +240,7 @@ struct task_struct {
 	struct fs_struct *fs;
 	struct files_struct *files;
 	struct signal_struct *signal;
+	const struct cred *cred;
 	char comm[16];
 };
 

@@ -35,6 +35,9 @@ pub struct Report {
     /// DNS queries refused under `dns.refuse-unlisted`, by name.
     #[serde(default)]
     pub refused_lookups: Vec<serde_json::Value>,
+    /// Raw, packet and ping sockets refused under the policy's `sockets:`.
+    #[serde(default)]
+    pub denied_sockets: Vec<serde_json::Value>,
     #[serde(default)]
     pub proposed_policy: Option<String>,
     #[serde(default)]
@@ -137,6 +140,16 @@ impl Report {
                     serde_json::json!({
                         "host": host, "reasons": r.reasons, "steps": step_names(&r.steps),
                         "comm": r.comms.iter().next(), "count": r.count,
+                    })
+                })
+                .collect(),
+            denied_sockets: s
+                .denied_sockets
+                .iter()
+                .map(|((class, family, protocol), u)| {
+                    serde_json::json!({
+                        "socket": class, "family": family, "protocol": protocol, "refusals": u.refusals,
+                        "steps": step_names(&u.steps), "comm": u.comms.iter().next(), "count": u.count,
                     })
                 })
                 .collect(),

@@ -629,7 +629,13 @@ impl Registry {
                 Kind::Connect => s.counts.connect += 1,
                 Kind::Dns => s.counts.dns += 1,
                 Kind::File => s.counts.file += 1,
-                Kind::Fork | Kind::Exit | Kind::Env | Kind::Denied | Kind::DnsRefused => {}
+                Kind::Fork
+                | Kind::Exit
+                | Kind::Env
+                | Kind::Denied
+                | Kind::DnsRefused
+                | Kind::Socket
+                | Kind::SocketDenied => {}
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::bpf::abi;
 use crate::decode::{self, ConnectSource, Record};
 use crate::event::{
     Body, ConnectBody, DnsBody, DnsRefusedBody, Event, ExecBody, ExitBody, FileBody, ForkBody,
-    JobRef, Proc, Protocol, StepRef, Totals,
+    JobRef, Proc, Protocol, SocketBody, StepRef, Totals,
 };
 use crate::filter::glob::normalize;
 use crate::filter::sensitive::{SensitivePaths, Verdict};
@@ -95,6 +95,8 @@ impl Attributor {
             Record::Dns(r) => Body::Dns(self.dns(r)),
             Record::Denied(r) => Body::Denied(self.connect(r)),
             Record::DnsRefused(r) => Body::DnsRefused(dns_refused(r)),
+            Record::Socket(r) => Body::Socket(socket(&r)),
+            Record::SocketDenied(r) => Body::SocketDenied(socket(&r)),
         };
         self.registry.count(&placement, body.event_kind());
         self.seq += 1;
@@ -274,6 +276,48 @@ fn dns_refused(r: decode::DnsRefused) -> DnsRefusedBody {
             17 => Protocol::Udp,
             _ => Protocol::Unknown,
         },
+    }
+}
+
+fn socket(r: &decode::Socket) -> SocketBody {
+    use decode::{SocketClass, SocketRefusal, SocketSource};
+    let (class, protocol_number) = match r.class {
+        SocketClass::Raw => ("raw", r.protocol),
+        // socket() takes a packet socket's ethertype in network order (htons(ETH_P_ALL)).
+        SocketClass::Packet => (
+            "packet",
+            u16::try_from(r.protocol & 0xffff).map_or(0, |p| u32::from(u16::from_be(p))),
+        ),
+        SocketClass::Ping => ("ping", r.protocol),
+        SocketClass::Unknown(_) => ("unknown", r.protocol),
+    };
+    SocketBody {
+        class,
+        family: match r.family {
+            2 => "ipv4",
+            10 => "ipv6",
+            17 => "packet",
+            _ => "unknown",
+        },
+        socket_type: match r.sock_type {
+            2 => "dgram",
+            3 => "raw",
+            10 => "packet",
+            _ => "unknown",
+        },
+        protocol_number,
+        source: match r.source {
+            SocketSource::CgroupSockCreate => "cgroup_sock_create",
+            SocketSource::Syscall => "syscall",
+            SocketSource::Unknown(_) => "unknown",
+        },
+        refusal: r.refusal.map(|how| match how {
+            SocketRefusal::Eperm => "eperm",
+            SocketRefusal::Killed => "killed",
+            SocketRefusal::KillFailed => "kill_failed",
+            SocketRefusal::Unknown(_) => "unknown",
+        }),
+        untracked: r.common.flags & abi::F_UNTRACKED != 0,
     }
 }
 

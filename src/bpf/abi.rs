@@ -26,6 +26,8 @@ pub const KIND_DNS: u16 = 6;
 pub const KIND_ENV: u16 = 7;
 pub const KIND_DENIED: u16 = 8;
 pub const KIND_DNS_REFUSED: u16 = 9;
+pub const KIND_SOCKET: u16 = 10;
+pub const KIND_SOCKET_DENIED: u16 = 11;
 
 pub const REFUSED_UNLISTED: u8 = 1;
 pub const REFUSED_UNREADABLE: u8 = 2;
@@ -66,6 +68,18 @@ pub const F_UNTRACKED: u16 = 1 << 10;
 pub const SRC_SYSCALL: u8 = 1;
 pub const SRC_CGROUP_CONNECT: u8 = 2;
 pub const SRC_CGROUP_SENDMSG: u8 = 3;
+
+pub const SOCKET_RAW: u8 = 1;
+pub const SOCKET_PACKET: u8 = 2;
+pub const SOCKET_PING: u8 = 3;
+pub const SOCKET_CLASSES: u32 = 4;
+
+pub const SOCKET_EPERM: u8 = 1;
+pub const SOCKET_KILLED: u8 = 2;
+pub const SOCKET_KILL_FAILED: u8 = 3;
+
+pub const SOCKET_SRC_CGROUP: u8 = 1;
+pub const SOCKET_SRC_SYSCALL: u8 = 2;
 
 pub const FILE_KPROBE: u16 = 1;
 pub const FILE_FENTRY: u16 = 2;
@@ -197,6 +211,20 @@ pub struct DnsRefused {
     pub _pad1: u32,
     pub addr: [u8; 16],
     pub name: [u8; NAME_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Socket {
+    pub h: Header,
+    pub protocol: u32,
+    pub family: u16,
+    pub sock_type: u16,
+    pub class: u8,
+    pub refusal: u8,
+    pub source: u8,
+    pub _pad0: u8,
+    pub _pad1: u32,
 }
 
 #[repr(C)]
@@ -452,6 +480,12 @@ mod tests {
                     addr, name
                 ),
             ),
+            (
+                "cw_socket",
+                layout!(
+                    Socket, h, protocol, family, sock_type, class, refusal, source, _pad0, _pad1
+                ),
+            ),
             ("cw_name_key", layout!(NameKey, name)),
             ("cw_launcher", layout!(Launcher, job, platform, flags, _pad)),
             ("cw_comm_key", layout!(CommKey, comm)),
@@ -523,6 +557,8 @@ mod tests {
             KIND_ENV,
             KIND_DENIED,
             KIND_DNS_REFUSED,
+            KIND_SOCKET,
+            KIND_SOCKET_DENIED,
             F_TRUNC_FILENAME,
             F_TRUNC_ARGS,
             F_TRUNC_PATH,
@@ -556,6 +592,15 @@ mod tests {
             STEP_VAR_NAME,
             REFUSED_UNLISTED,
             REFUSED_UNREADABLE,
+            SOCKET_RAW,
+            SOCKET_PACKET,
+            SOCKET_PING,
+            SOCKET_CLASSES,
+            SOCKET_EPERM,
+            SOCKET_KILLED,
+            SOCKET_KILL_FAILED,
+            SOCKET_SRC_CGROUP,
+            SOCKET_SRC_SYSCALL,
             FILE_KPROBE,
             FILE_FENTRY,
             FILE_TP_OPENAT,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
+    ProgramError,
 };
 use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 
@@ -87,6 +88,8 @@ pub struct Enforcement {
 
 /// The hook behind `dns.refuse-unlisted`, needed only in enforce mode.
 pub const DNS_REFUSAL: &str = "dns_refusal";
+/// Raw, packet and ping sockets: recorded in every mode, refused in enforce.
+pub const SOCKET: &str = "socket";
 
 /// The lineage map: tgid → job tag.
 pub type Tasks = std::sync::Arc<std::sync::Mutex<HashMap<MapData, u32, Tag>>>;
@@ -125,6 +128,8 @@ pub struct AllowMaps {
     /// The `steps:` patterns the exec hook matches itself; see ebpf/step_scope.bpf.h.
     pub step_patterns: aya::maps::Array<MapData, crate::bpf::abi::StepPattern>,
     pub step_vars: aya::maps::Array<MapData, crate::bpf::abi::StepVar>,
+    /// Socket class → the step groups it is allowed in; see ebpf/socket.bpf.h.
+    pub sockets: aya::maps::Array<MapData, u32>,
 }
 
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
@@ -164,9 +169,13 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
             disabled("dns")
         },
     ];
+    let socket = attach_socket(&mut ebpf, opts.cgroup2);
+    hooks.push(socket);
     if opts.enforce.egress {
-        // Enforcement asked for is never dropped, not even for a partial run.
+        // Enforcement asked for is never dropped, not even for a partial run: without the
+        // socket hook, raw, packet and ping sockets would pass enforce unjudged.
         require_enforcing(&hooks, "connect")?;
+        require_enforcing(&hooks, "socket")?;
     }
     if opts.enforce.refuse_dns {
         let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2);
@@ -216,6 +225,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
             .map_err(map_err("step_patterns"))?,
         step_vars: aya::maps::Array::try_from(take(&mut ebpf, "step_vars")?)
             .map_err(map_err("step_vars"))?,
+        sockets: aya::maps::Array::try_from(take(&mut ebpf, "sock_allow")?)
+            .map_err(map_err("sock_allow"))?,
     };
     Ok(Probes {
         hooks,
@@ -341,6 +352,7 @@ enum Attach<'a> {
     FEntry(&'static str, &'a Btf),
     Cgroup(Option<&'a Path>),
     CgroupEgress(Option<&'a Path>),
+    CgroupSockCreate(Option<&'a Path>),
     UProbe(&'a Path),
 }
 
@@ -382,6 +394,9 @@ fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
         }
         (Attach::Cgroup(root), Program::CgroupSockAddr(p)) => attach_cgroup(p, *root, loaded),
         (Attach::CgroupEgress(root), Program::CgroupSkb(p)) => attach_egress(p, *root, loaded),
+        (Attach::CgroupSockCreate(root), Program::CgroupSock(p)) => {
+            attach_sock_create(p, *root, loaded)
+        }
         (Attach::UProbe(target), Program::UProbe(p)) => {
             load_once(loaded, || p.load()).and_then(|()| {
                 attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))
@@ -433,6 +448,16 @@ fn attach_egress(p: &mut CgroupSkb, root: Option<&Path>, loaded: bool) -> Result
     load_once(loaded, || p.load())?;
     p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
         .map(drop)
+}
+
+fn attach_sock_create(
+    p: &mut CgroupSock,
+    root: Option<&Path>,
+    loaded: bool,
+) -> Result<(), ProgramError> {
+    let dir = cgroup_dir(root)?;
+    load_once(loaded, || p.load())?;
+    p.attach(dir, CgroupAttachMode::Single).map(drop)
 }
 
 /// A short reason: the error chain, with any verifier log reduced to its verdict
@@ -607,6 +632,28 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>, enforce: bool) -> Hoo
             .push(format!("cgroup v2 root {}", root.display()));
     }
     hook
+}
+
+/// Both halves are needed: sock_create sees IPv4 and IPv6 sockets, the tracepoint packet sockets.
+fn attach_socket(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+    let mut skipped = Vec::new();
+    let parts = [
+        Candidate::new(
+            "cgroup/sock_create",
+            "sock_create_cg",
+            Attach::CgroupSockCreate(cgroup2),
+        ),
+        Candidate::new(
+            "tracepoint/syscalls/sys_enter_socket",
+            "socket_tp",
+            Attach::TracePoint("syscalls", "sys_enter_socket"),
+        ),
+    ];
+    let mut attached = Vec::new();
+    for part in &parts {
+        attached.extend(first_of(ebpf, std::slice::from_ref(part), &mut skipped));
+    }
+    status(SOCKET, attached, skipped, true, parts.len())
 }
 
 /// The packet filter behind `dns.refuse-unlisted`; see ebpf/dns_refuse.bpf.h.

@@ -188,6 +188,7 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
         files: Vec::new(),
         denied_events: Vec::new(),
         refused_lookups: Vec::new(),
+        denied_sockets: Vec::new(),
         proposed_policy: None,
         policy_diff: None,
         envelope: None,

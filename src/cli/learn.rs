@@ -132,7 +132,7 @@ pub async fn execute(args: LearnArgs) -> u8 {
         );
     }
     match delta {
-        Some(d) if d.denied_destinations > 0 => crate::exit::WOULD_DENY,
+        Some(d) if d.would_deny() => crate::exit::WOULD_DENY,
         _ => 0,
     }
 }

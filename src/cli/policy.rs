@@ -126,9 +126,15 @@ pub fn summary(p: &Policy) -> String {
         policy::OnPolicyError::Observe => "observe",
     };
     let egress = if p.no_egress { ", no egress" } else { "" };
+    let sockets = if p.sockets.is_empty() {
+        String::new()
+    } else {
+        let listed: Vec<String> = p.sockets.iter().map(|s| s.describe()).collect();
+        format!(", sockets {}", listed.join(", "))
+    };
     format!(
         "version {}, mode {}, {} rules ({names} names, {wildcards} wildcards, {nets} addresses/CIDRs; {scoped} step-scoped){egress}, \
-         defaults {defaults}, dns {dns}, on-policy-error {on_error}, sha256 {}",
+         defaults {defaults}, dns {dns}{sockets}, on-policy-error {on_error}, sha256 {}",
         p.version,
         p.mode,
         p.rules.len(),

@@ -5,6 +5,8 @@
 //! DNS return probe consults. A step-scoped rule carries a step-group bit: the
 //! exec hook sets a new step's bits from its environment before it runs
 //! (ebpf/step_scope.bpf.h), and the engine adds what only it learns later.
+//! The `sockets:` classes go into `sock_allow` with the step groups they are
+//! allowed in (ebpf/socket.bpf.h).
 
 pub mod plan;
 
@@ -13,10 +15,12 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crate::bpf::abi::{
     AllowEntry, AllowVal, HostKey, StepVar, ALLOW_ENTRIES, PROTO_TCP, PROTO_UDP, SCOPE_ALL,
-    STEP_PATTERNS,
+    SOCKET_PACKET, SOCKET_PING, SOCKET_RAW, STEP_PATTERNS,
 };
 use crate::bpf::loader::AllowMaps;
-use crate::policy::{CompiledPolicy, NamePattern, Proto, StepMatch, StepPattern, StepScope};
+use crate::policy::{
+    CompiledPolicy, NamePattern, Proto, SocketClass, SocketRule, StepMatch, StepPattern, StepScope,
+};
 use crate::attribute::platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +128,31 @@ pub fn install(maps: &mut AllowMaps, policy: &CompiledPolicy) -> Result<Scopes, 
     }
     let nets = with_covering(&nets);
     load(maps, &nets, &names, &suffixes)?;
+    for (class, groups) in socket_groups(&policy.socket_rules, &mut scopes)? {
+        maps.sockets
+            .set(class, groups, 0)
+            .map_err(map_error("sock_allow"))?;
+    }
     load_step_patterns(maps, &scopes)?;
     Ok(scopes)
+}
+
+/// Each listed socket class (its `sock_allow` index) with the step groups it is allowed in.
+/// A class no entry lists keeps 0: refused in every step.
+fn socket_groups(
+    rules: &[SocketRule],
+    scopes: &mut Scopes,
+) -> Result<BTreeMap<u32, u32>, EnforceError> {
+    let mut groups: BTreeMap<u32, u32> = BTreeMap::new();
+    for rule in rules {
+        let class = match rule.class {
+            SocketClass::Raw => SOCKET_RAW,
+            SocketClass::Packet => SOCKET_PACKET,
+            SocketClass::Ping => SOCKET_PING,
+        };
+        *groups.entry(u32::from(class)).or_default() |= scopes.bit(&rule.steps)?;
+    }
+    Ok(groups)
 }
 
 /// Gives the exec hook the patterns it can match at a step's first exec; the rest wait for the engine.
@@ -387,6 +414,45 @@ mod tests {
         assert!(
             !kernel_matchable(&"x".repeat(64)),
             "longer than the kernel's slot"
+        );
+    }
+
+    #[test]
+    fn socket_classes_get_the_groups_of_their_entries() {
+        let rule = |class, steps: &[&str]| SocketRule {
+            class,
+            steps: if steps.is_empty() {
+                StepScope::Any
+            } else {
+                StepScope::Only(steps.iter().map(|s| StepPattern(s.to_string())).collect())
+            },
+            origin: crate::policy::Origin::File { line: 1 },
+        };
+        let mut scopes = Scopes::default();
+        let build = scopes
+            .bit(&StepScope::Only(vec![StepPattern("Build".into())]))
+            .unwrap();
+        let groups = socket_groups(
+            &[
+                rule(SocketClass::Ping, &[]),
+                rule(SocketClass::Raw, &["Build"]),
+                rule(SocketClass::Raw, &["Trace"]),
+            ],
+            &mut scopes,
+        )
+        .unwrap();
+        let trace = scopes
+            .bit(&StepScope::Only(vec![StepPattern("Trace".into())]))
+            .unwrap();
+        assert_eq!(groups[&u32::from(SOCKET_PING)], SCOPE_ALL);
+        assert_eq!(
+            groups[&u32::from(SOCKET_RAW)],
+            build | trace,
+            "an existing step group is reused"
+        );
+        assert!(
+            !groups.contains_key(&u32::from(SOCKET_PACKET)),
+            "unlisted: refused everywhere"
         );
     }
 

@@ -6,6 +6,8 @@
 //! - At least `wildcard_min` (K) distinct names directly below one parent, on
 //!   the same port and protocol, collapse into `*.parent`.
 //! - Loopback and the resolver stay implicit (`defaults`).
+//! - Every class of raw, packet or ping socket the jobs opened is listed under
+//!   `sockets:`, which enforce otherwise refuses.
 //! - Everything is sorted, so two proposals diff line by line.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,9 +16,12 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::policy::trace::{Connect, Step, Trace};
 use crate::policy::endpoint::MAX_NAME_BYTES;
-use crate::policy::{Allowed, CompiledPolicy, Decision, Endpoint, IpNet, Policy, Proto, Target};
+use crate::policy::trace::{Connect, SocketOpen, Step, Trace};
+use crate::policy::{
+    Allowed, CompiledPolicy, Decision, Endpoint, IpNet, Policy, Proto, SocketClass, StepScope,
+    Target,
+};
 
 /// Fewer jobs than this and the proposal says it is not to be trusted.
 pub const MIN_TRUSTED_JOBS: usize = 5;
@@ -109,6 +114,26 @@ impl Observation {
     }
 }
 
+/// One proposed `sockets:` entry: a class of socket the jobs opened.
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketEntry {
+    pub class: SocketClass,
+    /// Seen in this many jobs…
+    pub jobs: usize,
+    /// …of this many.
+    pub of: usize,
+    /// Step names (ids when a step has no name) it was opened in.
+    pub steps: Vec<String>,
+    pub opened: u64,
+    pub unstable: Vec<String>,
+    pub notes: Vec<String>,
+    /// Scoped to `steps` (`--per-step`).
+    pub step_scoped: bool,
+    /// The steps it was opened in, to check another policy against.
+    #[serde(skip)]
+    observed: BTreeSet<Step>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Proposal {
     pub jobs: usize,
@@ -118,6 +143,7 @@ pub struct Proposal {
     pub wildcard_min: usize,
     pub per_step: bool,
     pub entries: Vec<Entry>,
+    pub sockets: Vec<SocketEntry>,
     /// Names looked up but never connected to: no rule needed unless
     /// `dns.refuse-unlisted` is turned on.
     pub resolved_only: Vec<String>,
@@ -208,6 +234,7 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
         .collect();
     mark_rotating_addresses(&mut entries);
     entries.sort_by_key(sort_key);
+    let sockets = socket_entries(traces, opts);
     let resolved_only = looked_up
         .into_iter()
         .filter(|(name, _)| !connected_names.contains(name))
@@ -220,6 +247,7 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
         wildcard_min: opts.wildcard_min.max(2),
         per_step: opts.per_step,
         entries,
+        sockets,
         resolved_only,
         incomplete: traces
             .iter()
@@ -227,6 +255,61 @@ pub fn propose(traces: &[Trace], opts: &LearnOptions) -> Proposal {
             .map(|t| t.origin.clone())
             .collect(),
     }
+}
+
+/// One entry per socket class the jobs opened, in class order.
+fn socket_entries(traces: &[Trace], opts: &LearnOptions) -> Vec<SocketEntry> {
+    let mut by_class: BTreeMap<SocketClass, Vec<(usize, &SocketOpen)>> = BTreeMap::new();
+    for (job, trace) in traces.iter().enumerate() {
+        for s in &trace.sockets {
+            by_class.entry(s.class).or_default().push((job, s));
+        }
+    }
+    let n = traces.len();
+    by_class
+        .into_iter()
+        .map(|(class, opens)| {
+            let jobs: BTreeSet<usize> = opens.iter().map(|(job, _)| *job).collect();
+            let denied: BTreeSet<usize> = opens
+                .iter()
+                .filter(|(_, s)| s.denied)
+                .map(|(job, _)| *job)
+                .collect();
+            // true: the label is a step id because the step had no name.
+            let steps: BTreeMap<String, bool> = opens
+                .iter()
+                .map(|(_, s)| (s.step.label().to_string(), s.step.name.is_none()))
+                .collect();
+            let mut unstable = Vec::new();
+            if jobs.len() * 2 < n {
+                unstable.push(format!("seen in {} of {n} jobs (under half)", jobs.len()));
+            }
+            let mut notes = Vec::new();
+            if !denied.is_empty() {
+                notes.push(format!(
+                    "refused by the enforced policy in {} job(s)",
+                    denied.len()
+                ));
+            }
+            if opts.per_step && steps.values().any(|&is_id| is_id) {
+                notes.push(
+                    "a step without a name is scoped by its id, which may differ between runs"
+                        .into(),
+                );
+            }
+            SocketEntry {
+                class,
+                jobs: jobs.len(),
+                of: n,
+                steps: steps.into_keys().collect(),
+                opened: opens.len() as u64,
+                unstable,
+                notes,
+                step_scoped: opts.per_step,
+                observed: opens.iter().map(|(_, s)| s.step.clone()).collect(),
+            }
+        })
+        .collect()
 }
 
 /// Covered by `defaults.loopback`: never proposed.
@@ -466,6 +549,47 @@ impl Entry {
     }
 }
 
+impl SocketEntry {
+    /// `# …` coverage line(s) and the `- …` entry line.
+    fn yaml(&self, out: &mut String) {
+        for u in &self.unstable {
+            let _ = writeln!(out, "  # UNSTABLE: {u}");
+        }
+        let _ = writeln!(
+            out,
+            "  # {}/{} jobs; steps: {}; {} opened",
+            self.jobs,
+            self.of,
+            self.steps.join(", "),
+            self.opened
+        );
+        for n in &self.notes {
+            let _ = writeln!(out, "  # note: {n}");
+        }
+        if self.step_scoped {
+            let steps: Vec<String> = self.steps.iter().map(|s| quote(s)).collect();
+            let _ = writeln!(
+                out,
+                "  - {{ class: {}, steps: [{}] }}",
+                self.class,
+                steps.join(", ")
+            );
+        } else {
+            let _ = writeln!(out, "  - {}", self.class);
+        }
+    }
+
+    /// How `diff_against` names it: `sockets: raw`, with its steps when scoped.
+    fn key(&self) -> (String, Vec<String>) {
+        let steps = if self.step_scoped {
+            sorted(self.steps.clone())
+        } else {
+            Vec::new()
+        };
+        (format!("sockets: {}", self.class), steps)
+    }
+}
+
 /// A YAML double-quoted scalar (JSON string syntax is a subset of it).
 fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()))
@@ -528,6 +652,16 @@ impl Proposal {
             let _ = writeln!(out, "allow:");
             for e in &self.entries {
                 e.yaml(&mut out);
+            }
+        }
+        if !self.sockets.is_empty() {
+            let _ = writeln!(
+                out,
+                "# Raw, packet and ping sockets the jobs opened: enforce refuses any class not listed here."
+            );
+            let _ = writeln!(out, "sockets:");
+            for s in &self.sockets {
+                s.yaml(&mut out);
             }
         }
         if !self.resolved_only.is_empty() {
@@ -599,6 +733,73 @@ impl Proposal {
                 });
             }
         }
+        let (socket_added, socket_removed, denied_sockets) = self.socket_delta(old, old_compiled);
+        added.extend(socket_added);
+        let removed = existing
+            .iter()
+            .filter(|(k, _)| !proposed.contains(*k))
+            .map(|(k, origin)| RemovedRule {
+                rule: describe(k),
+                origin: origin.to_string(),
+                used: used.contains(origin),
+            })
+            .chain(socket_removed)
+            .collect();
+        PolicyDelta {
+            old: old.source.clone(),
+            old_digest: old.digest.clone(),
+            added,
+            removed,
+            denied_destinations: denied_connects,
+            denied_sockets,
+        }
+    }
+
+    /// `sockets:` entries added and removed, and the (class, step) pairs
+    /// opened in these jobs that the old policy would refuse.
+    fn socket_delta(
+        &self,
+        old: &Policy,
+        old_compiled: &CompiledPolicy,
+    ) -> (Vec<AddedRule>, Vec<RemovedRule>, u64) {
+        let existing: BTreeMap<(String, Vec<String>), crate::policy::Origin> = old
+            .sockets
+            .iter()
+            .map(|r| {
+                let steps = match &r.steps {
+                    StepScope::Any => Vec::new(),
+                    StepScope::Only(p) => sorted(p.iter().map(|s| s.0.clone()).collect()),
+                };
+                ((format!("sockets: {}", r.class), steps), r.origin)
+            })
+            .collect();
+        let mut used = BTreeSet::new();
+        let mut added = Vec::new();
+        let mut refused = 0u64;
+        for e in &self.sockets {
+            let mut missing = 0;
+            for step in &e.observed {
+                match old_compiled.socket_rule(e.class, &step.as_match()) {
+                    Some(rule) => {
+                        used.insert(rule.origin);
+                    }
+                    None => missing += 1,
+                }
+            }
+            refused += missing;
+            let key = e.key();
+            if !existing.contains_key(&key) {
+                added.push(AddedRule {
+                    rule: describe(&key),
+                    jobs: e.jobs,
+                    of: e.of,
+                    steps: e.steps.clone(),
+                    already_allowed: missing == 0,
+                });
+            }
+        }
+        let proposed: BTreeSet<(String, Vec<String>)> =
+            self.sockets.iter().map(SocketEntry::key).collect();
         let removed = existing
             .iter()
             .filter(|(k, _)| !proposed.contains(*k))
@@ -608,13 +809,7 @@ impl Proposal {
                 used: used.contains(origin),
             })
             .collect();
-        PolicyDelta {
-            old: old.source.clone(),
-            old_digest: old.digest.clone(),
-            added,
-            removed,
-            denied_destinations: denied_connects,
-        }
+        (added, removed, refused)
     }
 }
 
@@ -670,6 +865,8 @@ pub struct PolicyDelta {
     pub removed: Vec<RemovedRule>,
     /// Distinct observed connects (destination, step, names) the old policy would deny.
     pub denied_destinations: u64,
+    /// Distinct (socket class, step) pairs opened that the old policy's `sockets:` would refuse.
+    pub denied_sockets: u64,
 }
 
 impl PolicyDelta {
@@ -704,15 +901,28 @@ impl PolicyDelta {
         if self.added.is_empty() && self.removed.is_empty() {
             let _ = writeln!(out, "  (no change)");
         }
-        if self.denied_destinations == 0 {
+        if self.denied_destinations == 0 && self.denied_sockets == 0 {
             let _ = writeln!(out, "The old policy allows everything these jobs did.");
-        } else {
+        }
+        if self.denied_destinations > 0 {
             let _ = writeln!(
                 out,
                 "The old policy would deny {} destination(s) these jobs used (`ciwatch policy diff` lists them).",
                 self.denied_destinations
             );
         }
+        if self.denied_sockets > 0 {
+            let _ = writeln!(
+                out,
+                "The old policy would refuse {} raw, packet or ping socket(s) these jobs opened (by class and step).",
+                self.denied_sockets
+            );
+        }
         out
+    }
+
+    /// Whether the old policy would have refused anything these jobs did.
+    pub fn would_deny(&self) -> bool {
+        self.denied_destinations > 0 || self.denied_sockets > 0
     }
 }

@@ -1,13 +1,14 @@
 //! What a policy would have denied in recorded traces: every connect of the
 //! logs run through [`CompiledPolicy::allows`], grouped by destination and
-//! step; DNS lookups of names no rule lists; rules nothing used.
+//! step; DNS lookups of names no rule lists; raw, packet and ping sockets
+//! `sockets:` does not allow; rules nothing used.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::model::{Allowed, CompiledPolicy, Decision, Origin, Policy};
+use super::model::{Allowed, CompiledPolicy, Decision, Origin, Policy, SocketClass};
 use super::trace::{Step, Trace};
 use crate::text::escape_controls as inert;
 
@@ -33,6 +34,14 @@ pub struct UnlistedLookup {
     pub count: u64,
     /// `dns.refuse-unlisted` is on: the lookup itself would fail.
     pub refused: bool,
+}
+
+/// Raw, packet or ping sockets of one class the policy would refuse, in one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedSocket {
+    pub class: SocketClass,
+    pub step: Step,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +71,7 @@ pub struct DiffReport {
     pub connects_denied: u64,
     pub denied: Vec<Denial>,
     pub unlisted_dns: Vec<UnlistedLookup>,
+    pub refused_sockets: Vec<RefusedSocket>,
     /// Rules of the file or command line that allowed nothing in these traces.
     pub unused_rules: Vec<String>,
 }
@@ -70,7 +80,9 @@ impl DiffReport {
     /// Whether anything would have been denied: a connect, or a lookup when
     /// unlisted names are refused.
     pub fn would_deny(&self) -> bool {
-        !self.denied.is_empty() || self.unlisted_dns.iter().any(|l| l.refused)
+        !self.denied.is_empty()
+            || self.unlisted_dns.iter().any(|l| l.refused)
+            || !self.refused_sockets.is_empty()
     }
 }
 
@@ -86,6 +98,7 @@ pub fn diff(
     let mut denied: BTreeMap<Key, (u64, BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     let mut used: BTreeSet<Origin> = BTreeSet::new();
     let mut unlisted: BTreeMap<(Step, String), u64> = BTreeMap::new();
+    let mut refused: BTreeMap<(Step, SocketClass), u64> = BTreeMap::new();
     let (mut checked, mut denied_count) = (0u64, 0u64);
     for trace in traces {
         for c in &trace.connects {
@@ -115,6 +128,18 @@ pub fn diff(
                     .or_default() += 1;
             }
         }
+        for socket in &trace.sockets {
+            match compiled.socket_rule(socket.class, &socket.step.as_match()) {
+                Some(rule) => {
+                    used.insert(rule.origin);
+                }
+                None => {
+                    *refused
+                        .entry((socket.step.clone(), socket.class))
+                        .or_default() += 1;
+                }
+            }
+        }
     }
     let denied = denied
         .into_iter()
@@ -139,11 +164,22 @@ pub fn diff(
             refused: compiled.refuse_unlisted_dns,
         })
         .collect();
+    let refused_sockets = refused
+        .into_iter()
+        .map(|((step, class), count)| RefusedSocket { class, step, count })
+        .collect();
     let unused_rules = policy
         .rules
         .iter()
         .filter(|r| !used.contains(&r.origin))
         .map(|r| format!("{} ({})", r.describe(), r.origin))
+        .chain(
+            policy
+                .sockets
+                .iter()
+                .filter(|s| !used.contains(&s.origin))
+                .map(|s| format!("sockets: {} ({})", s.describe(), s.origin)),
+        )
         .collect();
     DiffReport {
         policy: PolicyInfo {
@@ -168,6 +204,7 @@ pub fn diff(
         connects_denied: denied_count,
         denied,
         unlisted_dns,
+        refused_sockets,
         unused_rules,
     }
 }
@@ -261,6 +298,24 @@ impl DiffReport {
                 .collect();
             table(&mut out, ["HOST", "STEP", "COUNT"], &rows);
         }
+        if !self.refused_sockets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nraw, packet and ping sockets `sockets:` does not allow (would be refused):"
+            );
+            let rows: Vec<[String; 3]> = self
+                .refused_sockets
+                .iter()
+                .map(|r| {
+                    [
+                        r.class.to_string(),
+                        r.step.label().to_string(),
+                        r.count.to_string(),
+                    ]
+                })
+                .collect();
+            table(&mut out, ["SOCKET", "STEP", "COUNT"], &rows);
+        }
         if !self.unused_rules.is_empty() {
             let _ = writeln!(out, "\nrules nothing in these traces used:");
             for r in &self.unused_rules {
@@ -345,6 +400,15 @@ mod tests {
                 count: 1,
                 refused: false,
             }],
+            refused_sockets: vec![RefusedSocket {
+                class: SocketClass::Raw,
+                step: Step {
+                    id: "s1".into(),
+                    name: Some(evil.into()),
+                    stage: None,
+                },
+                count: 2,
+            }],
             unused_rules: Vec::new(),
         };
         let out = report.render();
@@ -355,5 +419,6 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(&format!("  {shown}  {shown}  1\n")), "{out}");
+        assert!(out.contains(&format!("  raw     {shown}  2\n")), "{out}");
     }
 }

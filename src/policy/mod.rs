@@ -13,7 +13,8 @@ pub mod trace;
 pub use endpoint::{Endpoint, EndpointError, IpNet, Proto, Target};
 pub use model::{
     Allowed, CompiledPolicy, Decision, Defaults, DnsPolicy, IpRule, Mode, NamePattern, NameRule,
-    OnPolicyError, Origin, Policy, Rule, StepMatch, StepPattern, StepScope, UsageError,
+    OnPolicyError, Origin, Policy, Rule, SocketClass, SocketRule, StepMatch, StepPattern,
+    StepScope, UsageError,
 };
 pub use parse::{
     load, on_policy_error_hint, parse, Parsed, PolicyError, Warning, MAX_POLICY_BYTES,

@@ -225,6 +225,62 @@ impl Rule {
     }
 }
 
+/// Sockets whose traffic passes no connect or sendmsg hook, so no `allow:`
+/// rule can judge it; a job opens them only where `sockets:` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketClass {
+    /// `SOCK_RAW`, IPv4 or IPv6.
+    Raw,
+    /// `AF_PACKET`.
+    Packet,
+    /// ICMP and ICMPv6 echo sockets (`SOCK_DGRAM`).
+    Ping,
+}
+
+impl SocketClass {
+    pub const ALL: [SocketClass; 3] = [SocketClass::Raw, SocketClass::Packet, SocketClass::Ping];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketClass::Raw => "raw",
+            SocketClass::Packet => "packet",
+            SocketClass::Ping => "ping",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
+impl fmt::Display for SocketClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `sockets:` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SocketRule {
+    pub class: SocketClass,
+    pub steps: StepScope,
+    pub origin: Origin,
+}
+
+impl SocketRule {
+    /// The entry in the short form, with its steps: for messages.
+    pub fn describe(&self) -> String {
+        match &self.steps {
+            StepScope::Any => self.class.to_string(),
+            StepScope::Only(p) => {
+                let names: Vec<&str> = p.iter().map(|s| s.0.as_str()).collect();
+                format!("{} (steps: {})", self.class, names.join(", "))
+            }
+        }
+    }
+}
+
 /// A loaded policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -236,6 +292,8 @@ pub struct Policy {
     /// `no-egress: true`: an empty allowlist in enforce mode is intended.
     pub no_egress: bool,
     pub rules: Vec<Rule>,
+    /// Raw, packet and ping sockets the job may open (none unless listed).
+    pub sockets: Vec<SocketRule>,
     /// SHA-256 of the file's exact bytes, lowercase hex. For a policy made
     /// only of `--allow` entries, of their canonical forms, one per line.
     pub digest: String,
@@ -266,6 +324,7 @@ impl Policy {
             dns: DnsPolicy::default(),
             no_egress: false,
             rules: Vec::new(),
+            sockets: Vec::new(),
             digest: String::new(),
             source: "--allow".into(),
         };
@@ -393,6 +452,7 @@ impl Policy {
             refuse_unlisted_dns: self.dns.refuse_unlisted,
             ip_rules,
             name_rules,
+            socket_rules: self.sockets.clone(),
         }
     }
 }
@@ -508,6 +568,7 @@ pub struct CompiledPolicy {
     pub refuse_unlisted_dns: bool,
     pub ip_rules: Vec<IpRule>,
     pub name_rules: Vec<NameRule>,
+    pub socket_rules: Vec<SocketRule>,
 }
 
 /// Which rule let a connection through.
@@ -589,6 +650,15 @@ impl CompiledPolicy {
     pub fn has_step_scopes(&self) -> bool {
         self.ip_rules.iter().any(|r| !r.steps.is_any())
             || self.name_rules.iter().any(|r| !r.steps.is_any())
+            || self.socket_rules.iter().any(|r| !r.steps.is_any())
+    }
+
+    /// The first `sockets:` entry in scope for the step that allows a socket
+    /// of this class; None: enforce refuses it.
+    pub fn socket_rule(&self, class: SocketClass, step: &StepMatch<'_>) -> Option<&SocketRule> {
+        self.socket_rules
+            .iter()
+            .find(|r| r.class == class && r.steps.matches(step))
     }
 
     /// The rules in force in one step: indexes into `ip_rules` and
@@ -642,6 +712,40 @@ mod tests {
         id: "b2f7",
         name: Some("Build"),
     };
+
+    #[test]
+    fn sockets_are_allowed_only_by_an_entry_in_scope() {
+        let mut p = policy(Mode::Enforce, &["a.example"]);
+        let scoped = |class, pattern: &str| SocketRule {
+            class,
+            steps: StepScope::Only(vec![StepPattern(pattern.into())]),
+            origin: Origin::File { line: 1 },
+        };
+        p.sockets = vec![
+            SocketRule {
+                class: SocketClass::Ping,
+                steps: StepScope::Any,
+                origin: Origin::File { line: 1 },
+            },
+            scoped(SocketClass::Raw, "Bui*"),
+        ];
+        let c = p.compiled_with(&[]);
+        let test = StepMatch::new("t1", Some("Test"));
+        let allows = |class, step| c.socket_rule(class, step).is_some();
+        assert!(allows(SocketClass::Ping, &MAIN) && allows(SocketClass::Ping, &test));
+        assert_eq!(
+            c.socket_rule(SocketClass::Raw, &MAIN).map(|r| &r.steps),
+            Some(&StepScope::Only(vec![StepPattern("Bui*".into())]))
+        );
+        assert!(!allows(SocketClass::Raw, &test));
+        assert!(!allows(SocketClass::Packet, &MAIN), "unlisted");
+        assert!(
+            c.has_step_scopes(),
+            "a scoped socket entry needs step groups"
+        );
+        assert_eq!(SocketClass::parse("packet"), Some(SocketClass::Packet));
+        assert_eq!(SocketClass::parse("Packet"), None);
+    }
 
     #[test]
     fn globs() {

@@ -13,7 +13,8 @@ use serde_saphyr::{Location, Spanned};
 
 use super::endpoint::{Endpoint, EndpointError, Proto, Target};
 use super::model::{
-    Defaults, DnsPolicy, Mode, OnPolicyError, Origin, Policy, Rule, StepPattern, StepScope, VERSION,
+    Defaults, DnsPolicy, Mode, OnPolicyError, Origin, Policy, Rule, SocketClass, SocketRule,
+    StepPattern, StepScope, VERSION,
 };
 
 /// Policy files larger than this are refused before parsing: a policy is a
@@ -238,6 +239,8 @@ struct RawPolicy {
     no_egress: Option<Spanned<bool>>,
     #[serde(default)]
     allow: Option<Spanned<Vec<Spanned<RawEntry>>>>,
+    #[serde(default)]
+    sockets: Option<Spanned<Vec<Spanned<RawSocket>>>>,
 }
 
 #[derive(Deserialize)]
@@ -269,39 +272,69 @@ struct RawLong {
     steps: Option<Spanned<Vec<Spanned<Scalar>>>>,
 }
 
-enum RawEntry {
-    Short(Scalar),
-    Long(Box<RawLong>),
+/// An `allow:` entry.
+type RawEntry = ShortOrLong<RawLong>;
+
+/// The long form of a `sockets:` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSocketLong {
+    class: Spanned<Scalar>,
+    #[serde(default)]
+    steps: Option<Spanned<Vec<Spanned<Scalar>>>>,
 }
 
-impl<'de> Deserialize<'de> for RawEntry {
+/// A `sockets:` entry.
+type RawSocket = ShortOrLong<RawSocketLong>;
+
+/// What a list entry's deserialiser says it expected.
+trait LongForm {
+    const EXPECTING: &'static str;
+}
+
+impl LongForm for RawLong {
+    const EXPECTING: &'static str =
+        "an endpoint string or a mapping with host, port, protocol, steps";
+}
+
+impl LongForm for RawSocketLong {
+    const EXPECTING: &'static str = "raw, packet or ping, or a mapping with class, steps";
+}
+
+/// A list entry written as one scalar, or as a mapping.
+enum ShortOrLong<L> {
+    Short(Scalar),
+    Long(Box<L>),
+}
+
+impl<'de, L: Deserialize<'de> + LongForm> Deserialize<'de> for ShortOrLong<L> {
     // By hand rather than `untagged`: untagged enums lose both the spans and
     // the inner error (an unknown field would become "did not match any variant").
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawEntry;
+        struct V<L>(std::marker::PhantomData<L>);
+        impl<'de, L: Deserialize<'de> + LongForm> Visitor<'de> for V<L> {
+            type Value = ShortOrLong<L>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an endpoint string or a mapping with host, port, protocol, steps")
+                f.write_str(L::EXPECTING)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEntry, E> {
-                Ok(RawEntry::Short(Scalar::text(v)))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ShortOrLong::Short(Scalar::text(v)))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawEntry, E> {
-                Ok(RawEntry::Short(Scalar::number(v.to_string())))
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(ShortOrLong::Short(Scalar::number(v.to_string())))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawEntry, E> {
-                Ok(RawEntry::Short(Scalar::number(v.to_string())))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ShortOrLong::Short(Scalar::number(v.to_string())))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawEntry, E> {
-                Ok(RawEntry::Short(Scalar::number(v.to_string())))
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(ShortOrLong::Short(Scalar::number(v.to_string())))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEntry, A::Error> {
-                RawLong::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|l| RawEntry::Long(Box::new(l)))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                L::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|l| ShortOrLong::Long(Box::new(l)))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -450,6 +483,10 @@ impl Validator<'_> {
             None => Vec::new(),
             Some(list) => self.rules(&list.value)?,
         };
+        let sockets = match &raw.sockets {
+            None => Vec::new(),
+            Some(list) => self.sockets(&list.value)?,
+        };
         let no_egress = raw.no_egress.as_ref().is_some_and(|n| n.value);
         if let (Some(n), false) = (&raw.no_egress, rules.is_empty()) {
             if n.value {
@@ -468,6 +505,7 @@ impl Validator<'_> {
             dns,
             no_egress,
             rules,
+            sockets,
             digest: String::new(),
             source: self.path.to_string(),
         };
@@ -507,7 +545,7 @@ impl Validator<'_> {
             line: Pos::of(&entry.referenced).line,
         };
         match &entry.value {
-            RawEntry::Short(s) => {
+            ShortOrLong::Short(s) => {
                 let endpoint: Endpoint = s.text.parse().map_err(|e: EndpointError| {
                     self.invalid(&entry.referenced, field, e.to_string())
                 })?;
@@ -517,7 +555,7 @@ impl Validator<'_> {
                     origin,
                 })
             }
-            RawEntry::Long(long) => {
+            ShortOrLong::Long(long) => {
                 let host_field = format!("{field}.host");
                 let target = self.long_target(&long.host, &host_field)?;
                 let port = match &long.port {
@@ -551,6 +589,66 @@ impl Validator<'_> {
                 })
             }
         }
+    }
+
+    fn sockets(&self, entries: &[Spanned<RawSocket>]) -> Result<Vec<SocketRule>, PolicyError> {
+        let mut sockets: Vec<SocketRule> = Vec::new();
+        // Class and sorted steps → first line, for duplicate detection.
+        let mut seen: BTreeMap<(SocketClass, StepScope), u32> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let field = format!("sockets[{i}]");
+            let pos = Pos::of(&entry.referenced);
+            let rule = self.socket(entry, &field)?;
+            let key = (rule.class, sorted(&rule.steps));
+            if let Some(&first_line) = seen.get(&key) {
+                return Err(PolicyError::Duplicate {
+                    path: self.path.into(),
+                    pos,
+                    field,
+                    rule: format!("`{}`", rule.describe()),
+                    first_line,
+                });
+            }
+            seen.insert(key, pos.line);
+            sockets.push(rule);
+        }
+        Ok(sockets)
+    }
+
+    fn socket(&self, entry: &Spanned<RawSocket>, field: &str) -> Result<SocketRule, PolicyError> {
+        let origin = Origin::File {
+            line: Pos::of(&entry.referenced).line,
+        };
+        let (class, loc, class_field, steps) = match &entry.value {
+            ShortOrLong::Short(s) => (s, &entry.referenced, field.to_string(), StepScope::Any),
+            ShortOrLong::Long(long) => {
+                let steps = match &long.steps {
+                    None => StepScope::Any,
+                    Some(s) => self.steps(s, &format!("{field}.steps"))?,
+                };
+                (
+                    &long.class.value,
+                    &long.class.referenced,
+                    format!("{field}.class"),
+                    steps,
+                )
+            }
+        };
+        let class = SocketClass::parse(class.text.trim()).ok_or_else(|| {
+            self.invalid(
+                loc,
+                class_field,
+                format!(
+                    "unknown socket class {:?}: expected raw, packet or ping",
+                    class.text
+                ),
+            )
+        })?;
+        Ok(SocketRule {
+            class,
+            steps,
+            origin,
+        })
     }
 
     /// `host:` takes a name, wildcard, address or CIDR: the port and the
@@ -793,6 +891,55 @@ allow:
         );
         // Different steps or ports are different rules.
         ok("version: 1\nmode: enforce\nallow:\n  - {host: a.example, steps: [x]}\n  - {host: a.example, steps: [y]}\n  - a.example:443\n  - a.example\n");
+    }
+
+    #[test]
+    fn sockets_are_listed_by_class_with_optional_steps() {
+        let p = ok("version: 1\nmode: enforce\nallow: [a.example]\nsockets:\n  - ping\n  - class: raw\n    steps: [Trace*]\n  - {class: raw, steps: [Other]}\n")
+            .policy;
+        let described: Vec<String> = p.sockets.iter().map(SocketRule::describe).collect();
+        assert_eq!(
+            described,
+            ["ping", "raw (steps: Trace*)", "raw (steps: Other)"]
+        );
+        assert_eq!(p.sockets[1].origin, Origin::File { line: 6 });
+        assert!(ok("version: 1\nmode: enforce\nallow: [a.example]\n")
+            .policy
+            .sockets
+            .is_empty());
+    }
+
+    #[test]
+    fn socket_mistakes_name_line_and_field() {
+        let m = expect(
+            "version: 1\nmode: enforce\nsockets:\n  - ping\n  - icmp\n",
+            5,
+            "unknown socket class \"icmp\": expected raw, packet or ping",
+        );
+        assert!(m.starts_with("p.yml:5:5: sockets[1]: "), "{m}");
+        let m = expect(
+            "version: 1\nmode: enforce\nsockets:\n  - class: RAW\n",
+            4,
+            "unknown socket class \"RAW\"",
+        );
+        assert!(m.contains("sockets[0].class"), "{m}");
+        expect(
+            "version: 1\nmode: enforce\nsockets:\n  - raw\n  - packet\n  - raw\n",
+            6,
+            "duplicate rule `raw` (already at line 4)",
+        );
+        expect(
+            "version: 1\nmode: enforce\nsockets:\n  - {class: ping, steps: []}\n",
+            4,
+            "empty list",
+        );
+        let m = expect(
+            "version: 1\nmode: enforce\nsockets:\n  - class: ping\n    step: [x]\n",
+            5,
+            "step",
+        );
+        assert!(m.contains("unknown field"), "{m}");
+        expect("version: 1\nmode: enforce\nsockets: raw\n", 3, "");
     }
 
     #[test]

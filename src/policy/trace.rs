@@ -1,6 +1,7 @@
 //! Reading the egress of a sealed event log (docs/events.md): its `connect`
-//! (and `denied`) records and its `dns` answers, each with its step. Shared by
-//! `policy diff` and `learn`; everything else in the log is skipped.
+//! (and `denied`) records, its `dns` answers and its raw, packet and ping
+//! sockets, each with its step. Shared by `policy diff` and `learn`;
+//! everything else in the log is skipped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
@@ -10,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::endpoint::Proto;
-use super::model::{normalize_name, StepMatch};
+use super::model::{normalize_name, SocketClass, StepMatch};
 
 pub const EVENTS_FILE: &str = "events.ndjson";
 const SCHEMA: &str = "ciwatch.events/v1";
@@ -86,6 +87,15 @@ pub struct Lookup {
     pub failed: bool,
 }
 
+/// A raw, packet or ping socket a job process opened (a `socket` record), or
+/// tried to (`socket_denied`, from an enforcing run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOpen {
+    pub class: SocketClass,
+    pub step: Step,
+    pub denied: bool,
+}
+
 /// The egress of one job's sealed trace.
 #[derive(Debug, Clone)]
 pub struct Trace {
@@ -98,6 +108,7 @@ pub struct Trace {
     pub mode: String,
     pub connects: Vec<Connect>,
     pub lookups: Vec<Lookup>,
+    pub sockets: Vec<SocketOpen>,
     /// `trace_end.complete`: nothing was lost and every hook was attached.
     pub complete: bool,
 }
@@ -182,6 +193,7 @@ struct State {
     complete: bool,
     connects: Vec<Connect>,
     lookups: Vec<Lookup>,
+    sockets: Vec<SocketOpen>,
 }
 
 impl State {
@@ -195,6 +207,7 @@ impl State {
             complete: false,
             connects: Vec::new(),
             lookups: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
@@ -240,6 +253,16 @@ impl State {
             "dns" => {
                 if let Some(l) = self.lookup(line, v)? {
                     self.lookups.push(l);
+                }
+            }
+            "socket" | "socket_denied" => {
+                // A class this build does not know is no entry it could propose or judge.
+                if let Some(class) = str_field(v, "class").and_then(|c| SocketClass::parse(&c)) {
+                    self.sockets.push(SocketOpen {
+                        class,
+                        step: self.step(line, v)?,
+                        denied: kind == "socket_denied",
+                    });
                 }
             }
             // Other and future record types are not egress.
@@ -342,6 +365,7 @@ impl State {
             mode: self.mode,
             connects: self.connects,
             lookups: self.lookups,
+            sockets: self.sockets,
             complete: self.complete,
         })
     }
@@ -403,9 +427,24 @@ mod tests {
             r#"{"type":"connect","seq":4,"step":{"id":"s2"},"family":"ipv6","protocol":"udp","addr":"::ffff:10.0.0.1","port":53,"hosts":["x.test"]}"#,
             r#"{"type":"dns","seq":5,"step":{"id":"s2"},"host":"10.0.0.1","numeric":true,"addrs":[],"ret":0}"#,
             r#"{"type":"some_future_kind","seq":6}"#,
+            r#"{"type":"socket","seq":7,"step":{"id":"s1","name":"Build"},"class":"ping","family":"ipv4"}"#,
+            r#"{"type":"socket_denied","seq":8,"step":{"id":"s2"},"class":"packet","refusal":"killed"}"#,
+            r#"{"type":"socket","seq":9,"step":{"id":"s2"},"class":"some_future_class"}"#,
             END,
         ])
         .unwrap();
+        let sockets: Vec<(SocketClass, &str, bool)> = t
+            .sockets
+            .iter()
+            .map(|s| (s.class, s.step.label(), s.denied))
+            .collect();
+        assert_eq!(
+            sockets,
+            [
+                (SocketClass::Ping, "Build", false),
+                (SocketClass::Packet, "s2", true)
+            ]
+        );
         assert_eq!(t.job, "github-actions/j1");
         assert_eq!(t.connects.len(), 2);
         assert_eq!(

@@ -22,6 +22,22 @@ pub struct Summary {
     pub denied: BTreeMap<(IpAddr, u16, Protocol), Destination>,
     /// DNS queries the enforce hook dropped, by name.
     pub refused: BTreeMap<String, Refusal>,
+    /// Raw, packet and ping sockets the job opened.
+    pub sockets: BTreeMap<SocketKey, SocketUse>,
+    /// Those the enforce hook refused.
+    pub denied_sockets: BTreeMap<SocketKey, SocketUse>,
+}
+
+/// A socket by what the policy and a reader care about: class, family, protocol.
+pub type SocketKey = (&'static str, &'static str, u32);
+
+#[derive(Debug, Default, Clone)]
+pub struct SocketUse {
+    pub count: u64,
+    /// How enforce refused it (`eperm`, `killed`, …); empty when allowed.
+    pub refusals: BTreeSet<&'static str>,
+    pub comms: BTreeSet<String>,
+    pub steps: BTreeSet<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -138,6 +154,16 @@ impl Summary {
                 d.comms.insert(comm);
                 d.steps.insert(step);
             }
+            Body::Socket(k) => self
+                .sockets
+                .entry(socket_key(k))
+                .or_default()
+                .add(None, comm, step),
+            Body::SocketDenied(k) => self
+                .denied_sockets
+                .entry(socket_key(k))
+                .or_default()
+                .add(k.refusal, comm, step),
             Body::Exec(e) => {
                 *self
                     .execs
@@ -157,7 +183,9 @@ impl Summary {
         let names = StepNames(ctx.steps);
         self.render_denied(&mut md, &names);
         self.render_refused(&mut md, &names);
+        render_denied_sockets(&mut md, &names, &self.denied_sockets);
         self.render_egress(&mut md, &names);
+        render_sockets(&mut md, &names, &self.sockets);
         self.render_dns(&mut md, &names);
         self.render_files(&mut md, &names);
         self.render_execs(&mut md);
@@ -338,6 +366,69 @@ impl Summary {
         }
         more(md, rows.len());
     }
+}
+
+fn socket_key(s: &crate::event::SocketBody) -> SocketKey {
+    (s.class, s.family, s.protocol_number)
+}
+
+impl SocketUse {
+    fn add(&mut self, refusal: Option<&'static str>, comm: String, step: String) {
+        self.count += 1;
+        self.refusals.extend(refusal);
+        self.comms.insert(comm);
+        self.steps.insert(step);
+    }
+}
+
+fn render_denied_sockets(
+    md: &mut String,
+    names: &StepNames<'_>,
+    rows: &BTreeMap<SocketKey, SocketUse>,
+) {
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str(
+        "## Denied sockets\n\nThe policy's `sockets:` does not allow these raw, packet or ping sockets: \
+         `eperm`, the caller's socket() failed with EPERM; `killed`, the caller was killed before \
+         socket() returned (packet sockets).\n\n\
+         | socket | family | protocol | refusal | steps | processes | count |\n\
+         |---|---|---:|---|---|---|---:|\n",
+    );
+    for ((class, family, protocol), u) in rows.iter().take(MAX_ROWS) {
+        let refusals: BTreeSet<String> = u.refusals.iter().map(|s| s.to_string()).collect();
+        let _ = writeln!(
+            md,
+            "| {class} | {family} | {protocol} | {} | {} | {} | {} |",
+            list(&refusals),
+            names.list(&u.steps),
+            list(&u.comms),
+            u.count
+        );
+    }
+    more(md, rows.len());
+}
+
+fn render_sockets(md: &mut String, names: &StepNames<'_>, rows: &BTreeMap<SocketKey, SocketUse>) {
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str(
+        "## Raw, packet and ping sockets\n\nTheir traffic passes no connect or sendmsg hook, so it is \
+         not in the egress table.\n\n| socket | family | protocol | steps | processes | count |\n\
+         |---|---|---:|---|---|---:|\n",
+    );
+    for ((class, family, protocol), u) in rows.iter().take(MAX_ROWS) {
+        let _ = writeln!(
+            md,
+            "| {class} | {family} | {protocol} | {} | {} | {} |",
+            names.list(&u.steps),
+            list(&u.comms),
+            u.count
+        );
+    }
+    more(md, rows.len());
 }
 
 fn render_steps(md: &mut String, steps: &[StepRow]) {

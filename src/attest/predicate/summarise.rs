@@ -244,7 +244,16 @@ impl Summariser {
             Some(Kind::Dns) => self.dns(r, step),
             Some(Kind::File) => self.file(r, step),
             // Counted per kind above; no aggregate of their own in the predicate.
-            Some(Kind::Fork | Kind::Exit | Kind::Env | Kind::Denied | Kind::DnsRefused) | None => {}
+            Some(
+                Kind::Fork
+                | Kind::Exit
+                | Kind::Env
+                | Kind::Denied
+                | Kind::DnsRefused
+                | Kind::Socket
+                | Kind::SocketDenied,
+            )
+            | None => {}
         }
     }
 

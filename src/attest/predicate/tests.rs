@@ -151,6 +151,56 @@ fn rejects_logs_that_are_not_sealed_ciwatch_logs() {
 }
 
 #[test]
+fn socket_events_as_the_writer_writes_them_are_counted_not_unparsed() {
+    use crate::event::{Body, Event, JobRef, Proc, SocketBody, StepRef};
+    let body = SocketBody {
+        class: "packet",
+        family: "packet",
+        socket_type: "raw",
+        protocol_number: 3,
+        source: "syscall",
+        refusal: Some("killed"),
+        untracked: false,
+    };
+    let event = |body| Event {
+        seq: 1,
+        time: "t".into(),
+        ktime_ns: 1,
+        job: JobRef {
+            platform: "github".into(),
+            id: "acme/app/1/1/build".into(),
+        },
+        step: StepRef {
+            id: "2".into(),
+            stage: None,
+            name: None,
+        },
+        proc: Proc {
+            pid: 1,
+            tgid: 1,
+            start_ns: 1,
+            comm: crate::text::Text::new(b"ping".to_vec()),
+            uid: 0,
+            cgroup_id: 1,
+        },
+        body,
+    };
+    let lines = [
+        START.to_string(),
+        serde_json::to_string(&event(Body::Socket(body.clone()))).unwrap(),
+        serde_json::to_string(&event(Body::SocketDenied(body))).unwrap(),
+        END.to_string(),
+    ];
+    let p = summarise(&lines.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    assert_eq!(
+        p.event_log.unparsed_lines, 0,
+        "a field name clashes with another kind's"
+    );
+    assert_eq!(p.counts.events.get("socket"), Some(&1));
+    assert_eq!(p.counts.events.get("socket_denied"), Some(&1));
+}
+
+#[test]
 fn counts_unparsed_lines_without_failing() {
     let p = summarise(&[START, "{garbage", END]).unwrap();
     assert_eq!(p.event_log.unparsed_lines, 1);
