@@ -57,6 +57,7 @@
 #define CW_ENV_STEP_ROOT 1
 #define CW_ENV_LAUNCHER 2
 #define CW_ENV_CONTAINER 3
+#define CW_ENV_DETACHED 4 /* exec'd as a CI step its launcher detached (Jenkins' durable task); userspace resolves its job */
 
 /* cw_connect.source */
 #define CW_SRC_SYSCALL 1

@@ -4,8 +4,9 @@
  * and the moment a process joins a job's lineage:
  *  - exec'd under a launcher name (Runner.Worker, …): a launcher of a new job;
  *  - exec'd by a launcher, or the first exec of a child it forked: the root of a new step;
- *  - exec'd by a container runtime: a container step, resolved in userspace.
- * Those three also send their environment (one cw_env record, never logged),
+ *  - exec'd by a container runtime: a container step, resolved in userspace;
+ *  - exec'd as a step its launcher detached (Jenkins' durable task), resolved in userspace.
+ * Those four also send their environment (one cw_env record, never logged),
  * read here before the process can run, so even a 1 ms step is named; a new
  * step is put into its policy step groups here too (step_scope.bpf.h).
  */
@@ -37,6 +38,28 @@ static __always_inline void emit_env(struct task_struct *task, struct cw_tag *ta
 	e->ppid = ppid;
 	/* Wake the reader now: the step's events are named from this record. */
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+/*
+ * Is @task exec'ing a step its launcher detached, so that no lineage leads to
+ * it? Jenkins' durable task runs `sh -xe <ws>@tmp/durable-<id>/script.sh.copy`
+ * from a wrapper that backgrounds itself away from the agent JVM. One read of
+ * argv's last 16 bytes keeps this cheap for every other exec.
+ */
+static __always_inline bool detached_step(struct task_struct *task)
+{
+	static const char tail[16] = "/script.sh.copy";
+	char got[16];
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long end = BPF_CORE_READ(mm, arg_end);
+	unsigned long start = BPF_CORE_READ(mm, arg_start);
+	if (end - start < sizeof(got) || bpf_probe_read_user(got, sizeof(got), (void *)(end - sizeof(got))) < 0)
+		return false;
+	for (int i = 0; i < (int)sizeof(got); i++) {
+		if (got[i] != tail[i])
+			return false;
+	}
+	return true;
 }
 
 /* Tags a process that just joined a job; returns its tag, or 0 if it did not. */
@@ -73,6 +96,10 @@ static __always_inline struct cw_tag *join_job(struct task_struct *task, __u32 t
 		tag.step = new_id(1);
 		tag.flags = CW_TAG_CONTAINER | CW_TAG_STEP_ROOT;
 		reason = CW_ENV_CONTAINER;
+	} else if (!own && detached_step(task)) {
+		tag.step = new_id(1);
+		tag.flags = CW_TAG_STEP_ROOT;
+		reason = CW_ENV_DETACHED;
 	} else {
 		return 0;
 	}

@@ -116,6 +116,8 @@ pub enum EnvReason {
     StepRoot,
     Launcher,
     Container,
+    /// A CI step its launcher detached (Jenkins' durable task), recognised by its argv.
+    Detached,
     Unknown(u32),
 }
 
@@ -295,6 +297,7 @@ fn env(r: Box<abi::Env>, common: Common) -> Env {
         abi::ENV_STEP_ROOT => EnvReason::StepRoot,
         abi::ENV_LAUNCHER => EnvReason::Launcher,
         abi::ENV_CONTAINER => EnvReason::Container,
+        abi::ENV_DETACHED => EnvReason::Detached,
         other => EnvReason::Unknown(other),
     };
     let block = prefix(&r.env, r.env_len as usize).to_vec();

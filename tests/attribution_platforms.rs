@@ -539,3 +539,157 @@ fn drone_parallel_step_containers() {
     assert_eq!((build.0.as_str(), build.1.as_deref()), ("2", Some("build")));
     assert_eq!((test.0.as_str(), test.1.as_deref()), ("3", Some("test")));
 }
+
+/// A launcher that outlives its jobs, exec'd as `bin/<name>`: runs `jobs` at once, then lives on
+/// until released. Returns the child and the file it writes once its jobs are done.
+struct Runner {
+    child: Child,
+    done: PathBuf,
+    release: PathBuf,
+}
+
+impl Runner {
+    fn start(tmp: &Path, name: &str, jobs: Vec<Vec<Value>>, extra: &[&str]) -> Runner {
+        let bin = tmp.join("bin").join(name);
+        python_as(&bin);
+        let (done, release) = (tmp.join(format!("{name}.done")), tmp.join(format!("{name}.release")));
+        let scenario = tmp.join(format!("{name}.json"));
+        write(
+            &scenario,
+            &json!({ "jobs": jobs, "done_file": done, "release_file": release }).to_string(),
+        );
+        let child = common::spawn(
+            Command::new(&bin)
+                .arg(emulator("launcher.py"))
+                .arg(&scenario)
+                .args(extra),
+        );
+        Runner { child, done, release }
+    }
+
+    /// Waits until the jobs are done; the runner itself goes on.
+    fn jobs_done(&mut self) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.done.exists() {
+            assert!(self.child.try_wait().unwrap().is_none(), "the runner exited early");
+            assert!(Instant::now() < deadline, "the jobs did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Instant::now()
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.release, "");
+        let _ = self.child.wait();
+    }
+}
+
+/// A sealed trace's end: complete, and sealed while its launcher still ran.
+fn assert_sealed_complete(lines: &[Value], runner: &mut Runner, done: Instant) {
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "trace_end");
+    assert_eq!(end["agent_status"], "ok", "{end}");
+    assert_eq!(end["complete"], true, "{end}");
+    assert!(runner.still_running(), "sealed before the runner exited");
+    assert!(
+        done.elapsed() < Duration::from_secs(15),
+        "sealed {:?} after the job ended",
+        done.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn a_gitlab_runner_that_outlives_its_jobs_gets_each_sealed_while_the_daemon_runs() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(tmp.path());
+    let ports = Ports::new(&["a", "b"]);
+    // Two jobs at once on one shell-executor runner; each build stage is a `bash -s` with the
+    // job's variables, fed its script on stdin.
+    let job = |id: &str, port: u16| -> Vec<Value> {
+        let vars = env(&[
+            ("GITLAB_CI", "true"),
+            ("CI_SERVER", "yes"),
+            ("CI_SERVER_URL", "https://gitlab.example"),
+            ("CI_JOB_ID", id),
+            ("CI_JOB_NAME", "build"),
+        ]);
+        ["true".to_string(), format!("{}; sleep 0.2", tcp(port)), "true".into()]
+            .into_iter()
+            .map(|script| json!({ "argv": ["/bin/bash", "-s"], "env": vars, "stdin": format!("{script}\n") }))
+            .collect()
+    };
+    let mut runner = Runner::start(
+        tmp.path(),
+        "gitlab-runner",
+        vec![job("101", ports.port("a")), job("102", ports.port("b"))],
+        &["run"],
+    );
+    let done = runner.jobs_done();
+    for (id, port) in [("jobs_101", ports.port("a")), ("jobs_102", ports.port("b"))] {
+        let lines = daemon.trace(id);
+        assert_sealed_complete(&lines, &mut runner, done);
+        let connects: Vec<&Value> = lines.iter().filter(|e| e["type"] == "connect").collect();
+        assert!(
+            !connects.is_empty() && connects.iter().all(|c| c["port"] == port),
+            "{id}: only its own connects: {connects:#?}"
+        );
+        assert_eq!(step_for_port(&lines, port).0, "step-2", "the second stage");
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn a_jenkins_build_on_an_agent_started_before_the_daemon_is_recorded_and_sealed() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws/app@tmp");
+    let ports = Ports::new(&["build", "test"]);
+    let sh_step = |id: &str, stage_name: &str, port: u16| {
+        let ctl = ws.join(format!("durable-{id}"));
+        write(
+            &ctl.join("script.sh"),
+            &format!("/usr/bin/bash -c '{}'\n", tcp(port)),
+        );
+        let c = ctl.display();
+        let wrapper = format!(
+            "(cp '{c}/script.sh' '{c}/script.sh.copy'; 'sh' -xe '{c}/script.sh.copy' > '{c}/jenkins-log.txt' 2>&1; echo $? > '{c}/jenkins-result.txt.tmp'; mv '{c}/jenkins-result.txt.tmp' '{c}/jenkins-result.txt') >&- 2>&- &"
+        );
+        json!({
+            "argv": ["nohup", "sh", "-c", wrapper],
+            "env": env(&[("JENKINS_URL", "https://ci.example/"), ("BUILD_TAG", "jenkins-app-43"), ("JOB_NAME", "app"), ("BUILD_NUMBER", "43"), ("STAGE_NAME", stage_name)]),
+            "wait_for": ctl.join("jenkins-result.txt"),
+        })
+    };
+    // The agent JVM runs before the daemon starts, as on a node that was up first. The build
+    // waits for the daemon: a release file the test writes once it is ready.
+    let gate = tmp.path().join("daemon-ready");
+    let wait_gate = json!({ "argv": ["sh", "-c", format!("while [ ! -e '{}' ]; do sleep 0.02; done", gate.display())], "env": env(&[]) });
+    let mut runner = Runner::start(
+        tmp.path(),
+        "java",
+        vec![vec![
+            wait_gate,
+            sh_step("0a1b2c3d", "Build", ports.port("build")),
+            sh_step("11111111", "Test", ports.port("test")),
+        ]],
+        &["-jar", "agent.jar"],
+    );
+    let daemon = Daemon::start(tmp.path());
+    write(&gate, "");
+    let done = runner.jobs_done();
+    let lines = daemon.trace("jenkins-app-43");
+    assert_sealed_complete(&lines, &mut runner, done);
+    assert_eq!(lines[0]["job"]["platform"], "jenkins");
+    for (port, id, stage) in [("build", "durable-0a1b2c3d", "Build"), ("test", "durable-11111111", "Test")] {
+        let (got_id, _, got_stage) = step_for_port(&lines, ports.port(port));
+        assert_eq!((got_id.as_str(), got_stage.as_deref()), (id, Some(stage)), "{port}");
+    }
+}

@@ -59,7 +59,8 @@ pub struct DaemonState {
     pub hooks: Vec<HookStatus>,
     /// After its launcher exits, how long a job's remaining processes may run before it is sealed.
     pub linger: Duration,
-    /// A job seen only in containers ends after this long without live processes.
+    /// A job without a launcher of its own (one seen only in containers, or whose launcher
+    /// serves many jobs) ends after this long without a live step root.
     pub idle: Duration,
     ended_since: HashMap<String, Instant>,
     idle_since: HashMap<String, Instant>,
@@ -329,10 +330,13 @@ impl Engine {
         let Outputs::PerJob { open, .. } = &mut self.outputs else {
             return;
         };
-        let mut alive: HashMap<String, u64> = HashMap::new();
+        // Per job: its live processes, and of those its step roots.
+        let mut alive: HashMap<String, (u64, u64)> = HashMap::new();
         for (_, tag) in crate::agent::live_tags(&daemon.tasks) {
             if let Some(job) = self.attributor.registry.job_of(&tag) {
-                *alive.entry(job.to_string()).or_default() += 1;
+                let count = alive.entry(job.to_string()).or_default();
+                count.0 += 1;
+                count.1 += u64::from(tag.flags & crate::bpf::abi::TAG_STEP_ROOT != 0);
             }
         }
         let now = Instant::now();
@@ -340,16 +344,19 @@ impl Engine {
         let mut done = Vec::new();
         for job in open.keys() {
             let info = self.attributor.registry.job(job);
-            let live = alive.get(job).copied().unwrap_or(0);
+            let (live, roots) = alive.get(job).copied().unwrap_or((0, 0));
+            // A launcher of one job ends it by exiting; otherwise (a launcher that serves many
+            // jobs, or none seen) the job ends once no step of it has run for `idle`: what a
+            // step leaves behind (a build daemon) is recorded as still running, not waited for.
             let ended = match info {
-                Some(j) if j.has_launcher => j.launcher_exited,
+                Some(j) if j.has_launcher && !j.launcher_serves_many => j.launcher_exited,
                 _ => {
-                    live == 0
+                    roots == 0
                         && now.duration_since(*daemon.idle_since.entry(job.clone()).or_insert(now))
                             >= daemon.idle
                 }
             };
-            if live > 0 {
+            if roots > 0 {
                 daemon.idle_since.remove(job);
             }
             if stopping {

@@ -116,6 +116,10 @@ pub struct JobInfo {
     pub job_is_step: bool,
     /// Started by a step launcher (false: a job seen only in containers).
     pub has_launcher: bool,
+    /// Its launcher runs many jobs over its life (gitlab-runner, a Jenkins agent): its exit does
+    /// not end this job; the daemon ends it when none of its steps has run for a while.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub launcher_serves_many: bool,
     pub launcher_exited: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -211,6 +215,7 @@ impl Registry {
             conflicts,
             job_is_step,
             has_launcher: true,
+            launcher_serves_many: false,
             launcher_exited: false,
             notes: Vec::new(),
             step_order: Vec::new(),
@@ -312,6 +317,9 @@ impl Registry {
             }
             EnvReason::StepRoot => self.step_root(root.job, root.step, common, &env, argv),
             EnvReason::Container => self.container_root(root.step, common, &env, argv),
+            EnvReason::Detached => {
+                self.env_root(root.step, common, &env, argv, "detached step (argv)")
+            }
             EnvReason::Unknown(_) => {}
         }
     }
@@ -375,6 +383,7 @@ impl Registry {
                 let exited = self.kernel_jobs.get(&kernel_job).is_some_and(|k| k.exited);
                 if let Some(j) = self.jobs.get_mut(&key) {
                     j.has_launcher = true;
+                    j.launcher_serves_many |= long_lived;
                     j.launcher_exited |= exited && !long_lived;
                 }
                 if !long_lived {
@@ -422,6 +431,18 @@ impl Registry {
             self.kernel_steps.insert(kernel_step, placement);
             return;
         }
+        self.env_root(kernel_step, common, env, argv, "container environment");
+    }
+
+    /// A step root no lineage leads to: its environment names its job, or it belongs to none.
+    fn env_root(
+        &mut self,
+        kernel_step: u32,
+        common: &Common,
+        env: &StepEnv,
+        argv: &[String],
+        source: &'static str,
+    ) {
         let detection = detect(env, argv, None);
         let Some(identity) = detection.job else {
             self.foreign_steps.insert(kernel_step);
@@ -436,7 +457,7 @@ impl Registry {
         let step_identity = platform::detector(identity.platform)
             .and_then(|d| d.step(env, argv))
             .unwrap_or_default();
-        let step = self.add_step(&job, step_identity, "container environment");
+        let step = self.add_step(&job, step_identity, source);
         self.note_root(&job, &step, common);
         self.kernel_steps
             .insert(kernel_step, Placement { job, step });
@@ -510,6 +531,7 @@ impl Registry {
                     conflicts,
                     job_is_step,
                     has_launcher: false,
+                    launcher_serves_many: false,
                     launcher_exited: false,
                     notes,
                     step_order: Vec::new(),

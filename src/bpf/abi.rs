@@ -52,6 +52,7 @@ pub const TAG_LAUNCHED: u32 = 1 << 3;
 pub const ENV_STEP_ROOT: u32 = 1;
 pub const ENV_LAUNCHER: u32 = 2;
 pub const ENV_CONTAINER: u32 = 3;
+pub const ENV_DETACHED: u32 = 4;
 
 pub const F_TRUNC_FILENAME: u16 = 1 << 0;
 pub const F_TRUNC_ARGS: u16 = 1 << 1;
@@ -577,6 +578,7 @@ mod tests {
             ENV_STEP_ROOT,
             ENV_LAUNCHER,
             ENV_CONTAINER,
+            ENV_DETACHED,
             SRC_SYSCALL,
             SRC_CGROUP_CONNECT,
             SRC_CGROUP_SENDMSG,

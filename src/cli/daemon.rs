@@ -28,8 +28,9 @@ pub struct DaemonArgs {
     /// [default: the config's output.dir, else $STATE_DIRECTORY/traces, else /var/lib/ciwatch/traces].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Seconds a job seen only in containers may stay without live processes before it is sealed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    /// Seconds a job without a launcher of its own (gitlab-runner, a Jenkins agent, containers
+    /// only) may go without a running step before it is sealed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub idle_secs: u64,
     /// How each sealed trace is signed (default for the daemon: --sign key, with the node's key:
     /// --signing-key, else ciwatch.key next to the state directory, created on first use).
