@@ -693,3 +693,107 @@ fn a_jenkins_build_on_an_agent_started_before_the_daemon_is_recorded_and_sealed(
         assert_eq!((got_id.as_str(), got_stage.as_deref()), (id, Some(stage)), "{port}");
     }
 }
+
+/// Under the daemon, a runner that lives on starts one launcher per job (`launcher`, exec'd as
+/// such), two jobs at once; each job's launcher runs one step per port, with `job_env(n)` and
+/// `argv(script)`. Each job must get its own sealed, complete trace while the runner still runs;
+/// `trace_key(n)` finds job n's trace directory.
+fn two_jobs_of_one_launcher_each(
+    launcher: &str,
+    launcher_argv: &[&str],
+    job_env: impl Fn(usize) -> Value,
+    argv: impl Fn(String) -> Value,
+    trace_key: impl Fn(usize) -> String,
+) {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(tmp.path());
+    let bin = tmp.path().join("bin").join(launcher);
+    python_as(&bin);
+    let ports: Vec<Ports> = (0..2).map(|_| Ports::new(&["first", "second"])).collect();
+    let jobs: Vec<Vec<Value>> = (0..2)
+        .map(|n| {
+            let steps: Vec<Value> = ["first", "second"]
+                .iter()
+                .map(|p| json!({ "argv": argv(tcp(ports[n].port(p))), "env": job_env(n) }))
+                .collect();
+            let file = tmp.path().join(format!("job-{n}.json"));
+            write(&file, &json!({ "steps": steps }).to_string());
+            let mut cmd = vec![json!(bin), json!(emulator("launcher.py")), json!(file)];
+            cmd.extend(launcher_argv.iter().map(|a| json!(a)));
+            vec![json!({ "argv": cmd, "env": job_env(n) })]
+        })
+        .collect();
+    let mut runner = Runner::start(tmp.path(), "runner-service", jobs, &[]);
+    let done = runner.jobs_done();
+    for (n, own) in ports.iter().enumerate() {
+        let lines = daemon.trace(&trace_key(n));
+        assert_sealed_complete(&lines, &mut runner, done);
+        let connects: Vec<&Value> = lines.iter().filter(|e| e["type"] == "connect").collect();
+        let mine = [own.port("first"), own.port("second")];
+        assert_eq!(connects.len(), 2, "job {n}: {connects:#?}");
+        assert!(
+            connects.iter().all(|c| mine.iter().any(|p| c["port"] == *p)),
+            "job {n} holds only its own connects: {connects:#?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn circleci_jobs_under_the_daemon_are_sealed_as_their_agents_exit() {
+    two_jobs_of_one_launcher_each(
+        "circleci-agent",
+        &[],
+        |n| {
+            env(&[
+                ("CIRCLECI", "true"),
+                ("CI", "true"),
+                ("CIRCLE_WORKFLOW_JOB_ID", &format!("5e2a9f0c-1111-2222-3333-00000000000{n}")),
+                ("CIRCLE_NODE_INDEX", "0"),
+                ("CIRCLE_JOB", "build"),
+            ])
+        },
+        |cmd| json!(["/bin/bash", "-eo", "pipefail", "-c", cmd]),
+        |n| format!("00000000000{n}_0"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn azure_jobs_under_the_daemon_are_sealed_as_their_workers_exit() {
+    two_jobs_of_one_launcher_each(
+        "Agent.Worker",
+        &["spawnclient", "3", "4"],
+        |n| {
+            env(&[
+                ("TF_BUILD", "True"),
+                ("SYSTEM_JOBID", &format!("7c1f-job-{n}")),
+                ("VSTS_PROCESS_LOOKUP_ID", &format!("vsts_{n}")),
+                ("SYSTEM_TASKINSTANCEID", &format!("a0000000-0000-0000-0000-00000000000{n}")),
+                ("SYSTEM_TASKDISPLAYNAME", "Build"),
+            ])
+        },
+        |cmd| json!(["/bin/bash", "-c", cmd]),
+        |n| format!("7c1f-job-{n}"),
+    );
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn buildkite_jobs_under_the_daemon_are_sealed_as_their_bootstraps_exit() {
+    two_jobs_of_one_launcher_each(
+        "buildkite-agent",
+        &["bootstrap"],
+        |n| {
+            env(&[
+                ("BUILDKITE", "true"),
+                ("CI", "true"),
+                ("BUILDKITE_JOB_ID", &format!("018f-job-{n}")),
+                ("BUILDKITE_LABEL", "Build"),
+            ])
+        },
+        |cmd| json!(["/bin/bash", "-e", "-c", cmd]),
+        |n| format!("018f-job-{n}"),
+    );
+}
