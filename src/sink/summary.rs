@@ -239,6 +239,14 @@ impl Summary {
                 t.untracked
             );
         }
+        if t.unattributed > 0 {
+            let _ = writeln!(
+                md,
+                "> {} events on this host belonged to no job watched here (another job's container, \
+                 a runner's own work between jobs) and are not in this log.\n",
+                t.unattributed
+            );
+        }
         if ctx.still_running > 0 {
             let _ = writeln!(
                 md,
@@ -610,6 +618,24 @@ mod tests {
             steps,
             notes: &[],
         })
+    }
+
+    #[test]
+    fn what_is_missing_from_the_log_is_said_with_its_reason() {
+        let mut summary = Summary::default();
+        summary.totals.unattributed = 3;
+        summary.totals.untracked = 2;
+        let md = summary.render(&Context {
+            title: "job",
+            hooks: &[],
+            exit: None,
+            log_sha256: None,
+            still_running: 0,
+            steps: &[],
+            notes: &[],
+        });
+        assert!(md.contains("> 3 events on this host belonged to no job watched here"), "{md}");
+        assert!(md.contains("2 job processes were not followed"), "{md}");
     }
 
     #[test]
