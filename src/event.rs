@@ -319,6 +319,9 @@ pub struct TraceEnd {
     pub exit_signal: Option<i32>,
     /// Processes of the job still alive when the trace was sealed.
     pub still_running: u64,
+    /// Which they were, with their steps (at most [`MAX_SURVIVORS`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub survivors: Vec<Survivor>,
     /// Events that could not be written (after a write error such as a full disk).
     pub unwritten: u64,
     /// `ok`, or `died` when the agent was gone before it could seal (recovered by `finish`),
@@ -326,6 +329,18 @@ pub struct TraceEnd {
     pub agent_status: String,
     pub complete: bool,
 }
+
+/// A process a job left running when its trace was sealed (a build daemon, a server).
+#[derive(Debug, Clone, Serialize)]
+pub struct Survivor {
+    pub tgid: u32,
+    pub comm: String,
+    /// The step that started it, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+}
+
+pub const MAX_SURVIVORS: usize = 64;
 
 /// Nanoseconds-precise UTC timestamp, RFC 3339.
 pub fn rfc3339(time: std::time::SystemTime) -> String {

@@ -95,6 +95,33 @@ fn a_double_forked_daemon_is_still_recorded() {
 
 #[test]
 #[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
+fn what_the_job_leaves_running_is_named_with_its_step() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    write(&config, "[run]\nlinger_ms = 200\n");
+    let marker = dir.path().join("survivor.pid");
+    // A build daemon that outlives the job: sealed as a survivor, not waited for.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {m}; exec sleep 30' </dev/null >/dev/null 2>&1 & while [ ! -s {m} ]; do sleep 0.01; done",
+        m = marker.display()
+    );
+    let t = Trace::run(
+        &["--config", config.to_str().unwrap()],
+        &["sh", "-c", &script],
+    );
+    let pid: u32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    // SAFETY: the survivor is this test's own grandchild, identified by the pid it wrote.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let end = t.end();
+    assert_eq!(end["still_running"], 1, "{end}");
+    assert_eq!(end["survivors"][0]["tgid"], pid, "{end}");
+    assert_eq!(end["survivors"][0]["comm"], "sleep", "{end}");
+    assert_eq!(end["survivors"][0]["step"], "command", "{end}");
+}
+
+#[test]
+#[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
 fn a_flood_into_a_tiny_ring_counts_lost_events() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();

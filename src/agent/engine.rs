@@ -332,8 +332,9 @@ impl Engine {
         };
         // Per job: its live processes, and of those its step roots.
         let mut alive: HashMap<String, (u64, u64)> = HashMap::new();
-        for (_, tag) in crate::agent::live_tags(&daemon.tasks) {
-            if let Some(job) = self.attributor.registry.job_of(&tag) {
+        let live_tags = crate::agent::live_tags(&daemon.tasks);
+        for (_, tag) in &live_tags {
+            if let Some(job) = self.attributor.registry.job_of(tag) {
                 let count = alive.entry(job.to_string()).or_default();
                 count.0 += 1;
                 count.1 += u64::from(tag.flags & crate::bpf::abi::TAG_STEP_ROOT != 0);
@@ -391,7 +392,8 @@ impl Engine {
             let complete = status == "ok"
                 && totals.nothing_lost()
                 && daemon.hooks.iter().all(|h| h.attached || h.disabled);
-            let end = super::trace::trace_end(totals, None, live, complete, status);
+            let mut end = super::trace::trace_end(totals, None, live, complete, status);
+            end.survivors = crate::agent::survivors(&live_tags, &self.attributor.registry, &job);
             let input = super::seal::SealInput {
                 registry: &self.attributor.registry,
                 job: &job,

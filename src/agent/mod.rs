@@ -267,6 +267,23 @@ pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
     }
 }
 
+/// The processes of `job` among `live` (launchers aside: they are not left behind by the job).
+pub fn survivors(
+    live: &[(u32, Tag)],
+    registry: &crate::attribute::jobs::Registry,
+    job: &str,
+) -> Vec<crate::event::Survivor> {
+    live.iter()
+        .filter(|(_, tag)| tag.flags & abi::TAG_LAUNCHER == 0 && registry.job_of(tag) == Some(job))
+        .take(crate::event::MAX_SURVIVORS)
+        .map(|(tgid, tag)| crate::event::Survivor {
+            tgid: *tgid,
+            comm: crate::attribute::procfs::comm(*tgid),
+            step: registry.step_of(tag).map(String::from),
+        })
+        .collect()
+}
+
 /// Live processes of every watched job, by tgid.
 pub fn live_tags(tasks: &loader::Tasks) -> Vec<(u32, Tag)> {
     let tasks = tasks

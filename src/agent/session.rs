@@ -202,7 +202,8 @@ impl Stopped {
         attributor
             .registry
             .finalize(&job, names_unavailable.as_deref());
-        let end = trace_end(totals, ended, still_running, complete, "ok");
+        let mut end = trace_end(totals, ended, still_running, complete, "ok");
+        end.survivors = super::survivors(&self.agent.live_tags(), &attributor.registry, &job);
         Ok(seal::seal(
             output,
             SealInput {

@@ -87,6 +87,7 @@ pub fn trace_end(
         exit_code,
         exit_signal,
         still_running,
+        survivors: Vec::new(),
         unwritten: 0,
         agent_status: status.to_string(),
         complete,

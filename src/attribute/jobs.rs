@@ -341,6 +341,11 @@ impl Registry {
         std::mem::take(&mut self.new_launchers)
     }
 
+    /// The step a live process belongs to, from its kernel tag.
+    pub fn step_of(&self, tag: &abi::Tag) -> Option<&str> {
+        self.kernel_steps.get(&tag.step).map(|p| p.step.as_str())
+    }
+
     /// The job a live process belongs to, from its kernel tag.
     pub fn job_of(&self, tag: &abi::Tag) -> Option<&str> {
         if let Some(p) = self.kernel_steps.get(&tag.step) {
