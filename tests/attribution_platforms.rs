@@ -647,13 +647,13 @@ fn a_gitlab_runner_that_outlives_its_jobs_gets_each_sealed_while_the_daemon_runs
 
 #[test]
 #[ignore = "needs root: loads BPF programs (scripts/test runs it)"]
-fn a_jenkins_build_on_an_agent_started_before_the_daemon_is_recorded_and_sealed() {
+fn jenkins_builds_on_an_agent_started_before_the_daemon_are_recorded_and_sealed() {
     require_root();
     let tmp = tempfile::tempdir().unwrap();
-    let ws = tmp.path().join("ws/app@tmp");
-    let ports = Ports::new(&["build", "test"]);
-    let sh_step = |id: &str, stage_name: &str, port: u16| {
-        let ctl = ws.join(format!("durable-{id}"));
+    let ports: Vec<Ports> = (0..2).map(|_| Ports::new(&["build", "test"])).collect();
+    // Build n runs in workspace app-n (an executor each), as BUILD_TAG jenkins-app-4n.
+    let sh_step = |n: usize, id: &str, stage_name: &str, port: u16| {
+        let ctl = tmp.path().join(format!("ws/app-{n}@tmp/durable-{id}"));
         write(
             &ctl.join("script.sh"),
             &format!("/usr/bin/bash -c '{}'\n", tcp(port)),
@@ -664,7 +664,7 @@ fn a_jenkins_build_on_an_agent_started_before_the_daemon_is_recorded_and_sealed(
         );
         json!({
             "argv": ["nohup", "sh", "-c", wrapper],
-            "env": env(&[("JENKINS_URL", "https://ci.example/"), ("BUILD_TAG", "jenkins-app-43"), ("JOB_NAME", "app"), ("BUILD_NUMBER", "43"), ("STAGE_NAME", stage_name)]),
+            "env": env(&[("JENKINS_URL", "https://ci.example/"), ("BUILD_TAG", &format!("jenkins-app-4{n}")), ("JOB_NAME", "app"), ("BUILD_NUMBER", &format!("4{n}")), ("STAGE_NAME", stage_name)]),
             "wait_for": ctl.join("jenkins-result.txt"),
         })
     };
@@ -672,25 +672,29 @@ fn a_jenkins_build_on_an_agent_started_before_the_daemon_is_recorded_and_sealed(
     // waits for the daemon: a release file the test writes once it is ready.
     let gate = tmp.path().join("daemon-ready");
     let wait_gate = json!({ "argv": ["sh", "-c", format!("while [ ! -e '{}' ]; do sleep 0.02; done", gate.display())], "env": env(&[]) });
-    let mut runner = Runner::start(
-        tmp.path(),
-        "java",
-        vec![vec![
-            wait_gate,
-            sh_step("0a1b2c3d", "Build", ports.port("build")),
-            sh_step("11111111", "Test", ports.port("test")),
-        ]],
-        &["-jar", "agent.jar"],
-    );
+    let builds = (0..2)
+        .map(|n| {
+            vec![
+                wait_gate.clone(),
+                sh_step(n, "0a1b2c3d", "Build", ports[n].port("build")),
+                sh_step(n, "11111111", "Test", ports[n].port("test")),
+            ]
+        })
+        .collect();
+    let mut runner = Runner::start(tmp.path(), "java", builds, &["-jar", "agent.jar"]);
     let daemon = Daemon::start(tmp.path());
     write(&gate, "");
     let done = runner.jobs_done();
-    let lines = daemon.trace("jenkins-app-43");
-    assert_sealed_complete(&lines, &mut runner, done);
-    assert_eq!(lines[0]["job"]["platform"], "jenkins");
-    for (port, id, stage) in [("build", "durable-0a1b2c3d", "Build"), ("test", "durable-11111111", "Test")] {
-        let (got_id, _, got_stage) = step_for_port(&lines, ports.port(port));
-        assert_eq!((got_id.as_str(), got_stage.as_deref()), (id, Some(stage)), "{port}");
+    for (n, own) in ports.iter().enumerate() {
+        let lines = daemon.trace(&format!("jenkins-app-4{n}"));
+        assert_sealed_complete(&lines, &mut runner, done);
+        assert_eq!(lines[0]["job"]["platform"], "jenkins");
+        let connects = lines.iter().filter(|e| e["type"] == "connect").count();
+        assert_eq!(connects, 2, "build {n} holds its own two connects only");
+        for (port, id, stage) in [("build", "durable-0a1b2c3d", "Build"), ("test", "durable-11111111", "Test")] {
+            let (got_id, _, got_stage) = step_for_port(&lines, own.port(port));
+            assert_eq!((got_id.as_str(), got_stage.as_deref()), (id, Some(stage)), "build {n} {port}");
+        }
     }
 }
 
