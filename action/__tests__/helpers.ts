@@ -103,6 +103,7 @@ export function finishResult(outDir: string, over: Partial<FinishResult> = {}): 
     refused_lookups: [],
     proposed_policy: null,
     policy_diff: null,
+    repeat: false,
     ...over,
   };
 }
