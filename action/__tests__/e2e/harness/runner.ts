@@ -14,7 +14,7 @@
 
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -68,6 +68,8 @@ export class Job {
   readonly temp: string;
   readonly trackingId = `github_${randomUUID()}`;
   readonly diagLog: string;
+  /** held open for the Worker's life, as the real Worker does: ciwatch reads only the log it holds open */
+  private readonly diagFd: number;
   /** saved state of the action (from its pre step), handed to main and post as STATE_* */
   actionState: Record<string, string> = {};
   readonly results: StepResult[] = [];
@@ -82,12 +84,13 @@ export class Job {
     for (const d of [join(this.runnerRoot, '_diag'), this.workspace, join(this.temp, '_runner_file_commands')]) mkdirSync(d, { recursive: true });
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
     this.diagLog = join(this.runnerRoot, '_diag', `Worker_${stamp}-utc.log`);
+    this.diagFd = openSync(this.diagLog, 'a');
     this.diag('Worker', 'Job ID ' + (config.env['GITHUB_JOB'] ?? 'build'));
   }
 
   private diag(source: string, message: string): void {
     const t = new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
-    appendFileSync(this.diagLog, `[${t} INFO ${source}] ${message}\n`);
+    writeSync(this.diagFd, `[${t} INFO ${source}] ${message}\n`);
   }
 
   baseEnv(): Record<string, string> {
