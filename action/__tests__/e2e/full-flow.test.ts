@@ -256,6 +256,8 @@ describe('full flow with the real ciwatch binary', { concurrency: false }, () =>
     const forged = JSON.stringify({ status: 'sealed', agent_died: false, events: join(out, 'events.ndjson'), summary: join(out, 'summary.md'), log_sha256: '0'.repeat(64), counts: {}, lost: 0, denied: 0, steps: [], egress: [], dns: [], files: [], signing: null });
     const plant = [
       'set -e',
+      // The runner user owns out/: whatever root left there, it can remove and replace.
+      `rm -f ${ciwatch}/post-done.json ${out}/agent.json ${out}/signing.json ${out}/agent.pid ${out}/events.ndjson.partial`,
       `printf '%s' '${JSON.stringify({ outputs: { 'agent-died': 'false', 'signing-method': 'key' }, failures: [] })}' > ${ciwatch}/post-done.json`,
       `printf '%s' '${forged}' > ${out}/agent.json`,
       `printf '%s' '${JSON.stringify({ sign: 'key', signing_key: planted.CIWATCH_SIGNING_KEY, fulcio_url: planted.CIWATCH_FULCIO_URL, rekor_url: planted.CIWATCH_REKOR_URL, trusted_root: null })}' > ${out}/signing.json`,
