@@ -254,6 +254,9 @@ pub struct TraceStart {
     pub capture_args: crate::redact::CaptureArgs,
     pub sensitive_paths: Vec<String>,
     pub ignore_paths: Vec<String>,
+    /// `start --disable-sudo`: whose sudo was taken away, and what was left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sudo_disabled: Option<crate::agent::sudo::SudoDisabled>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

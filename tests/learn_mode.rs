@@ -28,9 +28,9 @@ fn learn_mode_finish_proposes_a_policy_and_diffs_it() {
     );
     let script = format!(
         "set -e\n\
-         {CIWATCH} start --out {out} --mode learn --policy {policy} > /dev/null\n\
+         {CIWATCH} start --out {out} --mode learn --policy {policy} --sign none > /dev/null\n\
          unshare -n python3 -c \"import socket\ntry: socket.create_connection(('192.0.2.7', 8443), 0.5)\nexcept OSError: pass\"\n\
-         {CIWATCH} finish --out {out} --sign none --json > {out}.finish.json\n",
+         {CIWATCH} finish --out {out} --json > {out}.finish.json\n",
         out = out.display(),
         policy = policy.display()
     );

@@ -14,27 +14,30 @@ describe('start contract', () => {
       sensitivePaths: ['/a/*', '**/.x'],
       sign: 'key',
       signingKeyPath: '/k.pem',
+      signKeyStdin: false,
+      finishTokenSha256: 'f'.repeat(64),
+      disableSudo: true,
       readyTimeoutSeconds: 30,
     });
     assert.deepEqual(args, [
       'start', '--out', '/t/out dir', '--mode', 'enforce', '--policy', '/w/policy.yml',
       '--allow', 'github.com:443', '--allow', '[::1]:8080', '--capture-args', 'none',
       '--sensitive-path', '/a/*', '--sensitive-path', '**/.x', '--sign', 'key', '--signing-key', '/k.pem',
-      '--ready-timeout', '30',
+      '--finish-token-sha256', 'f'.repeat(64), '--disable-sudo', '--ready-timeout', '30',
     ]);
-    assert.deepEqual(finishArgs('/o'), ['finish', '--out', '/o', '--json']);
+    assert.deepEqual(finishArgs('/run/ciwatch/k'), ['finish', '--state', '/run/ciwatch/k', '--json']);
   });
 
   it('parses the readiness line, even after log lines', () => {
-    const out = 'note: something\n{"pid": 42, "out": "/o", "hooks": [{"hook": "exec", "implementation": "tracepoint/sched/sched_process_exec", "attached": true, "extra": 1}]}\n';
+    const out = 'note: something\n{"pid": 42, "out": "/o", "state": "/run/ciwatch/k", "hooks": [{"hook": "exec", "implementation": "tracepoint/sched/sched_process_exec", "attached": true, "extra": 1}]}\n';
     const r = parseStartOutput(out);
     assert.equal(r.pid, 42);
     assert.equal(r.hooks[0]?.implementation, 'tracepoint/sched/sched_process_exec');
   });
 
   it('names the field that breaks the contract', () => {
-    assert.throws(() => parseStartOutput('{"pid": "42", "out": "/o", "hooks": []}'), (e: unknown) => e instanceof ContractError && /\$\.pid: expected a non-negative integer/.test(e.message));
-    assert.throws(() => parseStartOutput('{"pid": 1, "out": "/o", "hooks": [{"hook": "x", "implementation": "y"}]}'), /\$\.hooks\[0\]\.attached: expected a boolean, got undefined/);
+    assert.throws(() => parseStartOutput('{"pid": "42", "out": "/o", "state": "/s", "hooks": []}'), (e: unknown) => e instanceof ContractError && /\$\.pid: expected a non-negative integer/.test(e.message));
+    assert.throws(() => parseStartOutput('{"pid": 1, "out": "/o", "state": "/s", "hooks": [{"hook": "x", "implementation": "y"}]}'), /\$\.hooks\[0\]\.attached: expected a boolean, got undefined/);
     assert.throws(() => parseStartOutput('started\n'), /printed no JSON object/);
   });
 

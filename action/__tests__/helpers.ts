@@ -104,6 +104,7 @@ export function finishResult(outDir: string, over: Partial<FinishResult> = {}): 
     denied_sockets: [],
     proposed_policy: null,
     policy_diff: null,
+    repeat: false,
     ...over,
   };
 }

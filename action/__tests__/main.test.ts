@@ -5,9 +5,10 @@ import { decodeState, encodeState, STATE_KEY, type SavedState } from '../src/sta
 import { FakeIo } from './helpers.ts';
 
 const started: SavedState = {
-  v: 1, phase: 'started', reason: null, failure: null, workDir: '/w', outDir: '/w/out', binary: '/w/bin/ciwatch', pid: 7,
+  v: 1, phase: 'started', reason: null, failure: null, workDir: '/w', outDir: '/w/out', binary: '/run/ciwatch/bin/ciwatch-' + 'a'.repeat(64),
+  sha256: 'a'.repeat(64), stateDir: '/run/ciwatch/k', token: 't', pid: 7,
   version: '0.1.0', mode: 'observe', sign: 'auto', useSudo: true, failOn: ['denied'], uploadArtifact: true, artifactName: '',
-  jobSummary: true, keyFile: null,
+  jobSummary: true, disableSudo: false,
 };
 
 describe('main', () => {

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import type { FinishResult } from '../src/agent.ts';
 import type { Uploader } from '../src/artifact.ts';
 import { runPost } from '../src/post.ts';
+import { FINISH_ENV } from '../src/proc.ts';
 import { encodeState, STATE_KEY, type SavedState } from '../src/state.ts';
 import { FakeIo, fakeRunner, finishResult, type Call } from './helpers.ts';
 
@@ -16,9 +17,10 @@ async function prepared(over: Partial<SavedState> = {}): Promise<SavedState> {
   await mkdir(outDir, { recursive: true });
   for (const f of ['events.ndjson', 'attestation.intoto.jsonl', 'attestation.sigstore.json', 'summary.md']) await writeFile(join(outDir, f), `${f}\n`);
   return {
-    v: 1, phase: 'started', reason: null, failure: null, workDir, outDir, binary: join(workDir, 'bin', 'ciwatch'), pid: 99,
+    v: 1, phase: 'started', reason: null, failure: null, workDir, outDir, binary: `/run/ciwatch/bin/ciwatch-${'a'.repeat(64)}`,
+    sha256: 'a'.repeat(64), stateDir: '/run/ciwatch/0123abcd', token: 'b'.repeat(64), pid: 99,
     version: '0.1.0', mode: 'observe', sign: 'auto', useSudo: false, failOn: ['denied'], uploadArtifact: true,
-    artifactName: '', jobSummary: true, keyFile: null, ...over,
+    artifactName: '', jobSummary: true, disableSudo: false, ...over,
   };
 }
 
@@ -28,7 +30,7 @@ interface Run {
   uploads: { name: string; files: string[]; root: string }[];
 }
 
-async function post(state: SavedState | null, opts: { result?: (s: SavedState) => FinishResult | string; code?: number; upload?: Uploader; io?: FakeIo; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+async function post(state: SavedState | null, opts: { result?: (s: SavedState) => FinishResult | string; code?: number; upload?: Uploader; io?: FakeIo; env?: NodeJS.ProcessEnv; binaryProblem?: string } = {}): Promise<Run> {
   const io = opts.io ?? new FakeIo({}, state ? { [STATE_KEY]: encodeState(state) } : {});
   const uploads: Run['uploads'] = [];
   const { run, calls } = fakeRunner(() => {
@@ -46,6 +48,7 @@ async function post(state: SavedState | null, opts: { result?: (s: SavedState) =
     env: { GITHUB_JOB: 'build', GITHUB_REPOSITORY: 'o/r', GITHUB_RUN_ID: '5', GITHUB_RUN_ATTEMPT: '1', PATH: '/usr/bin', ACTIONS_ID_TOKEN_REQUEST_URL: 'https://oidc', ACTIONS_ID_TOKEN_REQUEST_TOKEN: 't', ...opts.env },
     run,
     upload,
+    checkBinary: async () => opts.binaryProblem ?? null,
   });
   return { io, calls, uploads };
 }
@@ -56,15 +59,12 @@ describe('post: nothing to finish', () => {
     assert.equal(calls.length + uploads.length + io.summaries.length + io.failed.length, 0);
     assert.match(io.messages('info')[0] ?? '', /pre step did not run/);
   });
-  it('does nothing when pre did not start the agent, and removes a written key', async () => {
-    const s = await prepared({ phase: 'not-started', reason: 'runner not supported', keyFile: '' });
-    const keyFile = join(s.workDir, 'signing-key.pem');
-    await writeFile(keyFile, 'pem');
-    const { io, calls } = await post({ ...s, keyFile });
+  it('does nothing when pre did not start the agent', async () => {
+    const s = await prepared({ phase: 'not-started', reason: 'runner not supported' });
+    const { io, calls } = await post(s);
     assert.equal(calls.length, 0);
     assert.deepEqual(io.failed, []);
     assert.match(io.messages('info')[0] ?? '', /not started \(runner not supported\)/);
-    assert.ok(!existsSync(keyFile));
   });
   it('treats garbage state as no state', async () => {
     const io = new FakeIo({}, { [STATE_KEY]: '{"v": 2}' });
@@ -79,8 +79,8 @@ describe('post: a started agent', () => {
     const { io, calls, uploads } = await post(s);
     assert.equal(calls.length, 1);
     assert.equal(calls[0]?.file, s.binary);
-    assert.deepEqual(calls[0]?.args, ['finish', '--out', s.outDir, '--json']);
-    assert.equal(calls[0]?.options.env['ACTIONS_ID_TOKEN_REQUEST_URL'], 'https://oidc', 'keyless signing can get its token');
+    assert.deepEqual(calls[0]?.args, ['finish', '--state', s.stateDir, '--json']);
+    assert.equal(calls[0]?.options.input, s.token + '\n', 'finish is shown the token on stdin');
     assert.equal(uploads.length, 1);
     assert.equal(uploads[0]?.name, 'ciwatch-build');
     assert.equal(uploads[0]?.root, s.outDir);
@@ -99,11 +99,11 @@ describe('post: a started agent', () => {
     assert.deepEqual(io.failed, []);
   });
 
-  it('is idempotent: a second post re-sets the outputs without finishing or uploading again', async () => {
+  it('is idempotent: when finish says it is a repeat, post re-sets the outputs without uploading again', async () => {
     const s = await prepared();
     const first = await post(s);
-    const second = await post(s);
-    assert.equal(second.calls.length, 0);
+    const second = await post(s, { result: (st) => finishResult(st.outDir, { repeat: true }) });
+    assert.equal(second.calls.length, 1, 'whether this is a repeat is finish\'s to say');
     assert.equal(second.uploads.length, 0);
     assert.equal(second.io.summaries.length, 0);
     assert.deepEqual(second.io.outputs, first.io.outputs);
@@ -188,12 +188,11 @@ describe('post: a started agent', () => {
     assert.equal(io.outputs['artifact-name'], '');
   });
 
-  it('finishes through sudo when pre used sudo, without the OIDC variables for sign: key', async () => {
+  it('finishes through sudo with exactly the command disable-sudo leaves allowed', async () => {
     const s = await prepared({ useSudo: true, sign: 'key' });
     const { calls } = await post(s);
     assert.equal(calls[0]?.file, 'sudo');
-    assert.deepEqual(calls[0]?.args.slice(-5), [s.binary, 'finish', '--out', s.outDir, '--json']);
-    assert.equal(calls[0]?.options.env['ACTIONS_ID_TOKEN_REQUEST_TOKEN'], undefined);
+    assert.deepEqual(calls[0]?.args, ['-n', '--', s.binary, 'finish', '--state', s.stateDir, '--json']);
   });
 
   it('names the artifact after the job and its backend id so matrix legs do not collide', async () => {
@@ -201,5 +200,47 @@ describe('post: a started agent', () => {
     const claims = Buffer.from(JSON.stringify({ scp: 'Actions.GenericRead Actions.Results:11111111-2222:abcdef12-3456-7890' })).toString('base64url');
     const { uploads } = await post(s, { env: { ACTIONS_RUNTIME_TOKEN: `x.${claims}.y`, GITHUB_RUN_ATTEMPT: '2' } });
     assert.equal(uploads[0]?.name, 'ciwatch-build-abcdef12-attempt2');
+  });
+});
+
+describe('post: what a step planted has no effect', () => {
+  it('a planted post-done.json does not skip finish, the upload or fail-on', async () => {
+    const s = await prepared();
+    await writeFile(join(s.workDir, 'post-done.json'), JSON.stringify({ outputs: { 'agent-died': 'false' }, failures: [] }));
+    const { io, calls, uploads } = await post(s, { result: (st) => finishResult(st.outDir, { denied: 2 }) });
+    assert.equal(calls.length, 1, 'finish ran');
+    assert.equal(uploads.length, 1, 'the trace was uploaded');
+    assert.match(io.failed[0] ?? '', /2 connection\(s\) were denied/);
+    assert.equal(io.outputs['denied-count'], '2');
+  });
+
+  it('nothing set through $GITHUB_ENV reaches finish: its environment is fixed', async () => {
+    const planted = {
+      CIWATCH_SIGNING_KEY: '/tmp/attacker.pem',
+      CIWATCH_FULCIO_URL: 'https://fulcio.attacker.example',
+      CIWATCH_REKOR_URL: 'https://rekor.attacker.example',
+      CIWATCH_SIGNING_TRUSTED_ROOT: '/tmp/attacker-root.json',
+      SIGSTORE_ID_TOKEN: 'attacker.jwt.token',
+      HTTPS_PROXY: 'http://127.0.0.1:9',
+      https_proxy: 'http://127.0.0.1:9',
+      SSL_CERT_FILE: '/tmp/attacker-ca.pem',
+      ACTIONS_ID_TOKEN_REQUEST_URL: 'https://oidc.attacker.example',
+    };
+    for (const useSudo of [false, true]) {
+      const s = await prepared({ useSudo });
+      const { calls } = await post(s, { env: planted });
+      assert.deepEqual(calls[0]?.options.env, { ...FINISH_ENV });
+      assert.ok(!calls[0]?.args.some((a) => a.startsWith('--preserve-env')), calls[0]?.args.join(' '));
+      for (const value of Object.values(planted)) assert.ok(!calls[0]?.args.includes(value));
+    }
+  });
+
+  it('refuses to run a binary that is not the root-owned copy pre installed', async () => {
+    const s = await prepared({ failOn: ['agent-failure'] });
+    const { io, calls } = await post(s, { binaryProblem: `its SHA-256 is ${'c'.repeat(64)}, not the pinned ${'a'.repeat(64)}` });
+    assert.equal(calls.length, 0);
+    assert.match(io.messages('error')[0] ?? '', /refusing to run .*not the binary pre installed: its SHA-256 is c{64}/);
+    assert.match(io.failed[0] ?? '', /could not seal the trace/);
+    assert.equal(io.outputs['agent-died'], 'true');
   });
 });

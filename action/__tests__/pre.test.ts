@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ChecksumMismatchError, DownloadError, type BinarySource } from '../src/binary.ts';
+import { InstallError } from '../src/install.ts';
 import type { PlatformProbe } from '../src/platform.ts';
 import { runPre } from '../src/pre.ts';
 import { decodeState, STATE_KEY } from '../src/state.ts';
@@ -12,9 +14,10 @@ import { FakeIo, fakeRunner, type Call } from './helpers.ts';
 
 const SHA = 'a'.repeat(64);
 const linux: PlatformProbe = { platform: 'linux', arch: 'x64', exists: () => true };
-const READY = JSON.stringify({ pid: 4242, out: 'OUT', hooks: [{ hook: 'exec', implementation: 'tracepoint/sched/sched_process_exec', attached: true }, { hook: 'file', implementation: 'tracepoint/syscalls/sys_enter_openat', attached: false }] });
+const ROOT_BIN = `/run/ciwatch/bin/ciwatch-${SHA}`;
+const READY = JSON.stringify({ pid: 4242, out: 'OUT', state: '/run/ciwatch/0123abcd', hooks: [{ hook: 'exec', implementation: 'tracepoint/sched/sched_process_exec', attached: true }, { hook: 'file', implementation: 'tracepoint/syscalls/sys_enter_openat', attached: false }] });
 
-async function setup(inputs: Record<string, string>, opts: { probe?: PlatformProbe; root?: boolean; env?: NodeJS.ProcessEnv; answer?: (c: Call) => object; install?: (s: BinarySource, d: string) => Promise<void> } = {}) {
+async function setup(inputs: Record<string, string>, opts: { probe?: PlatformProbe; root?: boolean; env?: NodeJS.ProcessEnv; answer?: (c: Call) => object; install?: (s: BinarySource, d: string) => Promise<string> } = {}) {
   const temp = await mkdtemp(join(tmpdir(), 'ciwatch-pre-'));
   const io = new FakeIo({ 'binary-url': 'https://mirror.example/ciwatch', 'binary-sha256': SHA, ...inputs });
   const installs: { source: BinarySource; dest: string }[] = [];
@@ -28,9 +31,9 @@ async function setup(inputs: Record<string, string>, opts: { probe?: PlatformPro
     run,
     install:
       opts.install ??
-      (async (source, dest) => {
-        installs.push({ source, dest });
-        await writeFile(dest, '#!/bin/sh\n', { mode: 0o755 });
+      (async (source, workDir) => {
+        installs.push({ source, dest: workDir });
+        return ROOT_BIN;
       }),
   });
   const state = decodeState(io.saved[STATE_KEY] ?? '');
@@ -135,10 +138,16 @@ describe('pre: start', () => {
     assert.deepEqual(io.failed, []);
     assert.equal(installs[0]?.source.url, 'https://mirror.example/ciwatch');
     assert.equal(calls.length, 1);
-    const bin = join(temp, 'ciwatch', 'bin', 'ciwatch');
     const out = join(temp, 'ciwatch', 'out');
-    assert.equal(calls[0]?.file, bin);
-    assert.deepEqual(calls[0]?.args, ['start', '--out', out, '--mode', 'learn', '--allow', 'github.com:443', '--allow', '*.npmjs.org', '--capture-args', 'none', '--sensitive-path', '/opt/*.key', '--sign', 'auto', '--ready-timeout', '20']);
+    assert.equal(installs[0]?.dest, join(temp, 'ciwatch'));
+    assert.equal(calls[0]?.file, ROOT_BIN, 'the agent starts from the root-owned copy, not the download in $RUNNER_TEMP');
+    const digest = createHash('sha256').update(state?.token ?? '').digest('hex');
+    assert.deepEqual(calls[0]?.args, ['start', '--out', out, '--mode', 'learn', '--allow', 'github.com:443', '--allow', '*.npmjs.org', '--capture-args', 'none', '--sensitive-path', '/opt/*.key', '--sign', 'auto', '--finish-token-sha256', digest, '--ready-timeout', '20']);
+    assert.match(state?.token ?? '', /^[0-9a-f]{64}$/);
+    assert.ok(io.secrets.includes(state?.token ?? ''), 'the token is masked');
+    assert.equal(state?.binary, ROOT_BIN);
+    assert.equal(state?.sha256, SHA);
+    assert.equal(state?.stateDir, '/run/ciwatch/0123abcd');
     assert.equal(calls[0]?.options.timeoutMs, 35_000);
     assert.equal(calls[0]?.options.env['ACTIONS_RUNTIME_TOKEN'], undefined, 'the runtime token never reaches the agent');
     assert.equal(calls[0]?.options.env['GITHUB_RUN_ID'], '1');
@@ -165,13 +174,43 @@ describe('pre: start', () => {
     assert.equal(state?.useSudo, true);
   });
 
-  it('writes a PEM signing key to a private file and masks it', async () => {
+  it('hands a PEM signing key to the agent on stdin, masked, and writes it nowhere', async () => {
     const pem = '-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----';
-    const { io, calls, state } = await setup({ sign: 'key', 'signing-key': pem });
-    const keyFile = calls[0]?.args[calls[0].args.indexOf('--signing-key') + 1] ?? '';
-    assert.equal(await readFile(keyFile, 'utf8'), pem + '\n');
+    const { io, calls, temp } = await setup({ sign: 'key', 'signing-key': pem });
+    assert.ok(calls[0]?.args.includes('--sign-key-stdin'));
+    assert.ok(!calls[0]?.args.includes('--signing-key'));
+    assert.equal(calls[0]?.options.input, pem + '\n');
     assert.ok(io.secrets.includes(pem));
-    assert.equal(state?.keyFile, keyFile);
+    assert.deepEqual(await readdir(join(temp, 'ciwatch')).then((names) => names.filter((n) => n !== 'bin' && n !== 'out' && n !== 'agent.json')), []);
+  });
+
+  it('gives start the OIDC request variables when signing may be keyless, and never the runtime token', async () => {
+    const oidc = { ACTIONS_ID_TOKEN_REQUEST_URL: 'https://oidc', ACTIONS_ID_TOKEN_REQUEST_TOKEN: 't' };
+    const auto = await setup({}, { env: oidc });
+    assert.equal(auto.calls[0]?.options.env['ACTIONS_ID_TOKEN_REQUEST_TOKEN'], 't');
+    assert.equal(auto.calls[0]?.options.env['ACTIONS_RUNTIME_TOKEN'], undefined);
+    const none = await setup({ sign: 'none' }, { env: oidc });
+    assert.equal(none.calls[0]?.options.env['ACTIONS_ID_TOKEN_REQUEST_TOKEN'], undefined);
+  });
+
+  it('asks start to disable sudo with disable-sudo', async () => {
+    const { calls, state, io } = await setup({ 'disable-sudo': 'true' }, { root: false });
+    assert.ok(calls[0]?.args.includes('--disable-sudo'));
+    assert.equal(state?.disableSudo, true);
+    assert.match(io.messages('info').join('\n'), /sudo is disabled for the rest of this job/);
+  });
+
+  it('refuses disable-sudo when the runner user is root', async () => {
+    const { io, calls } = await setup({ 'disable-sudo': 'true' }, { root: true });
+    assert.match(io.failed[0] ?? '', /Invalid input `disable-sudo`: the runner user is root/);
+    assert.equal(calls.length, 0);
+  });
+
+  it('does not start when the root-owned copy cannot be installed', async () => {
+    const { io, calls, state } = await setup({}, { install: async () => Promise.reject(new InstallError('cannot install the ciwatch binary as root (sudo: a password is required)')) });
+    assert.equal(calls.length, 0);
+    assert.match(io.messages('warning')[0] ?? '', /cannot install the ciwatch binary as root/);
+    assert.equal(state?.phase, 'not-started');
   });
 
   it('treats exit 78 as a configuration error that fails the job', async () => {

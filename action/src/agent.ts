@@ -1,13 +1,16 @@
 // The contract between this action and the `ciwatch` binary, in one place.
 //
 //   ciwatch start --out DIR [--mode M] [--policy FILE] [--allow ENDPOINT]... [--capture-args P]
-//                 [--sensitive-path GLOB]... [--sign S] [--signing-key PATH] [--ready-timeout SECONDS]
-//     exit 0 once the hooks are attached, the agent left running detached; stdout holds ONE JSON line:
-//     {"pid": N, "out": "DIR", "hooks": [{"hook": "...", "implementation": "...", "attached": true, ...}]}
+//                 [--sensitive-path GLOB]... [--sign S] [--signing-key PATH | --sign-key-stdin]
+//                 --finish-token-sha256 HEX [--disable-sudo] [--ready-timeout SECONDS]
+//     (with --sign-key-stdin the PEM key is on stdin) exit 0 once the hooks are attached, the agent left
+//     running detached; stdout holds ONE JSON line:
+//     {"pid": N, "out": "DIR", "state": "/run/ciwatch/KEY", "hooks": [{"hook": "...", "attached": true, ...}]}
 //
-//   ciwatch finish --out DIR --json
-//     seals and signs; stdout holds ONE JSON line (FinishResult below), also when it exits non-zero
-//     (agent died, events lost). Idempotent: a second call prints the same result.
+//   ciwatch finish --state STATE --json          (the token whose SHA-256 start was given, on stdin)
+//     seals, signs and copies the public files into start's --out; stdout holds ONE JSON line
+//     (FinishResult below), also when it exits non-zero (agent died, events lost). Idempotent: a second
+//     call prints the same result with "repeat": true.
 //
 // Everything the action reads from the agent goes through parseStartOutput/parseFinishOutput, which
 // validate the JSON at run time. A change of the contract is an edit of this file.
@@ -50,6 +53,10 @@ export interface StartOptions {
   sensitivePaths: string[];
   sign: SignMode;
   signingKeyPath: string | null;
+  /** the PEM key goes to start on stdin */
+  signKeyStdin: boolean;
+  finishTokenSha256: string;
+  disableSudo: boolean;
   readyTimeoutSeconds: number;
 }
 
@@ -62,18 +69,21 @@ export function startArgs(o: StartOptions): string[] {
   for (const glob of o.sensitivePaths) args.push('--sensitive-path', glob);
   args.push('--sign', o.sign);
   if (o.signingKeyPath) args.push('--signing-key', o.signingKeyPath);
+  if (o.signKeyStdin) args.push('--sign-key-stdin');
+  args.push('--finish-token-sha256', o.finishTokenSha256);
+  if (o.disableSudo) args.push('--disable-sudo');
   args.push('--ready-timeout', String(o.readyTimeoutSeconds));
   return args;
 }
 
-/** The argument list of `ciwatch finish`. */
-export function finishArgs(outDir: string): string[] {
-  return ['finish', '--out', outDir, '--json'];
+/** The argument list of `ciwatch finish`: exactly what `--disable-sudo` leaves the runner user. */
+export function finishArgs(stateDir: string): string[] {
+  return ['finish', '--state', stateDir, '--json'];
 }
 
 const hookStatus = object({ hook: str, implementation: str, attached: bool });
 
-const startResult = object({ pid: count, out: str, hooks: array(hookStatus) });
+const startResult = object({ pid: count, out: str, state: str, hooks: array(hookStatus) });
 
 export type HookStatus = ReturnType<typeof hookStatus>;
 export type StartResult = ReturnType<typeof startResult>;
@@ -127,6 +137,8 @@ const finishResult = object({
   denied_sockets: optional(array(record)),
   proposed_policy: nullable(str),
   policy_diff: nullable(str),
+  // an earlier finish already sealed and signed this job
+  repeat: optional(bool),
 });
 
 export type Signing = ReturnType<typeof signing>;
@@ -185,7 +197,10 @@ export function classifyStartFailure(code: number | null): { kind: StartFailureK
         explanation: 'ciwatch lacks the privileges to load BPF programs (it needs root; on self-hosted runners give the runner user passwordless sudo)',
       };
     case EXIT.BAD_CONFIG:
-      return { kind: 'config', explanation: 'ciwatch rejected its configuration (check the policy-file, allowed-endpoints and sensitive-paths inputs)' };
+      return {
+        kind: 'config',
+        explanation: 'ciwatch rejected its configuration (check the policy-file, allowed-endpoints, sensitive-paths, signing-key and disable-sudo inputs)',
+      };
     case EXIT.HOOK_CANNOT_ATTACH:
       return { kind: 'agent', explanation: 'a required hook cannot be attached on this kernel (`ciwatch check` shows why)' };
     default:

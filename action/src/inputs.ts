@@ -41,6 +41,8 @@ export interface Inputs {
   /** per architecture; `*` applies to every architecture */
   binarySha256: Partial<Record<Arch | '*', string>>;
   readyTimeoutSeconds: number;
+  /** take sudo away from the runner user for the rest of the job */
+  disableSudo: boolean;
 }
 
 export type InputGetter = (name: string) => string;
@@ -184,6 +186,8 @@ export function readInputs(get: InputGetter): Inputs {
     throw new InputError('ready-timeout', `${JSON.stringify(timeoutRaw)} is not a whole number of seconds from 1 to 600`);
   }
 
+  const disableSudo = boolean(get, 'disable-sudo', false);
+
   return {
     mode,
     allowedEndpoints,
@@ -200,6 +204,7 @@ export function readInputs(get: InputGetter): Inputs {
     binaryUrl,
     binarySha256,
     readyTimeoutSeconds,
+    disableSudo,
   };
 }
 

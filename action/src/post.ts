@@ -1,15 +1,19 @@
 // post: seal and sign (`ciwatch finish`), upload the trace as one artifact, write the job summary, set the
 // outputs, and apply `fail-on`. Safe when pre failed or never ran, and idempotent: a second run reports the
 // first run's result again instead of finishing twice.
+//
+// What post acts on comes from the runner-held step state and from `finish`, never from a file in
+// $RUNNER_TEMP (which every step can write): it runs the root-owned binary pre installed, after checking it
+// and its digest again, with a fixed environment, and the token only it holds. Whether this is a repeat is
+// `finish`'s to say; only then is post-done.json read, for the first run's artifact outputs.
 
-import { existsSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ContractError, finishArgs, parseFinishOutput, type FinishResult } from './agent.ts';
 import { artifactUrl, defaultArtifactName, traceFiles, type Uploader } from './artifact.ts';
 import type { FailOn } from './inputs.ts';
 import { errorMessage, type Io } from './io.ts';
-import { agentEnv, privileged, type ProcessRunner } from './proc.ts';
+import { FINISH_ENV, privileged, type ProcessRunner } from './proc.ts';
 import { decodeState, STATE_KEY, type SavedState } from './state.ts';
 import { ARTIFACT_FILES, deniedSocketCount, refusedCount, renderSummary, type ArtifactInfo } from './summary.ts';
 
@@ -18,6 +22,8 @@ export interface PostDeps {
   env: NodeJS.ProcessEnv;
   run: ProcessRunner;
   upload: Uploader;
+  /** why the binary pre installed is no longer root's own with the pinned digest, or null */
+  checkBinary: (path: string, sha256: string) => Promise<string | null>;
   /** `ciwatch finish` bound; signing may retry Fulcio/Rekor */
   finishTimeoutMs?: number;
 }
@@ -74,8 +80,14 @@ function failuresOf(failOn: FailOn[], r: FinishResult | null, finishError: strin
   return out;
 }
 
-async function removeKey(state: SavedState): Promise<void> {
-  if (state.keyFile) await rm(state.keyFile, { force: true });
+/** The first post's outputs and failures; only read once `finish` says this post is a repeat. */
+async function readDone(path: string, io: Io): Promise<Done | null> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as Done;
+  } catch (e) {
+    io.warning(`ciwatch: ignoring an unreadable ${path}: ${errorMessage(e)}`);
+    return null;
+  }
 }
 
 export async function runPost(d: PostDeps): Promise<void> {
@@ -87,44 +99,23 @@ export async function runPost(d: PostDeps): Promise<void> {
   }
   if (state.phase !== 'started') {
     io.info(`ciwatch: the agent was not started${state.reason ? ` (${state.reason})` : ''}; there is nothing to finish.`);
-    await removeKey(state);
     return;
   }
 
+  const { result, finishError, code } = await runFinish(d, state);
+  if (result && code !== 0 && !result.agent_died && result.lost === 0) {
+    io.warning(`\`ciwatch finish\` exited with ${code} although it reported no lost events and a live agent`);
+  }
+
   const donePath = join(state.workDir, POST_MARKER);
-  if (existsSync(donePath)) {
-    try {
-      const done = JSON.parse(await readFile(donePath, 'utf8')) as Done;
-      for (const [k, v] of Object.entries(done.outputs)) io.setOutput(k, v);
-      io.info('ciwatch: the trace was already finished by an earlier post step; its outputs are set again.');
-      if (done.failures.length > 0) io.setFailed(done.failures.join('; '));
-      return;
-    } catch (e) {
-      io.warning(`ciwatch: ignoring an unreadable ${donePath}: ${errorMessage(e)}`);
-    }
-  }
-
-  // Seal and sign.
-  const childEnv = agentEnv(env, { idToken: state.sign === 'keyless' || state.sign === 'auto' });
-  const cmd = privileged(state.binary, finishArgs(state.outDir), childEnv, !state.useSudo);
-  const res = await d.run(cmd.file, cmd.args, { env: childEnv, timeoutMs: d.finishTimeoutMs ?? 10 * 60_000 });
-  for (const line of res.stderr.split('\n').filter((l) => l.trim() !== '')) io.info(`ciwatch: ${line}`);
-
-  let result: FinishResult | null = null;
-  let finishError: string | null = null;
-  if (res.spawnError) finishError = `could not run ${cmd.file}: ${res.spawnError}`;
-  else if (res.timedOut) finishError = '`ciwatch finish` did not complete in time';
-  else {
-    try {
-      result = parseFinishOutput(res.stdout);
-    } catch (e) {
-      if (!(e instanceof ContractError)) throw e;
-      const detail = res.stderr.trim().split('\n').slice(-3).join(' ').slice(0, 1000);
-      finishError = `\`ciwatch finish\` exited with ${res.code ?? res.signal}: ${e.message}${detail ? ` (${detail})` : ''}`;
-    }
-  }
-  if (result && res.code !== 0 && !result.agent_died && result.lost === 0) {
-    io.warning(`\`ciwatch finish\` exited with ${res.code ?? res.signal} although it reported no lost events and a live agent`);
+  if (result?.repeat) {
+    const done = await readDone(donePath, io);
+    const outputs = done?.outputs ?? outputsOf(result, { name: '', enabled: false, id: null, url: null, error: null }, state.outDir);
+    for (const [k, v] of Object.entries(outputs)) io.setOutput(k, v);
+    io.info('ciwatch: the trace was already finished by an earlier post step; its outputs are set again.');
+    const failures = done?.failures ?? failuresOf(state.failOn, result, null, { name: '', enabled: false, id: null, url: null, error: null });
+    if (failures.length > 0) io.setFailed(failures.join('; '));
+    return;
   }
 
   // The files: what finish named, else whatever the agent left in the output directory.
@@ -186,6 +177,27 @@ export async function runPost(d: PostDeps): Promise<void> {
   const done: Done = { outputs, failures };
   await writeFile(donePath, JSON.stringify(done) + '\n');
   await rm(join(state.workDir, 'agent.json'), { force: true });
-  await removeKey(state);
   if (failures.length > 0) io.setFailed(`ciwatch: ${failures.join('; ')}`);
+}
+
+/** Seals and signs: the checked root-owned binary, a fixed environment, the token on stdin. */
+async function runFinish(
+  d: PostDeps,
+  state: SavedState,
+): Promise<{ result: FinishResult | null; finishError: string | null; code: number | string | null }> {
+  const problem = await d.checkBinary(state.binary, state.sha256);
+  if (problem) return { result: null, finishError: `refusing to run ${state.binary}, which is not the binary pre installed: ${problem}`, code: null };
+  const cmd = privileged(state.binary, finishArgs(state.stateDir), {}, !state.useSudo);
+  const res = await d.run(cmd.file, cmd.args, { env: { ...FINISH_ENV }, input: state.token + '\n', timeoutMs: d.finishTimeoutMs ?? 10 * 60_000 });
+  for (const line of res.stderr.split('\n').filter((l) => l.trim() !== '')) d.io.info(`ciwatch: ${line}`);
+  const code = res.code ?? res.signal;
+  if (res.spawnError) return { result: null, finishError: `could not run ${cmd.file}: ${res.spawnError}`, code };
+  if (res.timedOut) return { result: null, finishError: '`ciwatch finish` did not complete in time', code };
+  try {
+    return { result: parseFinishOutput(res.stdout), finishError: null, code };
+  } catch (e) {
+    if (!(e instanceof ContractError)) throw e;
+    const detail = res.stderr.trim().split('\n').slice(-3).join(' ').slice(0, 1000);
+    return { result: null, finishError: `\`ciwatch finish\` exited with ${code}: ${e.message}${detail ? ` (${detail})` : ''}`, code };
+  }
 }

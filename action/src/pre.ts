@@ -1,11 +1,13 @@
 // pre: check the inputs and the runner, install the pinned binary, start the agent, save what post needs.
 
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { classifyStartFailure, ContractError, parseStartOutput, startArgs } from './agent.ts';
 import { BinarySourceError, ChecksumMismatchError, DownloadError, resolveBinarySource, type BinarySource } from './binary.ts';
+import { InstallError } from './install.ts';
 import { InputError, keylessPermissionError, readInputs, type FailOn, type Inputs } from './inputs.ts';
 import { errorMessage, type Io } from './io.ts';
 import { checkSupport, type PlatformProbe } from './platform.ts';
@@ -19,7 +21,8 @@ export interface PreDeps {
   probe: PlatformProbe;
   isRoot: boolean;
   run: ProcessRunner;
-  install: (source: BinarySource, dest: string) => Promise<void>;
+  /** downloads and verifies the binary into `workDir`, installs the root-owned copy, returns its path */
+  install: (source: BinarySource, workDir: string) => Promise<string>;
 }
 
 /** Marker of a running agent in this job: a second use of the action in the same job does not start another. */
@@ -37,7 +40,10 @@ function baseState(inputs: Inputs | null, workDir: string): SavedState {
     failure: null,
     workDir,
     outDir: join(workDir, 'out'),
-    binary: join(workDir, 'bin', 'ciwatch'),
+    binary: '',
+    sha256: '',
+    stateDir: '',
+    token: '',
     pid: null,
     version: inputs?.version || '',
     mode: inputs?.mode ?? 'observe',
@@ -47,7 +53,7 @@ function baseState(inputs: Inputs | null, workDir: string): SavedState {
     uploadArtifact: inputs?.uploadArtifact ?? true,
     artifactName: inputs?.artifactName ?? '',
     jobSummary: inputs?.jobSummary ?? true,
-    keyFile: null,
+    disableSudo: inputs?.disableSudo ?? false,
   };
 }
 
@@ -80,6 +86,11 @@ export async function runPre(d: PreDeps): Promise<void> {
     save();
     io.setFailed(new InputError(input, message).message);
   };
+
+  if (inputs.disableSudo && d.isRoot) {
+    configError('disable-sudo', 'the runner user is root: there is no sudo to take away from the job');
+    return;
+  }
 
   if (inputs.sign === 'keyless') {
     const problem = keylessPermissionError(env);
@@ -126,13 +137,13 @@ export async function runPre(d: PreDeps): Promise<void> {
     }
   }
   await mkdir(join(workDir, 'bin'), { recursive: true, mode: 0o755 });
+  // A PEM key goes to the agent on stdin and is kept only in its root-only state: no file the job can read.
   let signingKeyPath: string | null = null;
+  let signingKeyPem: string | null = null;
   if (inputs.signingKey) {
     if (inputs.signingKey.includes('-----BEGIN')) {
       io.setSecret(inputs.signingKey);
-      signingKeyPath = join(workDir, 'signing-key.pem');
-      await writeFile(signingKeyPath, inputs.signingKey.endsWith('\n') ? inputs.signingKey : inputs.signingKey + '\n', { mode: 0o600 });
-      state.keyFile = signingKeyPath;
+      signingKeyPem = inputs.signingKey.endsWith('\n') ? inputs.signingKey : inputs.signingKey + '\n';
     } else {
       signingKeyPath = isAbsolute(inputs.signingKey) ? inputs.signingKey : resolve(env['GITHUB_WORKSPACE'] || process.cwd(), inputs.signingKey);
       if (!existsSync(signingKeyPath)) {
@@ -156,7 +167,8 @@ export async function runPre(d: PreDeps): Promise<void> {
   state.version = source.version;
   io.info(`ciwatch ${source.version} for ${source.arch}: ${source.url}`);
   try {
-    await d.install(source, state.binary);
+    state.binary = await d.install(source, workDir);
+    state.sha256 = source.sha256.toLowerCase();
   } catch (e) {
     if (e instanceof ChecksumMismatchError) {
       await notStarted(
@@ -171,9 +183,18 @@ export async function runPre(d: PreDeps): Promise<void> {
       await notStarted('agent-failure', 'download failed', `Could not download ciwatch: ${e.message}`);
       return;
     }
+    if (e instanceof InstallError) {
+      await notStarted('agent-failure', 'binary not installed', e.message);
+      return;
+    }
     throw e;
   }
-  io.info(`Verified SHA-256 ${source.sha256}`);
+  io.info(`Verified SHA-256 ${source.sha256}; installed as ${state.binary}`);
+
+  // Only post holds the token (in the runner's saved state, masked): without it, a step that may run
+  // `finish` through sudo (disable-sudo leaves exactly that command) cannot end the recording early.
+  state.token = randomBytes(32).toString('hex');
+  io.setSecret(state.token);
 
   // Start the agent.
   await mkdir(state.outDir, { recursive: true, mode: 0o755 });
@@ -186,13 +207,21 @@ export async function runPre(d: PreDeps): Promise<void> {
     sensitivePaths: inputs.sensitivePaths,
     sign: inputs.sign,
     signingKeyPath,
+    signKeyStdin: signingKeyPem !== null,
+    finishTokenSha256: createHash('sha256').update(state.token).digest('hex'),
+    disableSudo: inputs.disableSudo,
     readyTimeoutSeconds: inputs.readyTimeoutSeconds,
   });
-  const childEnv = agentEnv(env, { idToken: false });
+  // start fixes the OIDC source with the other signing choices, so it gets the request variables now.
+  const childEnv = agentEnv(env, { idToken: inputs.sign === 'keyless' || inputs.sign === 'auto' });
   const cmd = privileged(state.binary, args, childEnv, d.isRoot);
   state.useSudo = !d.isRoot;
   io.info(`Starting: ${[cmd.file, ...cmd.args].map((a) => (/^[\w./=:@,+-]+$/.test(a) ? a : JSON.stringify(a))).join(' ')}`);
-  const res = await d.run(cmd.file, cmd.args, { env: childEnv, timeoutMs: (inputs.readyTimeoutSeconds + 15) * 1000 });
+  const res = await d.run(cmd.file, cmd.args, {
+    env: childEnv,
+    timeoutMs: (inputs.readyTimeoutSeconds + 15) * 1000,
+    ...(signingKeyPem !== null ? { input: signingKeyPem } : {}),
+  });
   for (const line of res.stderr.split('\n').filter((l) => l.trim() !== '')) io.info(`ciwatch: ${line}`);
 
   if (res.spawnError || res.timedOut || res.code !== 0) {
@@ -226,11 +255,13 @@ export async function runPre(d: PreDeps): Promise<void> {
   }
   state.phase = 'started';
   state.pid = started.pid;
+  state.stateDir = started.state;
   if (started.out) state.outDir = started.out;
   save();
   await writeFile(marker, JSON.stringify({ pid: started.pid, out: state.outDir }) + '\n');
 
   io.info(`ciwatch is recording (pid ${started.pid}, mode ${inputs.mode}); the trace goes to ${state.outDir}`);
+  if (inputs.disableSudo) io.info('sudo is disabled for the rest of this job: only the post step\'s `ciwatch finish` remains allowed');
   for (const h of started.hooks) {
     const line = `  ${h.hook}: ${h.implementation}${h.attached ? '' : ' (NOT attached)'}`;
     if (h.attached) io.info(line);

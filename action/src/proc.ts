@@ -19,6 +19,8 @@ export interface RunOptions {
   timeoutMs: number;
   /** how long to wait for stdout/stderr to drain after the process exited */
   drainMs?: number;
+  /** written to the program's stdin, which is then closed (without it, stdin is empty) */
+  input?: string;
 }
 
 export type ProcessRunner = (file: string, args: string[], options: RunOptions) => Promise<ProcessResult>;
@@ -36,7 +38,10 @@ export const runProcess: ProcessRunner = (file, args, options) =>
     let stderr = '';
     let timedOut = false;
     let settled = false;
-    const child = spawn(file, args, { env: options.env, stdio: ['ignore', 'pipe', 'pipe'], shell: false });
+    const child = spawn(file, args, { env: options.env, stdio: ['pipe', 'pipe', 'pipe'], shell: false });
+    // A program that exits without reading its stdin must not crash this step with EPIPE.
+    child.stdin.on('error', () => {});
+    child.stdin.end(options.input ?? '');
     child.stdout.setEncoding('utf8');
     child.stderr.setEncoding('utf8');
     child.stdout.on('data', (d: string) => {
@@ -114,9 +119,11 @@ const PASS_PREFIX = /^(GITHUB_|RUNNER_|CIWATCH_|SIGSTORE_|LC_)/;
 const NEVER = new Set(['GITHUB_TOKEN']);
 
 /**
- * The environment the agent gets: what it needs to identify the job (GITHUB_*, RUNNER_*), its own settings
- * (CIWATCH_*, SIGSTORE_*), locale and proxy settings. Never the artifact/cache runtime token, inputs or state.
- * The OIDC request variables are added only for `finish` when signing may be keyless.
+ * The environment `ciwatch start` gets, in pre, before any other step could write to $GITHUB_ENV: what the
+ * agent needs to identify the job (GITHUB_*, RUNNER_*), its own settings (CIWATCH_*, SIGSTORE_*), locale and
+ * proxy settings, and the OIDC request variables when signing may be keyless. start fixes the signing
+ * choices, endpoints, OIDC source and proxy in its root-only state; `finish` reads none of them from its
+ * environment (FINISH_ENV). Never the artifact/cache runtime token, inputs or state.
  */
 export function agentEnv(env: NodeJS.ProcessEnv, options: { idToken: boolean }): NodeJS.ProcessEnv {
   const out: NodeJS.ProcessEnv = {};
@@ -132,6 +139,12 @@ export function agentEnv(env: NodeJS.ProcessEnv, options: { idToken: boolean }):
   }
   return out;
 }
+
+/**
+ * All the environment `ciwatch finish` gets: nothing a step could have put into $GITHUB_ENV picks a key, a
+ * trust root, a Sigstore endpoint or a proxy, as nothing of it is passed on.
+ */
+export const FINISH_ENV: Readonly<NodeJS.ProcessEnv> = Object.freeze({ PATH: '/usr/sbin:/usr/bin:/sbin:/bin' });
 
 export function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;

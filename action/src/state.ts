@@ -18,7 +18,14 @@ export interface SavedState {
   failure: 'unsupported' | 'agent-failure' | 'config' | null;
   workDir: string;
   outDir: string;
+  /** the root-owned copy pre installed and started the agent from */
   binary: string;
+  /** its pinned SHA-256, which post checks again before running it */
+  sha256: string;
+  /** the agent's root-only state directory, which `finish --state` names */
+  stateDir: string;
+  /** `finish` must show this; start was given its SHA-256 (masked in logs) */
+  token: string;
   pid: number | null;
   version: string;
   mode: Mode;
@@ -28,8 +35,7 @@ export interface SavedState {
   uploadArtifact: boolean;
   artifactName: string;
   jobSummary: boolean;
-  /** a key file pre wrote from PEM text in `signing-key`; post deletes it */
-  keyFile: string | null;
+  disableSudo: boolean;
 }
 
 export function encodeState(s: SavedState): string {

@@ -19710,6 +19710,7 @@ function runMain(io, alive) {
 // src/proc.ts
 import { readFileSync } from "node:fs";
 var MAX_CAPTURE = 4 * 1024 * 1024;
+var FINISH_ENV = Object.freeze({ PATH: "/usr/sbin:/usr/bin:/sbin:/bin" });
 function processAlive(pid) {
   try {
     process.kill(pid, 0);

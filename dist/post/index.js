@@ -6872,7 +6872,7 @@ var require_client_h2 = __commonJS({
     "use strict";
     var assert = __require("node:assert");
     var { errorMonitor } = __require("node:events");
-    var { pipeline } = __require("node:stream");
+    var { pipeline: pipeline2 } = __require("node:stream");
     var util3 = require_util();
     var {
       RequestContentLengthMismatchError,
@@ -7351,7 +7351,7 @@ var require_client_h2 = __commonJS({
     }
     function writeStream(abort, socket, expectsPayload, h2stream, body2, client2, request2, contentLength2) {
       assert(contentLength2 !== 0 || client2[kRunning] === 0, "stream body cannot be pipelined");
-      const pipe = pipeline(
+      const pipe = pipeline2(
         body2,
         h2stream,
         (err) => {
@@ -10396,7 +10396,7 @@ var require_api_pipeline = __commonJS({
         util3.destroy(ret, err);
       }
     };
-    function pipeline(opts, handler2) {
+    function pipeline2(opts, handler2) {
       try {
         const pipelineHandler = new PipelineHandler(opts, handler2);
         this.dispatch({ ...opts, body: pipelineHandler.req }, pipelineHandler);
@@ -10405,7 +10405,7 @@ var require_api_pipeline = __commonJS({
         return new PassThrough3().destroy(err);
       }
     }
-    module.exports = pipeline;
+    module.exports = pipeline2;
   }
 });
 
@@ -13570,7 +13570,7 @@ var require_fetch = __commonJS({
       subresourceSet
     } = require_constants3();
     var EE = __require("node:events");
-    var { Readable: Readable7, pipeline, finished } = __require("node:stream");
+    var { Readable: Readable7, pipeline: pipeline2, finished } = __require("node:stream");
     var { addAbortListener, isErrored, isReadable, bufferToLowerCasedHeaderName } = require_util();
     var { dataURLProcessor, serializeAMimeType, minimizeSupportedMimeType } = require_data_url();
     var { getGlobalDispatcher } = require_global2();
@@ -14515,7 +14515,7 @@ var require_fetch = __commonJS({
                 status,
                 statusText,
                 headersList,
-                body: decoders.length ? pipeline(this.body, ...decoders, (err) => {
+                body: decoders.length ? pipeline2(this.body, ...decoders, (err) => {
                   if (err) {
                     this.onError(err);
                   }
@@ -18716,7 +18716,7 @@ ${value}`;
 var require_eventsource = __commonJS({
   "node_modules/undici/lib/web/eventsource/eventsource.js"(exports2, module) {
     "use strict";
-    var { pipeline } = __require("node:stream");
+    var { pipeline: pipeline2 } = __require("node:stream");
     var { fetching } = require_fetch();
     var { makeRequest } = require_request2();
     var { webidl } = require_webidl();
@@ -18876,7 +18876,7 @@ var require_eventsource = __commonJS({
               ));
             }
           });
-          pipeline(
+          pipeline2(
             response.body.stream,
             eventSourceStream,
             (error2) => {
@@ -28538,8 +28538,8 @@ var require_graceful_fs = __commonJS({
     function patch(fs9) {
       polyfills(fs9);
       fs9.gracefulify = patch;
-      fs9.createReadStream = createReadStream2;
-      fs9.createWriteStream = createWriteStream2;
+      fs9.createReadStream = createReadStream3;
+      fs9.createWriteStream = createWriteStream3;
       var fs$readFile = fs9.readFile;
       fs9.readFile = readFile2;
       function readFile2(path4, options, cb) {
@@ -28748,10 +28748,10 @@ var require_graceful_fs = __commonJS({
           }
         });
       }
-      function createReadStream2(path4, options) {
+      function createReadStream3(path4, options) {
         return new fs9.ReadStream(path4, options);
       }
-      function createWriteStream2(path4, options) {
+      function createWriteStream3(path4, options) {
         return new fs9.WriteStream(path4, options);
       }
       var fs$open = fs9.open;
@@ -29120,7 +29120,7 @@ var require_BufferList = __commonJS({
         this.head = this.tail = null;
         this.length = 0;
       };
-      BufferList.prototype.join = function join3(s) {
+      BufferList.prototype.join = function join4(s) {
         if (this.length === 0) return "";
         var p = this.head;
         var ret = "" + p.data;
@@ -36989,7 +36989,7 @@ var require_pipeline = __commonJS({
         }
       }
     }
-    function pipeline(...streams) {
+    function pipeline2(...streams) {
       return pipelineImpl(streams, once(popCallback(streams)));
     }
     function pipelineImpl(streams, callback, opts) {
@@ -37255,7 +37255,7 @@ var require_pipeline = __commonJS({
     }
     module.exports = {
       pipelineImpl,
-      pipeline
+      pipeline: pipeline2
     };
   }
 });
@@ -37264,7 +37264,7 @@ var require_pipeline = __commonJS({
 var require_compose = __commonJS({
   "node_modules/readable-stream/lib/internal/streams/compose.js"(exports2, module) {
     "use strict";
-    var { pipeline } = require_pipeline();
+    var { pipeline: pipeline2 } = require_pipeline();
     var Duplex = require_duplex();
     var { destroyer } = require_destroy2();
     var {
@@ -37324,7 +37324,7 @@ var require_compose = __commonJS({
         }
       }
       const head = streams[0];
-      const tail = pipeline(streams, onfinished);
+      const tail = pipeline2(streams, onfinished);
       const writable = !!(isWritable(head) || isWritableStream(head) || isTransformStream(head));
       const readable = !!(isReadable(tail) || isReadableStream3(tail) || isTransformStream(tail));
       d = new Duplex({
@@ -37867,7 +37867,7 @@ var require_promises = __commonJS({
     var { pipelineImpl: pl } = require_pipeline();
     var { finished } = require_end_of_stream();
     require_stream2();
-    function pipeline(...streams) {
+    function pipeline2(...streams) {
       return new Promise2((resolve2, reject) => {
         let signal;
         let end;
@@ -37895,7 +37895,7 @@ var require_promises = __commonJS({
     }
     module.exports = {
       finished,
-      pipeline
+      pipeline: pipeline2
     };
   }
 });
@@ -37915,7 +37915,7 @@ var require_stream2 = __commonJS({
     } = require_errors2();
     var compose = require_compose();
     var { setDefaultHighWaterMark, getDefaultHighWaterMark } = require_state2();
-    var { pipeline } = require_pipeline();
+    var { pipeline: pipeline2 } = require_pipeline();
     var { destroyer } = require_destroy2();
     var eos = require_end_of_stream();
     var promises4 = require_promises();
@@ -37979,7 +37979,7 @@ var require_stream2 = __commonJS({
     Stream2.Duplex = require_duplex();
     Stream2.Transform = require_transform();
     Stream2.PassThrough = require_passthrough2();
-    Stream2.pipeline = pipeline;
+    Stream2.pipeline = pipeline2;
     var { addAbortSignal } = require_add_abort_signal();
     Stream2.addAbortSignal = addAbortSignal;
     Stream2.finished = eos;
@@ -37995,7 +37995,7 @@ var require_stream2 = __commonJS({
         return promises4;
       }
     });
-    ObjectDefineProperty(pipeline, customPromisify, {
+    ObjectDefineProperty(pipeline2, customPromisify, {
       __proto__: null,
       enumerable: true,
       get() {
@@ -48877,7 +48877,7 @@ var require_streamx = __commonJS({
         fn().then((src) => {
           if (src === null) return out.end();
           if (out.destroying) return;
-          pipeline(src, out, noop3);
+          pipeline2(src, out, noop3);
         }).catch((err) => out.destroy(err));
         return out;
       }
@@ -49164,13 +49164,13 @@ var require_streamx = __commonJS({
     }
     function pipelinePromise(...streams) {
       return new Promise((resolve2, reject) => {
-        return pipeline(...streams, (err) => {
+        return pipeline2(...streams, (err) => {
           if (err) return reject(err);
           resolve2();
         });
       });
     }
-    function pipeline(stream4, ...streams) {
+    function pipeline2(stream4, ...streams) {
       const all = Array.isArray(stream4) ? [...stream4, ...streams] : [stream4, ...streams];
       const done = all.length && typeof all[all.length - 1] === "function" ? all.pop() : null;
       if (all.length < 2) throw StreamError.BAD_ARGUMENT("Pipeline requires at least 2 streams");
@@ -49268,7 +49268,7 @@ var require_streamx = __commonJS({
       return s._writev !== Writable.prototype._writev && s._writev !== Duplex.prototype._writev;
     }
     module.exports = {
-      pipeline,
+      pipeline: pipeline2,
       pipelinePromise,
       isStream,
       isStreamx,
@@ -64988,12 +64988,12 @@ var HttpPipeline = class _HttpPipeline {
   }
   sendRequest(httpClient2, request2) {
     const policies = this.getOrderedPolicies();
-    const pipeline = policies.reduceRight((next, policy) => {
+    const pipeline2 = policies.reduceRight((next, policy) => {
       return (req) => {
         return policy.sendRequest(req, next);
       };
     }, (req) => httpClient2.sendRequest(req));
-    return pipeline(request2);
+    return pipeline2(request2);
   }
   getOrderedPolicies() {
     if (!this._orderedPolicies) {
@@ -66954,31 +66954,31 @@ function wrapAbortSignalLikePolicy() {
 
 // node_modules/@azure/core-rest-pipeline/dist/esm/createPipelineFromOptions.js
 function createPipelineFromOptions2(options) {
-  const pipeline = createEmptyPipeline2();
+  const pipeline2 = createEmptyPipeline2();
   if (isNodeLike2) {
     if (options.agent) {
-      pipeline.addPolicy(agentPolicy2(options.agent));
+      pipeline2.addPolicy(agentPolicy2(options.agent));
     }
     if (options.tlsOptions) {
-      pipeline.addPolicy(tlsPolicy2(options.tlsOptions));
+      pipeline2.addPolicy(tlsPolicy2(options.tlsOptions));
     }
-    pipeline.addPolicy(proxyPolicy2(options.proxyOptions));
-    pipeline.addPolicy(decompressResponsePolicy2());
+    pipeline2.addPolicy(proxyPolicy2(options.proxyOptions));
+    pipeline2.addPolicy(decompressResponsePolicy2());
   }
-  pipeline.addPolicy(wrapAbortSignalLikePolicy());
-  pipeline.addPolicy(formDataPolicy2(), { beforePolicies: [multipartPolicyName2] });
-  pipeline.addPolicy(userAgentPolicy2(options.userAgentOptions));
-  pipeline.addPolicy(setClientRequestIdPolicy(options.telemetryOptions?.clientRequestIdHeaderName));
-  pipeline.addPolicy(multipartPolicy2(), { afterPhase: "Deserialize" });
-  pipeline.addPolicy(defaultRetryPolicy2(options.retryOptions), { phase: "Retry" });
-  pipeline.addPolicy(tracingPolicy({ ...options.userAgentOptions, ...options.loggingOptions }), {
+  pipeline2.addPolicy(wrapAbortSignalLikePolicy());
+  pipeline2.addPolicy(formDataPolicy2(), { beforePolicies: [multipartPolicyName2] });
+  pipeline2.addPolicy(userAgentPolicy2(options.userAgentOptions));
+  pipeline2.addPolicy(setClientRequestIdPolicy(options.telemetryOptions?.clientRequestIdHeaderName));
+  pipeline2.addPolicy(multipartPolicy2(), { afterPhase: "Deserialize" });
+  pipeline2.addPolicy(defaultRetryPolicy2(options.retryOptions), { phase: "Retry" });
+  pipeline2.addPolicy(tracingPolicy({ ...options.userAgentOptions, ...options.loggingOptions }), {
     afterPhase: "Retry"
   });
   if (isNodeLike2) {
-    pipeline.addPolicy(redirectPolicy2(options.redirectOptions), { afterPhase: "Retry" });
+    pipeline2.addPolicy(redirectPolicy2(options.redirectOptions), { afterPhase: "Retry" });
   }
-  pipeline.addPolicy(logPolicy2(options.loggingOptions), { afterPhase: "Sign" });
-  return pipeline;
+  pipeline2.addPolicy(logPolicy2(options.loggingOptions), { afterPhase: "Sign" });
+  return pipeline2;
 }
 
 // node_modules/@azure/core-rest-pipeline/dist/esm/defaultHttpClient.js
@@ -67305,8 +67305,8 @@ function createDisableKeepAlivePolicy() {
     }
   };
 }
-function pipelineContainsDisableKeepAlivePolicy(pipeline) {
-  return pipeline.getOrderedPolicies().some((policy) => policy.name === disableKeepAlivePolicyName);
+function pipelineContainsDisableKeepAlivePolicy(pipeline2) {
+  return pipeline2.getOrderedPolicies().some((policy) => policy.name === disableKeepAlivePolicyName);
 }
 
 // node_modules/@azure/core-client/dist/esm/base64.js
@@ -68561,18 +68561,18 @@ function prepareXMLRootList(obj, elementName, xmlNamespaceKey, xmlNamespace) {
 
 // node_modules/@azure/core-client/dist/esm/pipeline.js
 function createClientPipeline(options = {}) {
-  const pipeline = createPipelineFromOptions2(options ?? {});
+  const pipeline2 = createPipelineFromOptions2(options ?? {});
   if (options.credentialOptions) {
-    pipeline.addPolicy(bearerTokenAuthenticationPolicy({
+    pipeline2.addPolicy(bearerTokenAuthenticationPolicy({
       credential: options.credentialOptions.credential,
       scopes: options.credentialOptions.credentialScopes
     }));
   }
-  pipeline.addPolicy(serializationPolicy(options.serializationOptions), { phase: "Serialize" });
-  pipeline.addPolicy(deserializationPolicy(options.deserializationOptions), {
+  pipeline2.addPolicy(serializationPolicy(options.serializationOptions), { phase: "Serialize" });
+  pipeline2.addPolicy(deserializationPolicy(options.deserializationOptions), {
     phase: "Deserialize"
   });
-  return pipeline;
+  return pipeline2;
 }
 
 // node_modules/@azure/core-client/dist/esm/httpClientCache.js
@@ -79094,11 +79094,11 @@ var PathStylePorts2 = [
 ];
 
 // node_modules/@azure/storage-blob/dist/esm/Pipeline.js
-function isPipelineLike(pipeline) {
-  if (!pipeline || typeof pipeline !== "object") {
+function isPipelineLike(pipeline2) {
+  if (!pipeline2 || typeof pipeline2 !== "object") {
     return false;
   }
-  const castPipeline = pipeline;
+  const castPipeline = pipeline2;
   return Array.isArray(castPipeline.factories) && typeof castPipeline.options === "object" && typeof castPipeline.toServiceClientOptions === "function";
 }
 var Pipeline = class {
@@ -79137,11 +79137,11 @@ function newPipeline(credential, pipelineOptions = {}) {
   if (!credential) {
     credential = new AnonymousCredential();
   }
-  const pipeline = new Pipeline([], pipelineOptions);
-  pipeline._credential = credential;
-  return pipeline;
+  const pipeline2 = new Pipeline([], pipelineOptions);
+  pipeline2._credential = credential;
+  return pipeline2;
 }
-function processDownlevelPipeline(pipeline) {
+function processDownlevelPipeline(pipeline2) {
   const knownFactoryFunctions = [
     isAnonymousCredential,
     isStorageSharedKeyCredential,
@@ -79151,8 +79151,8 @@ function processDownlevelPipeline(pipeline) {
     isStorageTelemetryPolicyFactory,
     isCoreHttpPolicyFactory
   ];
-  if (pipeline.factories.length) {
-    const novelFactories = pipeline.factories.filter((factory) => {
+  if (pipeline2.factories.length) {
+    const novelFactories = pipeline2.factories.filter((factory) => {
       return !knownFactoryFunctions.some((knownFactory) => knownFactory(factory));
     });
     if (novelFactories.length) {
@@ -79165,14 +79165,14 @@ function processDownlevelPipeline(pipeline) {
   }
   return void 0;
 }
-function getCoreClientOptions(pipeline) {
-  const { httpClient: v1Client, ...restOptions } = pipeline.options;
-  let httpClient2 = pipeline._coreHttpClient;
+function getCoreClientOptions(pipeline2) {
+  const { httpClient: v1Client, ...restOptions } = pipeline2.options;
+  let httpClient2 = pipeline2._coreHttpClient;
   if (!httpClient2) {
     httpClient2 = v1Client ? convertHttpClient(v1Client) : getCachedDefaultHttpClient2();
-    pipeline._coreHttpClient = httpClient2;
+    pipeline2._coreHttpClient = httpClient2;
   }
-  let corePipeline = pipeline._corePipeline;
+  let corePipeline = pipeline2._corePipeline;
   if (!corePipeline) {
     const packageDetails = `azsdk-js-azure-storage-blob/${SDK_VERSION3}`;
     const userAgentPrefix = restOptions.userAgentOptions && restOptions.userAgentOptions.userAgentPrefix ? `${restOptions.userAgentOptions.userAgentPrefix} ${packageDetails}` : `${packageDetails}`;
@@ -79213,11 +79213,11 @@ function getCoreClientOptions(pipeline) {
     corePipeline.addPolicy(storageRetryPolicy(restOptions.retryOptions), { phase: "Retry" });
     corePipeline.addPolicy(storageRequestFailureDetailsParserPolicy());
     corePipeline.addPolicy(storageBrowserPolicy());
-    const downlevelResults = processDownlevelPipeline(pipeline);
+    const downlevelResults = processDownlevelPipeline(pipeline2);
     if (downlevelResults) {
       corePipeline.addPolicy(downlevelResults.wrappedPolicies, downlevelResults.afterRetry ? { afterPhase: "Retry" } : void 0);
     }
-    const credential = getCredentialFromPipeline(pipeline);
+    const credential = getCredentialFromPipeline(pipeline2);
     if (isTokenCredential(credential)) {
       corePipeline.addPolicy(bearerTokenAuthenticationPolicy({
         credential,
@@ -79230,7 +79230,7 @@ function getCoreClientOptions(pipeline) {
         accountKey: credential.accountKey
       }), { phase: "Sign" });
     }
-    pipeline._corePipeline = corePipeline;
+    pipeline2._corePipeline = corePipeline;
   }
   return {
     ...restOptions,
@@ -79239,12 +79239,12 @@ function getCoreClientOptions(pipeline) {
     pipeline: corePipeline
   };
 }
-function getCredentialFromPipeline(pipeline) {
-  if (pipeline._credential) {
-    return pipeline._credential;
+function getCredentialFromPipeline(pipeline2) {
+  if (pipeline2._credential) {
+    return pipeline2._credential;
   }
   let credential = new AnonymousCredential();
-  for (const factory of pipeline.factories) {
+  for (const factory of pipeline2.factories) {
     if (isTokenCredential(factory.credential)) {
       credential = factory.credential;
     } else if (isStorageSharedKeyCredential(factory)) {
@@ -93667,13 +93667,13 @@ var StorageClient2 = class {
    * @param url - url to resource
    * @param pipeline - request policy pipeline.
    */
-  constructor(url2, pipeline) {
+  constructor(url2, pipeline2) {
     this.url = escapeURLPath(url2);
     this.accountName = getAccountNameFromUrl(url2);
-    this.pipeline = pipeline;
-    this.storageClientContext = new StorageContextClient(this.url, getCoreClientOptions(pipeline));
+    this.pipeline = pipeline2;
+    this.storageClientContext = new StorageContextClient(this.url, getCoreClientOptions(pipeline2));
     this.isHttps = iEqual(getURLScheme(this.url) || "", "https");
-    this.credential = getCredentialFromPipeline(pipeline);
+    this.credential = getCredentialFromPipeline(pipeline2);
     const storageClientContext = this.storageClientContext;
     storageClientContext.requestContentType = void 0;
   }
@@ -97575,22 +97575,22 @@ var BlobClient = class _BlobClient extends StorageClient2 {
   }
   constructor(urlOrConnectionString, credentialOrPipelineOrContainerName, blobNameOrOptions, options) {
     options = options || {};
-    let pipeline;
+    let pipeline2;
     let url2;
     if (isPipelineLike(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
-      pipeline = credentialOrPipelineOrContainerName;
+      pipeline2 = credentialOrPipelineOrContainerName;
       options = blobNameOrOptions;
     } else if (isNodeLike2 && credentialOrPipelineOrContainerName instanceof StorageSharedKeyCredential || credentialOrPipelineOrContainerName instanceof AnonymousCredential || isTokenCredential(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(credentialOrPipelineOrContainerName, options);
+      pipeline2 = newPipeline(credentialOrPipelineOrContainerName, options);
     } else if (!credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName !== "string") {
       url2 = urlOrConnectionString;
       if (blobNameOrOptions && typeof blobNameOrOptions !== "string") {
         options = blobNameOrOptions;
       }
-      pipeline = newPipeline(new AnonymousCredential(), options);
+      pipeline2 = newPipeline(new AnonymousCredential(), options);
     } else if (credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName === "string" && blobNameOrOptions && typeof blobNameOrOptions === "string") {
       const containerName = credentialOrPipelineOrContainerName;
       const blobName = blobNameOrOptions;
@@ -97602,20 +97602,20 @@ var BlobClient = class _BlobClient extends StorageClient2 {
           if (!options.proxyOptions) {
             options.proxyOptions = getDefaultProxySettings2(extractedCreds.proxyUri);
           }
-          pipeline = newPipeline(sharedKeyCredential, options);
+          pipeline2 = newPipeline(sharedKeyCredential, options);
         } else {
           throw new Error("Account connection string is only supported in Node.js environment");
         }
       } else if (extractedCreds.kind === "SASConnString") {
         url2 = appendToURLPath(appendToURLPath(extractedCreds.url, encodeURIComponent(containerName)), encodeURIComponent(blobName)) + "?" + extractedCreds.accountSas;
-        pipeline = newPipeline(new AnonymousCredential(), options);
+        pipeline2 = newPipeline(new AnonymousCredential(), options);
       } else {
         throw new Error("Connection string must be either an Account connection string or a SAS connection string");
       }
     } else {
       throw new Error("Expecting non-empty strings for containerName and blobName parameters");
     }
-    super(url2, pipeline);
+    super(url2, pipeline2);
     ({ blobName: this._name, containerName: this._containerName } = this.getBlobAndContainerNamesFromUrl());
     this.blobContext = this.storageClientContext.blob;
     this._snapshot = getURLParameter(this.url, URLConstants2.Parameters.SNAPSHOT);
@@ -98618,21 +98618,21 @@ var AppendBlobClient = class _AppendBlobClient extends BlobClient {
    */
   appendBlobContext;
   constructor(urlOrConnectionString, credentialOrPipelineOrContainerName, blobNameOrOptions, options) {
-    let pipeline;
+    let pipeline2;
     let url2;
     options = options || {};
     if (isPipelineLike(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
-      pipeline = credentialOrPipelineOrContainerName;
+      pipeline2 = credentialOrPipelineOrContainerName;
       options = blobNameOrOptions;
     } else if (isNodeLike2 && credentialOrPipelineOrContainerName instanceof StorageSharedKeyCredential || credentialOrPipelineOrContainerName instanceof AnonymousCredential || isTokenCredential(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(credentialOrPipelineOrContainerName, options);
+      pipeline2 = newPipeline(credentialOrPipelineOrContainerName, options);
     } else if (!credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName !== "string") {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(new AnonymousCredential(), options);
+      pipeline2 = newPipeline(new AnonymousCredential(), options);
     } else if (credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName === "string" && blobNameOrOptions && typeof blobNameOrOptions === "string") {
       const containerName = credentialOrPipelineOrContainerName;
       const blobName = blobNameOrOptions;
@@ -98644,20 +98644,20 @@ var AppendBlobClient = class _AppendBlobClient extends BlobClient {
           if (!options.proxyOptions) {
             options.proxyOptions = getDefaultProxySettings2(extractedCreds.proxyUri);
           }
-          pipeline = newPipeline(sharedKeyCredential, options);
+          pipeline2 = newPipeline(sharedKeyCredential, options);
         } else {
           throw new Error("Account connection string is only supported in Node.js environment");
         }
       } else if (extractedCreds.kind === "SASConnString") {
         url2 = appendToURLPath(appendToURLPath(extractedCreds.url, encodeURIComponent(containerName)), encodeURIComponent(blobName)) + "?" + extractedCreds.accountSas;
-        pipeline = newPipeline(new AnonymousCredential(), options);
+        pipeline2 = newPipeline(new AnonymousCredential(), options);
       } else {
         throw new Error("Connection string must be either an Account connection string or a SAS connection string");
       }
     } else {
       throw new Error("Expecting non-empty strings for containerName and blobName parameters");
     }
-    super(url2, pipeline);
+    super(url2, pipeline2);
     this.appendBlobContext = this.storageClientContext.appendBlob;
     this.blobClientConfig = options;
   }
@@ -98898,23 +98898,23 @@ var BlockBlobClient = class _BlockBlobClient extends BlobClient {
    */
   blockBlobContext;
   constructor(urlOrConnectionString, credentialOrPipelineOrContainerName, blobNameOrOptions, options) {
-    let pipeline;
+    let pipeline2;
     let url2;
     options = options || {};
     if (isPipelineLike(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
-      pipeline = credentialOrPipelineOrContainerName;
+      pipeline2 = credentialOrPipelineOrContainerName;
       options = blobNameOrOptions;
     } else if (isNodeLike2 && credentialOrPipelineOrContainerName instanceof StorageSharedKeyCredential || credentialOrPipelineOrContainerName instanceof AnonymousCredential || isTokenCredential(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(credentialOrPipelineOrContainerName, options);
+      pipeline2 = newPipeline(credentialOrPipelineOrContainerName, options);
     } else if (!credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName !== "string") {
       url2 = urlOrConnectionString;
       if (blobNameOrOptions && typeof blobNameOrOptions !== "string") {
         options = blobNameOrOptions;
       }
-      pipeline = newPipeline(new AnonymousCredential(), options);
+      pipeline2 = newPipeline(new AnonymousCredential(), options);
     } else if (credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName === "string" && blobNameOrOptions && typeof blobNameOrOptions === "string") {
       const containerName = credentialOrPipelineOrContainerName;
       const blobName = blobNameOrOptions;
@@ -98926,20 +98926,20 @@ var BlockBlobClient = class _BlockBlobClient extends BlobClient {
           if (!options.proxyOptions) {
             options.proxyOptions = getDefaultProxySettings2(extractedCreds.proxyUri);
           }
-          pipeline = newPipeline(sharedKeyCredential, options);
+          pipeline2 = newPipeline(sharedKeyCredential, options);
         } else {
           throw new Error("Account connection string is only supported in Node.js environment");
         }
       } else if (extractedCreds.kind === "SASConnString") {
         url2 = appendToURLPath(appendToURLPath(extractedCreds.url, encodeURIComponent(containerName)), encodeURIComponent(blobName)) + "?" + extractedCreds.accountSas;
-        pipeline = newPipeline(new AnonymousCredential(), options);
+        pipeline2 = newPipeline(new AnonymousCredential(), options);
       } else {
         throw new Error("Connection string must be either an Account connection string or a SAS connection string");
       }
     } else {
       throw new Error("Expecting non-empty strings for containerName and blobName parameters");
     }
-    super(url2, pipeline);
+    super(url2, pipeline2);
     this.blockBlobContext = this.storageClientContext.blockBlob;
     this._blobContext = this.storageClientContext.blob;
     this.blobClientConfig = options;
@@ -99514,21 +99514,21 @@ var PageBlobClient = class _PageBlobClient extends BlobClient {
    */
   pageBlobContext;
   constructor(urlOrConnectionString, credentialOrPipelineOrContainerName, blobNameOrOptions, options) {
-    let pipeline;
+    let pipeline2;
     let url2;
     options = options || {};
     if (isPipelineLike(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
-      pipeline = credentialOrPipelineOrContainerName;
+      pipeline2 = credentialOrPipelineOrContainerName;
       options = blobNameOrOptions;
     } else if (isNodeLike2 && credentialOrPipelineOrContainerName instanceof StorageSharedKeyCredential || credentialOrPipelineOrContainerName instanceof AnonymousCredential || isTokenCredential(credentialOrPipelineOrContainerName)) {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(credentialOrPipelineOrContainerName, options);
+      pipeline2 = newPipeline(credentialOrPipelineOrContainerName, options);
     } else if (!credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName !== "string") {
       url2 = urlOrConnectionString;
       options = blobNameOrOptions;
-      pipeline = newPipeline(new AnonymousCredential(), options);
+      pipeline2 = newPipeline(new AnonymousCredential(), options);
     } else if (credentialOrPipelineOrContainerName && typeof credentialOrPipelineOrContainerName === "string" && blobNameOrOptions && typeof blobNameOrOptions === "string") {
       const containerName = credentialOrPipelineOrContainerName;
       const blobName = blobNameOrOptions;
@@ -99540,20 +99540,20 @@ var PageBlobClient = class _PageBlobClient extends BlobClient {
           if (!options.proxyOptions) {
             options.proxyOptions = getDefaultProxySettings2(extractedCreds.proxyUri);
           }
-          pipeline = newPipeline(sharedKeyCredential, options);
+          pipeline2 = newPipeline(sharedKeyCredential, options);
         } else {
           throw new Error("Account connection string is only supported in Node.js environment");
         }
       } else if (extractedCreds.kind === "SASConnString") {
         url2 = appendToURLPath(appendToURLPath(extractedCreds.url, encodeURIComponent(containerName)), encodeURIComponent(blobName)) + "?" + extractedCreds.accountSas;
-        pipeline = newPipeline(new AnonymousCredential(), options);
+        pipeline2 = newPipeline(new AnonymousCredential(), options);
       } else {
         throw new Error("Connection string must be either an Account connection string or a SAS connection string");
       }
     } else {
       throw new Error("Expecting non-empty strings for containerName and blobName parameters");
     }
-    super(url2, pipeline);
+    super(url2, pipeline2);
     this.pageBlobContext = this.storageClientContext.pageBlob;
     this.blobClientConfig = options;
   }
@@ -105707,6 +105707,100 @@ function artifactUrl(env, id) {
   return `${server}/${repo}/actions/runs/${run}/artifacts/${id}`;
 }
 
+// src/install.ts
+import { lstat as lstat2 } from "node:fs/promises";
+import { dirname, join as join2 } from "node:path";
+
+// src/binary.ts
+import { createHash as createHash3 } from "node:crypto";
+import { createReadStream as createReadStream2, createWriteStream as createWriteStream2 } from "node:fs";
+import { pipeline } from "node:stream/promises";
+async function sha256File(path4) {
+  const hash = createHash3("sha256");
+  await pipeline(createReadStream2(path4), hash);
+  return hash.digest("hex");
+}
+
+// src/proc.ts
+import { spawn } from "node:child_process";
+var MAX_CAPTURE = 4 * 1024 * 1024;
+var runProcess = (file, args, options) => new Promise((resolve2) => {
+  let stdout = "";
+  let stderr = "";
+  let timedOut = false;
+  let settled = false;
+  const child = spawn(file, args, { env: options.env, stdio: ["pipe", "pipe", "pipe"], shell: false });
+  child.stdin.on("error", () => {
+  });
+  child.stdin.end(options.input ?? "");
+  child.stdout.setEncoding("utf8");
+  child.stderr.setEncoding("utf8");
+  child.stdout.on("data", (d) => {
+    if (stdout.length < MAX_CAPTURE) stdout += d;
+  });
+  child.stderr.on("data", (d) => {
+    if (stderr.length < MAX_CAPTURE) stderr += d;
+  });
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), 5e3).unref();
+  }, options.timeoutMs);
+  let exit = null;
+  let closed = 0;
+  const finish = (r) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    resolve2({ ...r, stdout, stderr, timedOut });
+  };
+  const onClose = () => {
+    closed++;
+    if (closed === 2 && exit) finish(exit);
+  };
+  child.stdout.once("close", onClose);
+  child.stderr.once("close", onClose);
+  child.on("error", (e) => finish({ code: null, signal: null, spawnError: e.message }));
+  child.on("exit", (code, signal) => {
+    exit = { code, signal, spawnError: null };
+    if (closed === 2) return finish(exit);
+    const result = exit;
+    setTimeout(() => {
+      child.stdout.destroy();
+      child.stderr.destroy();
+      finish(result);
+    }, options.drainMs ?? 2e3);
+  });
+});
+function privileged(file, args, env, isRoot) {
+  if (isRoot) return { file, args };
+  const names = Object.keys(env).filter((k) => env[k] !== void 0 && k !== "PATH" && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).sort();
+  const preserve = names.length > 0 ? [`--preserve-env=${names.join(",")}`] : [];
+  return { file: "sudo", args: ["-n", ...preserve, "--", file, ...args] };
+}
+var FINISH_ENV = Object.freeze({ PATH: "/usr/sbin:/usr/bin:/sbin:/bin" });
+
+// src/install.ts
+var ROOT_DIR = "/run/ciwatch";
+var ROOT_BIN_DIR = join2(ROOT_DIR, "bin");
+async function rootBinaryProblem(path4, sha256) {
+  for (let p = path4; ; p = dirname(p)) {
+    let st;
+    try {
+      st = await lstat2(p);
+    } catch (e) {
+      return `${p} is missing (${e.code ?? "error"})`;
+    }
+    if (st.isSymbolicLink()) return `${p} is a symlink`;
+    if (st.uid !== 0) return `${p} is owned by uid ${st.uid}, not root`;
+    if ((st.mode & 18) !== 0) return `${p} is writable by users other than root`;
+    if (p === dirname(p)) break;
+  }
+  const actual = await sha256File(path4);
+  if (actual !== sha256.toLowerCase()) return `its SHA-256 is ${actual}, not the pinned ${sha256.toLowerCase()}`;
+  return null;
+}
+
 // src/io.ts
 var coreIo = {
   getInput: (name) => getInput(name),
@@ -105729,9 +105823,8 @@ function errorMessage(e) {
 }
 
 // src/post.ts
-import { existsSync as existsSync6 } from "node:fs";
 import { readFile, rm as rm2, writeFile as writeFile2 } from "node:fs/promises";
-import { join as join2 } from "node:path";
+import { join as join3 } from "node:path";
 
 // src/validate.ts
 var ContractError = class extends Error {
@@ -105781,11 +105874,11 @@ function object(shape) {
 }
 
 // src/agent.ts
-function finishArgs(outDir) {
-  return ["finish", "--out", outDir, "--json"];
+function finishArgs(stateDir) {
+  return ["finish", "--state", stateDir, "--json"];
 }
 var hookStatus = object({ hook: str, implementation: str, attached: bool });
-var startResult = object({ pid: count, out: str, hooks: array(hookStatus) });
+var startResult = object({ pid: count, out: str, state: str, hooks: array(hookStatus) });
 var signing = object({
   method: literal("keyless", "key", "none"),
   fallback: nullable(str),
@@ -105828,7 +105921,9 @@ var finishResult = object({
   refused_lookups: optional(array(record)),
   denied_sockets: optional(array(record)),
   proposed_policy: nullable(str),
-  policy_diff: nullable(str)
+  policy_diff: nullable(str),
+  // an earlier finish already sealed and signed this job
+  repeat: optional(bool)
 });
 function lastJsonObject(stdout, what) {
   const lines = stdout.split(/\r?\n/).map((l) => l.trim());
@@ -105854,95 +105949,6 @@ function parse4(validator, stdout, what) {
 }
 function parseFinishOutput(stdout) {
   return parse4(finishResult, stdout, "`ciwatch finish`");
-}
-
-// src/proc.ts
-import { spawn } from "node:child_process";
-var MAX_CAPTURE = 4 * 1024 * 1024;
-var runProcess = (file, args, options) => new Promise((resolve2) => {
-  let stdout = "";
-  let stderr = "";
-  let timedOut = false;
-  let settled = false;
-  const child = spawn(file, args, { env: options.env, stdio: ["ignore", "pipe", "pipe"], shell: false });
-  child.stdout.setEncoding("utf8");
-  child.stderr.setEncoding("utf8");
-  child.stdout.on("data", (d) => {
-    if (stdout.length < MAX_CAPTURE) stdout += d;
-  });
-  child.stderr.on("data", (d) => {
-    if (stderr.length < MAX_CAPTURE) stderr += d;
-  });
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill("SIGTERM");
-    setTimeout(() => child.kill("SIGKILL"), 5e3).unref();
-  }, options.timeoutMs);
-  let exit = null;
-  let closed = 0;
-  const finish = (r) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(timer);
-    resolve2({ ...r, stdout, stderr, timedOut });
-  };
-  const onClose = () => {
-    closed++;
-    if (closed === 2 && exit) finish(exit);
-  };
-  child.stdout.once("close", onClose);
-  child.stderr.once("close", onClose);
-  child.on("error", (e) => finish({ code: null, signal: null, spawnError: e.message }));
-  child.on("exit", (code, signal) => {
-    exit = { code, signal, spawnError: null };
-    if (closed === 2) return finish(exit);
-    const result = exit;
-    setTimeout(() => {
-      child.stdout.destroy();
-      child.stderr.destroy();
-      finish(result);
-    }, options.drainMs ?? 2e3);
-  });
-});
-function privileged(file, args, env, isRoot) {
-  if (isRoot) return { file, args };
-  const names = Object.keys(env).filter((k) => env[k] !== void 0 && k !== "PATH" && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).sort();
-  const preserve = names.length > 0 ? [`--preserve-env=${names.join(",")}`] : [];
-  return { file: "sudo", args: ["-n", ...preserve, "--", file, ...args] };
-}
-var PASS_EXACT = /* @__PURE__ */ new Set([
-  "PATH",
-  "HOME",
-  "LANG",
-  "TZ",
-  "TMPDIR",
-  "CI",
-  "USER",
-  "LOGNAME",
-  "SSL_CERT_FILE",
-  "SSL_CERT_DIR",
-  "HTTPS_PROXY",
-  "HTTP_PROXY",
-  "NO_PROXY",
-  "https_proxy",
-  "http_proxy",
-  "no_proxy"
-]);
-var PASS_PREFIX = /^(GITHUB_|RUNNER_|CIWATCH_|SIGSTORE_|LC_)/;
-var NEVER = /* @__PURE__ */ new Set(["GITHUB_TOKEN"]);
-function agentEnv(env, options) {
-  const out = {};
-  for (const [k, v] of Object.entries(env)) {
-    if (v === void 0 || NEVER.has(k)) continue;
-    if (PASS_EXACT.has(k) || PASS_PREFIX.test(k)) out[k] = v;
-  }
-  if (options.idToken) {
-    for (const k of ["ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"]) {
-      const v = env[k];
-      if (v) out[k] = v;
-    }
-  }
-  return out;
 }
 
 // src/state.ts
@@ -106294,8 +106300,13 @@ function failuresOf(failOn, r, finishError, artifact) {
   if (on("upload-failure") && artifact.enabled && artifact.error) out.push(`the artifact upload failed (fail-on: upload-failure)`);
   return out;
 }
-async function removeKey(state3) {
-  if (state3.keyFile) await rm2(state3.keyFile, { force: true });
+async function readDone(path4, io) {
+  try {
+    return JSON.parse(await readFile(path4, "utf8"));
+  } catch (e) {
+    io.warning(`ciwatch: ignoring an unreadable ${path4}: ${errorMessage(e)}`);
+    return null;
+  }
 }
 async function runPost(d) {
   const { io, env } = d;
@@ -106306,42 +106317,23 @@ async function runPost(d) {
   }
   if (state3.phase !== "started") {
     io.info(`ciwatch: the agent was not started${state3.reason ? ` (${state3.reason})` : ""}; there is nothing to finish.`);
-    await removeKey(state3);
     return;
   }
-  const donePath = join2(state3.workDir, POST_MARKER);
-  if (existsSync6(donePath)) {
-    try {
-      const done2 = JSON.parse(await readFile(donePath, "utf8"));
-      for (const [k, v] of Object.entries(done2.outputs)) io.setOutput(k, v);
-      io.info("ciwatch: the trace was already finished by an earlier post step; its outputs are set again.");
-      if (done2.failures.length > 0) io.setFailed(done2.failures.join("; "));
-      return;
-    } catch (e) {
-      io.warning(`ciwatch: ignoring an unreadable ${donePath}: ${errorMessage(e)}`);
-    }
+  const { result, finishError, code } = await runFinish(d, state3);
+  if (result && code !== 0 && !result.agent_died && result.lost === 0) {
+    io.warning(`\`ciwatch finish\` exited with ${code} although it reported no lost events and a live agent`);
   }
-  const childEnv = agentEnv(env, { idToken: state3.sign === "keyless" || state3.sign === "auto" });
-  const cmd = privileged(state3.binary, finishArgs(state3.outDir), childEnv, !state3.useSudo);
-  const res = await d.run(cmd.file, cmd.args, { env: childEnv, timeoutMs: d.finishTimeoutMs ?? 10 * 6e4 });
-  for (const line of res.stderr.split("\n").filter((l) => l.trim() !== "")) io.info(`ciwatch: ${line}`);
-  let result = null;
-  let finishError = null;
-  if (res.spawnError) finishError = `could not run ${cmd.file}: ${res.spawnError}`;
-  else if (res.timedOut) finishError = "`ciwatch finish` did not complete in time";
-  else {
-    try {
-      result = parseFinishOutput(res.stdout);
-    } catch (e) {
-      if (!(e instanceof ContractError)) throw e;
-      const detail = res.stderr.trim().split("\n").slice(-3).join(" ").slice(0, 1e3);
-      finishError = `\`ciwatch finish\` exited with ${res.code ?? res.signal}: ${e.message}${detail ? ` (${detail})` : ""}`;
-    }
+  const donePath = join3(state3.workDir, POST_MARKER);
+  if (result?.repeat) {
+    const done2 = await readDone(donePath, io);
+    const outputs2 = done2?.outputs ?? outputsOf(result, { name: "", enabled: false, id: null, url: null, error: null }, state3.outDir);
+    for (const [k, v] of Object.entries(outputs2)) io.setOutput(k, v);
+    io.info("ciwatch: the trace was already finished by an earlier post step; its outputs are set again.");
+    const failures2 = done2?.failures ?? failuresOf(state3.failOn, result, null, { name: "", enabled: false, id: null, url: null, error: null });
+    if (failures2.length > 0) io.setFailed(failures2.join("; "));
+    return;
   }
-  if (result && res.code !== 0 && !result.agent_died && result.lost === 0) {
-    io.warning(`\`ciwatch finish\` exited with ${res.code ?? res.signal} although it reported no lost events and a live agent`);
-  }
-  const files = result ? traceFiles([result.events, result.envelope, result.bundle, result.summary]) : traceFiles([...ARTIFACT_FILES, "events.ndjson.partial"].map((f) => join2(state3.outDir, f)));
+  const files = result ? traceFiles([result.events, result.envelope, result.bundle, result.summary]) : traceFiles([...ARTIFACT_FILES, "events.ndjson.partial"].map((f) => join3(state3.outDir, f)));
   const artifact = {
     name: state3.artifactName || defaultArtifactName(env),
     enabled: state3.uploadArtifact,
@@ -106391,9 +106383,25 @@ async function runPost(d) {
   for (const [k, v] of Object.entries(outputs)) io.setOutput(k, v);
   const done = { outputs, failures };
   await writeFile2(donePath, JSON.stringify(done) + "\n");
-  await rm2(join2(state3.workDir, "agent.json"), { force: true });
-  await removeKey(state3);
+  await rm2(join3(state3.workDir, "agent.json"), { force: true });
   if (failures.length > 0) io.setFailed(`ciwatch: ${failures.join("; ")}`);
+}
+async function runFinish(d, state3) {
+  const problem = await d.checkBinary(state3.binary, state3.sha256);
+  if (problem) return { result: null, finishError: `refusing to run ${state3.binary}, which is not the binary pre installed: ${problem}`, code: null };
+  const cmd = privileged(state3.binary, finishArgs(state3.stateDir), {}, !state3.useSudo);
+  const res = await d.run(cmd.file, cmd.args, { env: { ...FINISH_ENV }, input: state3.token + "\n", timeoutMs: d.finishTimeoutMs ?? 10 * 6e4 });
+  for (const line of res.stderr.split("\n").filter((l) => l.trim() !== "")) d.io.info(`ciwatch: ${line}`);
+  const code = res.code ?? res.signal;
+  if (res.spawnError) return { result: null, finishError: `could not run ${cmd.file}: ${res.spawnError}`, code };
+  if (res.timedOut) return { result: null, finishError: "`ciwatch finish` did not complete in time", code };
+  try {
+    return { result: parseFinishOutput(res.stdout), finishError: null, code };
+  } catch (e) {
+    if (!(e instanceof ContractError)) throw e;
+    const detail = res.stderr.trim().split("\n").slice(-3).join(" ").slice(0, 1e3);
+    return { result: null, finishError: `\`ciwatch finish\` exited with ${code}: ${e.message}${detail ? ` (${detail})` : ""}`, code };
+  }
 }
 
 // src/entry/guard.ts
@@ -106407,4 +106415,4 @@ function guard(stage, body2) {
 }
 
 // src/entry/post.ts
-guard("post", () => runPost({ io: coreIo, env: process.env, run: runProcess, upload: artifactUploader }));
+guard("post", () => runPost({ io: coreIo, env: process.env, run: runProcess, upload: artifactUploader, checkBinary: rootBinaryProblem }));

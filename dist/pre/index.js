@@ -19150,6 +19150,9 @@ var require_undici = __commonJS({
   }
 });
 
+// src/entry/pre.ts
+import { join as join3 } from "node:path";
+
 // src/binary.ts
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
@@ -20014,6 +20017,170 @@ async function installBinary(source, dest, options = {}) {
   await chmod(dest, 493);
 }
 
+// src/install.ts
+import { lstat } from "node:fs/promises";
+import { dirname as dirname2, join } from "node:path";
+
+// src/proc.ts
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+var MAX_CAPTURE = 4 * 1024 * 1024;
+var runProcess = (file, args, options) => new Promise((resolve2) => {
+  let stdout = "";
+  let stderr = "";
+  let timedOut = false;
+  let settled = false;
+  const child = spawn(file, args, { env: options.env, stdio: ["pipe", "pipe", "pipe"], shell: false });
+  child.stdin.on("error", () => {
+  });
+  child.stdin.end(options.input ?? "");
+  child.stdout.setEncoding("utf8");
+  child.stderr.setEncoding("utf8");
+  child.stdout.on("data", (d) => {
+    if (stdout.length < MAX_CAPTURE) stdout += d;
+  });
+  child.stderr.on("data", (d) => {
+    if (stderr.length < MAX_CAPTURE) stderr += d;
+  });
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), 5e3).unref();
+  }, options.timeoutMs);
+  let exit = null;
+  let closed = 0;
+  const finish = (r) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    resolve2({ ...r, stdout, stderr, timedOut });
+  };
+  const onClose = () => {
+    closed++;
+    if (closed === 2 && exit) finish(exit);
+  };
+  child.stdout.once("close", onClose);
+  child.stderr.once("close", onClose);
+  child.on("error", (e) => finish({ code: null, signal: null, spawnError: e.message }));
+  child.on("exit", (code, signal) => {
+    exit = { code, signal, spawnError: null };
+    if (closed === 2) return finish(exit);
+    const result = exit;
+    setTimeout(() => {
+      child.stdout.destroy();
+      child.stderr.destroy();
+      finish(result);
+    }, options.drainMs ?? 2e3);
+  });
+});
+function privileged(file, args, env, isRoot2) {
+  if (isRoot2) return { file, args };
+  const names = Object.keys(env).filter((k) => env[k] !== void 0 && k !== "PATH" && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).sort();
+  const preserve = names.length > 0 ? [`--preserve-env=${names.join(",")}`] : [];
+  return { file: "sudo", args: ["-n", ...preserve, "--", file, ...args] };
+}
+var PASS_EXACT = /* @__PURE__ */ new Set([
+  "PATH",
+  "HOME",
+  "LANG",
+  "TZ",
+  "TMPDIR",
+  "CI",
+  "USER",
+  "LOGNAME",
+  "SSL_CERT_FILE",
+  "SSL_CERT_DIR",
+  "HTTPS_PROXY",
+  "HTTP_PROXY",
+  "NO_PROXY",
+  "https_proxy",
+  "http_proxy",
+  "no_proxy"
+]);
+var PASS_PREFIX = /^(GITHUB_|RUNNER_|CIWATCH_|SIGSTORE_|LC_)/;
+var NEVER = /* @__PURE__ */ new Set(["GITHUB_TOKEN"]);
+function agentEnv(env, options) {
+  const out = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (v === void 0 || NEVER.has(k)) continue;
+    if (PASS_EXACT.has(k) || PASS_PREFIX.test(k)) out[k] = v;
+  }
+  if (options.idToken) {
+    for (const k of ["ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"]) {
+      const v = env[k];
+      if (v) out[k] = v;
+    }
+  }
+  return out;
+}
+var FINISH_ENV = Object.freeze({ PATH: "/usr/sbin:/usr/bin:/sbin:/bin" });
+function isRoot() {
+  return typeof process.getuid === "function" && process.getuid() === 0;
+}
+function processAlive(pid) {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    if (e.code !== "EPERM") return false;
+  }
+  try {
+    const stat2 = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat2.slice(stat2.lastIndexOf(")") + 2, stat2.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return true;
+  }
+}
+
+// src/install.ts
+var ROOT_DIR = "/run/ciwatch";
+var ROOT_BIN_DIR = join(ROOT_DIR, "bin");
+var InstallError = class extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "InstallError";
+  }
+};
+function rootBinaryPath(sha256) {
+  return join(ROOT_BIN_DIR, `ciwatch-${sha256.toLowerCase()}`);
+}
+async function rootBinaryProblem(path, sha256) {
+  for (let p = path; ; p = dirname2(p)) {
+    let st;
+    try {
+      st = await lstat(p);
+    } catch (e) {
+      return `${p} is missing (${e.code ?? "error"})`;
+    }
+    if (st.isSymbolicLink()) return `${p} is a symlink`;
+    if (st.uid !== 0) return `${p} is owned by uid ${st.uid}, not root`;
+    if ((st.mode & 18) !== 0) return `${p} is writable by users other than root`;
+    if (p === dirname2(p)) break;
+  }
+  const actual = await sha256File(path);
+  if (actual !== sha256.toLowerCase()) return `its SHA-256 is ${actual}, not the pinned ${sha256.toLowerCase()}`;
+  return null;
+}
+async function installRootCopy(src, sha256, run, isRoot2) {
+  const dest = rootBinaryPath(sha256);
+  if (await rootBinaryProblem(dest, sha256) === null) return dest;
+  const partial = `${dest}.partial`;
+  const env = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
+  const step2 = async (file, args) => {
+    const cmd = privileged(file, args, {}, isRoot2);
+    const res = await run(cmd.file, cmd.args, { env, timeoutMs: 6e4 });
+    if (res.spawnError || res.timedOut || res.code !== 0) {
+      const why = res.spawnError ?? (res.timedOut ? "timed out" : `exited with ${res.code ?? res.signal}: ${res.stderr.trim().slice(0, 500)}`);
+      throw new InstallError(`cannot install the ciwatch binary as root (${[cmd.file, ...cmd.args].join(" ")}: ${why})`);
+    }
+  };
+  await step2("install", ["-d", "-o", "root", "-g", "root", "-m", "0755", ROOT_DIR, ROOT_BIN_DIR]);
+  await step2("install", ["-o", "root", "-g", "root", "-m", "0755", src, partial]);
+  const problem = await rootBinaryProblem(partial, sha256);
+  if (problem) throw new InstallError(`the root-owned copy of the ciwatch binary is not the verified download: ${problem}`);
+  await step2("mv", ["-f", "-T", partial, dest]);
+  return dest;
+}
+
 // node_modules/@actions/core/lib/command.js
 import * as os from "os";
 
@@ -20406,7 +20573,7 @@ import os3 from "os";
 
 // node_modules/@actions/io/lib/io-util.js
 import * as fs2 from "fs";
-var { chmod: chmod2, copyFile: copyFile2, lstat, mkdir: mkdir2, open, readdir, rename: rename2, rm: rm2, rmdir, stat, symlink, unlink } = fs2.promises;
+var { chmod: chmod2, copyFile: copyFile2, lstat: lstat2, mkdir: mkdir2, open, readdir, rename: rename2, rm: rm2, rmdir, stat, symlink, unlink } = fs2.promises;
 var IS_WINDOWS = process.platform === "win32";
 var READONLY = fs2.constants.O_RDONLY;
 
@@ -20519,10 +20686,11 @@ function checkSupport(probe) {
 }
 
 // src/pre.ts
+import { createHash as createHash2, randomBytes } from "node:crypto";
 import { existsSync as existsSync3 } from "node:fs";
 import { mkdir as mkdir3, readFile, writeFile as writeFile2 } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join as join2, resolve } from "node:path";
 
 // src/validate.ts
 var ContractError = class extends Error {
@@ -20586,11 +20754,14 @@ function startArgs(o) {
   for (const glob of o.sensitivePaths) args.push("--sensitive-path", glob);
   args.push("--sign", o.sign);
   if (o.signingKeyPath) args.push("--signing-key", o.signingKeyPath);
+  if (o.signKeyStdin) args.push("--sign-key-stdin");
+  args.push("--finish-token-sha256", o.finishTokenSha256);
+  if (o.disableSudo) args.push("--disable-sudo");
   args.push("--ready-timeout", String(o.readyTimeoutSeconds));
   return args;
 }
 var hookStatus = object({ hook: str, implementation: str, attached: bool });
-var startResult = object({ pid: count, out: str, hooks: array(hookStatus) });
+var startResult = object({ pid: count, out: str, state: str, hooks: array(hookStatus) });
 var signing = object({
   method: literal("keyless", "key", "none"),
   fallback: nullable(str),
@@ -20633,7 +20804,9 @@ var finishResult = object({
   refused_lookups: optional(array(record)),
   denied_sockets: optional(array(record)),
   proposed_policy: nullable(str),
-  policy_diff: nullable(str)
+  policy_diff: nullable(str),
+  // an earlier finish already sealed and signed this job
+  repeat: optional(bool)
 });
 function lastJsonObject(stdout, what) {
   const lines = stdout.split(/\r?\n/).map((l) => l.trim());
@@ -20670,7 +20843,10 @@ function classifyStartFailure(code) {
         explanation: "ciwatch lacks the privileges to load BPF programs (it needs root; on self-hosted runners give the runner user passwordless sudo)"
       };
     case EXIT.BAD_CONFIG:
-      return { kind: "config", explanation: "ciwatch rejected its configuration (check the policy-file, allowed-endpoints and sensitive-paths inputs)" };
+      return {
+        kind: "config",
+        explanation: "ciwatch rejected its configuration (check the policy-file, allowed-endpoints, sensitive-paths, signing-key and disable-sudo inputs)"
+      };
     case EXIT.HOOK_CANNOT_ATTACH:
       return { kind: "agent", explanation: "a required hook cannot be attached on this kernel (`ciwatch check` shows why)" };
     default:
@@ -20904,6 +21080,7 @@ function readInputs(get) {
   if (!Number.isInteger(readyTimeoutSeconds) || readyTimeoutSeconds < 1 || readyTimeoutSeconds > 600) {
     throw new InputError("ready-timeout", `${JSON.stringify(timeoutRaw)} is not a whole number of seconds from 1 to 600`);
   }
+  const disableSudo = boolean(get, "disable-sudo", false);
   return {
     mode,
     allowedEndpoints,
@@ -20919,118 +21096,13 @@ function readInputs(get) {
     version,
     binaryUrl,
     binarySha256,
-    readyTimeoutSeconds
+    readyTimeoutSeconds,
+    disableSudo
   };
 }
 function keylessPermissionError(env) {
   if (env["ACTIONS_ID_TOKEN_REQUEST_URL"] && env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"]) return null;
   return "`sign: keyless` needs a GitHub OIDC token, and this job cannot request one. Add `permissions: id-token: write` to the job (keep `contents: read`), or use `sign: auto` to fall back to a key.";
-}
-
-// src/proc.ts
-import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
-var MAX_CAPTURE = 4 * 1024 * 1024;
-var runProcess = (file, args, options) => new Promise((resolve2) => {
-  let stdout = "";
-  let stderr = "";
-  let timedOut = false;
-  let settled = false;
-  const child = spawn(file, args, { env: options.env, stdio: ["ignore", "pipe", "pipe"], shell: false });
-  child.stdout.setEncoding("utf8");
-  child.stderr.setEncoding("utf8");
-  child.stdout.on("data", (d) => {
-    if (stdout.length < MAX_CAPTURE) stdout += d;
-  });
-  child.stderr.on("data", (d) => {
-    if (stderr.length < MAX_CAPTURE) stderr += d;
-  });
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill("SIGTERM");
-    setTimeout(() => child.kill("SIGKILL"), 5e3).unref();
-  }, options.timeoutMs);
-  let exit = null;
-  let closed = 0;
-  const finish = (r) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(timer);
-    resolve2({ ...r, stdout, stderr, timedOut });
-  };
-  const onClose = () => {
-    closed++;
-    if (closed === 2 && exit) finish(exit);
-  };
-  child.stdout.once("close", onClose);
-  child.stderr.once("close", onClose);
-  child.on("error", (e) => finish({ code: null, signal: null, spawnError: e.message }));
-  child.on("exit", (code, signal) => {
-    exit = { code, signal, spawnError: null };
-    if (closed === 2) return finish(exit);
-    const result = exit;
-    setTimeout(() => {
-      child.stdout.destroy();
-      child.stderr.destroy();
-      finish(result);
-    }, options.drainMs ?? 2e3);
-  });
-});
-function privileged(file, args, env, isRoot2) {
-  if (isRoot2) return { file, args };
-  const names = Object.keys(env).filter((k) => env[k] !== void 0 && k !== "PATH" && /^[A-Za-z_][A-Za-z0-9_]*$/.test(k)).sort();
-  const preserve = names.length > 0 ? [`--preserve-env=${names.join(",")}`] : [];
-  return { file: "sudo", args: ["-n", ...preserve, "--", file, ...args] };
-}
-var PASS_EXACT = /* @__PURE__ */ new Set([
-  "PATH",
-  "HOME",
-  "LANG",
-  "TZ",
-  "TMPDIR",
-  "CI",
-  "USER",
-  "LOGNAME",
-  "SSL_CERT_FILE",
-  "SSL_CERT_DIR",
-  "HTTPS_PROXY",
-  "HTTP_PROXY",
-  "NO_PROXY",
-  "https_proxy",
-  "http_proxy",
-  "no_proxy"
-]);
-var PASS_PREFIX = /^(GITHUB_|RUNNER_|CIWATCH_|SIGSTORE_|LC_)/;
-var NEVER = /* @__PURE__ */ new Set(["GITHUB_TOKEN"]);
-function agentEnv(env, options) {
-  const out = {};
-  for (const [k, v] of Object.entries(env)) {
-    if (v === void 0 || NEVER.has(k)) continue;
-    if (PASS_EXACT.has(k) || PASS_PREFIX.test(k)) out[k] = v;
-  }
-  if (options.idToken) {
-    for (const k of ["ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN"]) {
-      const v = env[k];
-      if (v) out[k] = v;
-    }
-  }
-  return out;
-}
-function isRoot() {
-  return typeof process.getuid === "function" && process.getuid() === 0;
-}
-function processAlive(pid) {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    if (e.code !== "EPERM") return false;
-  }
-  try {
-    const stat2 = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat2.slice(stat2.lastIndexOf(")") + 2, stat2.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return true;
-  }
 }
 
 // src/state.ts
@@ -21063,7 +21135,7 @@ function renderNotStarted(title, reason, failing) {
 // src/pre.ts
 var AGENT_MARKER = "agent.json";
 function workDirOf(env) {
-  return join(env["RUNNER_TEMP"] || tmpdir(), "ciwatch");
+  return join2(env["RUNNER_TEMP"] || tmpdir(), "ciwatch");
 }
 function baseState(inputs, workDir) {
   return {
@@ -21072,8 +21144,11 @@ function baseState(inputs, workDir) {
     reason: null,
     failure: null,
     workDir,
-    outDir: join(workDir, "out"),
-    binary: join(workDir, "bin", "ciwatch"),
+    outDir: join2(workDir, "out"),
+    binary: "",
+    sha256: "",
+    stateDir: "",
+    token: "",
     pid: null,
     version: inputs?.version || "",
     mode: inputs?.mode ?? "observe",
@@ -21083,7 +21158,7 @@ function baseState(inputs, workDir) {
     uploadArtifact: inputs?.uploadArtifact ?? true,
     artifactName: inputs?.artifactName ?? "",
     jobSummary: inputs?.jobSummary ?? true,
-    keyFile: null
+    disableSudo: inputs?.disableSudo ?? false
   };
 }
 async function runPre(d) {
@@ -21114,6 +21189,10 @@ async function runPre(d) {
     save();
     io.setFailed(new InputError(input, message).message);
   };
+  if (inputs.disableSudo && d.isRoot) {
+    configError("disable-sudo", "the runner user is root: there is no sudo to take away from the job");
+    return;
+  }
   if (inputs.sign === "keyless") {
     const problem = keylessPermissionError(env);
     if (problem) {
@@ -21131,7 +21210,7 @@ async function runPre(d) {
     await notStarted("unsupported", "runner not supported", support.reason);
     return;
   }
-  const marker = join(workDir, AGENT_MARKER);
+  const marker = join2(workDir, AGENT_MARKER);
   if (existsSync3(marker)) {
     try {
       const prior = JSON.parse(await readFile(marker, "utf8"));
@@ -21152,14 +21231,13 @@ async function runPre(d) {
       return;
     }
   }
-  await mkdir3(join(workDir, "bin"), { recursive: true, mode: 493 });
+  await mkdir3(join2(workDir, "bin"), { recursive: true, mode: 493 });
   let signingKeyPath = null;
+  let signingKeyPem = null;
   if (inputs.signingKey) {
     if (inputs.signingKey.includes("-----BEGIN")) {
       io.setSecret(inputs.signingKey);
-      signingKeyPath = join(workDir, "signing-key.pem");
-      await writeFile2(signingKeyPath, inputs.signingKey.endsWith("\n") ? inputs.signingKey : inputs.signingKey + "\n", { mode: 384 });
-      state.keyFile = signingKeyPath;
+      signingKeyPem = inputs.signingKey.endsWith("\n") ? inputs.signingKey : inputs.signingKey + "\n";
     } else {
       signingKeyPath = isAbsolute(inputs.signingKey) ? inputs.signingKey : resolve(env["GITHUB_WORKSPACE"] || process.cwd(), inputs.signingKey);
       if (!existsSync3(signingKeyPath)) {
@@ -21181,7 +21259,8 @@ async function runPre(d) {
   state.version = source.version;
   io.info(`ciwatch ${source.version} for ${source.arch}: ${source.url}`);
   try {
-    await d.install(source, state.binary);
+    state.binary = await d.install(source, workDir);
+    state.sha256 = source.sha256.toLowerCase();
   } catch (e) {
     if (e instanceof ChecksumMismatchError) {
       await notStarted(
@@ -21195,9 +21274,15 @@ async function runPre(d) {
       await notStarted("agent-failure", "download failed", `Could not download ciwatch: ${e.message}`);
       return;
     }
+    if (e instanceof InstallError) {
+      await notStarted("agent-failure", "binary not installed", e.message);
+      return;
+    }
     throw e;
   }
-  io.info(`Verified SHA-256 ${source.sha256}`);
+  io.info(`Verified SHA-256 ${source.sha256}; installed as ${state.binary}`);
+  state.token = randomBytes(32).toString("hex");
+  io.setSecret(state.token);
   await mkdir3(state.outDir, { recursive: true, mode: 493 });
   const args = startArgs({
     outDir: state.outDir,
@@ -21208,13 +21293,20 @@ async function runPre(d) {
     sensitivePaths: inputs.sensitivePaths,
     sign: inputs.sign,
     signingKeyPath,
+    signKeyStdin: signingKeyPem !== null,
+    finishTokenSha256: createHash2("sha256").update(state.token).digest("hex"),
+    disableSudo: inputs.disableSudo,
     readyTimeoutSeconds: inputs.readyTimeoutSeconds
   });
-  const childEnv = agentEnv(env, { idToken: false });
+  const childEnv = agentEnv(env, { idToken: inputs.sign === "keyless" || inputs.sign === "auto" });
   const cmd = privileged(state.binary, args, childEnv, d.isRoot);
   state.useSudo = !d.isRoot;
   io.info(`Starting: ${[cmd.file, ...cmd.args].map((a) => /^[\w./=:@,+-]+$/.test(a) ? a : JSON.stringify(a)).join(" ")}`);
-  const res = await d.run(cmd.file, cmd.args, { env: childEnv, timeoutMs: (inputs.readyTimeoutSeconds + 15) * 1e3 });
+  const res = await d.run(cmd.file, cmd.args, {
+    env: childEnv,
+    timeoutMs: (inputs.readyTimeoutSeconds + 15) * 1e3,
+    ...signingKeyPem !== null ? { input: signingKeyPem } : {}
+  });
   for (const line of res.stderr.split("\n").filter((l) => l.trim() !== "")) io.info(`ciwatch: ${line}`);
   if (res.spawnError || res.timedOut || res.code !== 0) {
     const why = res.spawnError ? `could not run ${cmd.file}: ${res.spawnError}` : res.timedOut ? `\`ciwatch start\` did not report readiness within ${inputs.readyTimeoutSeconds + 15} s` : classifyStartFailure(res.code).explanation;
@@ -21241,10 +21333,12 @@ async function runPre(d) {
   }
   state.phase = "started";
   state.pid = started.pid;
+  state.stateDir = started.state;
   if (started.out) state.outDir = started.out;
   save();
   await writeFile2(marker, JSON.stringify({ pid: started.pid, out: state.outDir }) + "\n");
   io.info(`ciwatch is recording (pid ${started.pid}, mode ${inputs.mode}); the trace goes to ${state.outDir}`);
+  if (inputs.disableSudo) io.info("sudo is disabled for the rest of this job: only the post step's `ciwatch finish` remains allowed");
   for (const h of started.hooks) {
     const line = `  ${h.hook}: ${h.implementation}${h.attached ? "" : " (NOT attached)"}`;
     if (h.attached) io.info(line);
@@ -21271,6 +21365,10 @@ guard(
     probe: realProbe(),
     isRoot: isRoot(),
     run: runProcess,
-    install: (source, dest) => installBinary(source, dest, { log: (m) => coreIo.info(m) })
+    install: async (source, workDir) => {
+      const download2 = join3(workDir, "bin", "ciwatch");
+      await installBinary(source, download2, { log: (m) => coreIo.info(m) });
+      return installRootCopy(download2, source.sha256, runProcess, isRoot());
+    }
   })
 );

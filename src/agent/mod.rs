@@ -1,12 +1,16 @@
 //! The running agent: preflight, loaded probes, the maps userspace steers the
 //! kernel with, and the engine that routes each job's events to its output.
 
+pub mod control;
 pub mod engine;
+pub mod out_dir;
 pub mod output;
 pub mod publish;
 pub mod report;
 pub mod seal;
 pub mod session;
+pub mod state_dir;
+pub mod sudo;
 pub mod trace;
 
 use std::path::Path;

@@ -1,7 +1,7 @@
-//! The files a background agent leaves in its output directory for
+//! The files a background agent leaves in its root-only state directory for
 //! `ciwatch finish`: `agent.pid` (pid and start time, so a reused pid is never
 //! mistaken for the agent) and `agent.json` (the sealed job's report, which
-//! `finish --json` prints and the GitHub Action reads).
+//! `finish --json` prints and publishes to the output directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,8 +162,12 @@ impl Report {
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), SinkError> {
+        self.write_as(dir, REPORT_FILE)
+    }
+
+    pub fn write_as(&self, dir: &Path, name: &str) -> Result<(), SinkError> {
         let json = serde_json::to_vec_pretty(self)?;
-        crate::sink::write_atomically(&dir.join(REPORT_FILE), &json)
+        crate::sink::write_atomically(&dir.join(name), &json)
     }
 
     pub fn read(dir: &Path) -> Option<Self> {

@@ -93,6 +93,8 @@ pub struct SessionOptions<'a> {
     pub command: &'a [Vec<u8>],
     /// GitHub runners' Workers and `_diag` directories to read step names from.
     pub runner_logs: Vec<crate::attribute::github_log::RunnerLogSource>,
+    /// What `start --disable-sudo` did, for the trace header.
+    pub sudo_disabled: Option<super::sudo::SudoDisabled>,
 }
 
 /// A running session: hooks attached, events flowing to the outputs.
@@ -111,8 +113,13 @@ impl Recorder {
             target,
             command,
             runner_logs,
+            sudo_disabled,
         } = opts;
-        let (outputs, daemon) = outputs(&agent, config, plan, &registry, target, command)?;
+        let header = Header {
+            command,
+            sudo_disabled: sudo_disabled.as_ref(),
+        };
+        let (outputs, daemon) = outputs(&agent, config, plan, &registry, target, &header)?;
         let attributor = Attributor::new(registry, config.capture_args, agent.sensitive.clone());
         let mut engine = Engine::new(attributor, outputs);
         if let Some(scopes) = agent.scopes.take() {
@@ -223,6 +230,12 @@ impl Stopped {
     }
 }
 
+/// What the `trace_start` header says besides the agent, config and plan.
+struct Header<'a> {
+    command: &'a [Vec<u8>],
+    sudo_disabled: Option<&'a super::sudo::SudoDisabled>,
+}
+
 /// Where events go, with the `trace_start` every trace begins with; the daemon's state for a host.
 fn outputs(
     agent: &Agent,
@@ -230,11 +243,13 @@ fn outputs(
     plan: &Plan,
     registry: &Registry,
     target: Target,
-    command: &[Vec<u8>],
+    extra: &Header<'_>,
 ) -> Result<(Outputs, Option<DaemonState>), SessionError> {
+    let start =
+        |job: &JobRef| trace_start(agent, config, plan, job, extra.command, extra.sudo_disabled);
     Ok(match target {
         Target::Job { dir, job } => {
-            let header = trace_start(agent, config, plan, &job_ref(registry, &job), command);
+            let header = start(&job_ref(registry, &job));
             let output = create_output(&dir, &header)?;
             (Outputs::Single { job, output }, None)
         }
@@ -244,7 +259,7 @@ fn outputs(
                 platform: "none".into(),
                 id: String::new(),
             };
-            let header = trace_start(agent, config, plan, &unknown, command);
+            let header = start(&unknown);
             let outputs = Outputs::PerJob {
                 root,
                 header,

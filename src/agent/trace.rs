@@ -5,6 +5,7 @@ use crate::enforce::plan::Plan;
 use crate::event::{rfc3339, Agent as AgentInfo, JobRef, Totals, TraceEnd, TraceStart, SCHEMA};
 use crate::text::Text;
 
+use super::sudo::SudoDisabled;
 use super::Agent;
 
 /// How a watched command ended.
@@ -40,6 +41,7 @@ pub fn trace_start(
     plan: &Plan,
     job: &JobRef,
     command: &[Vec<u8>],
+    sudo_disabled: Option<&SudoDisabled>,
 ) -> TraceStart {
     TraceStart {
         kind: "trace_start",
@@ -64,6 +66,7 @@ pub fn trace_start(
         capture_args: config.capture_args,
         sensitive_paths: agent.sensitive.patterns(),
         ignore_paths: agent.sensitive.ignore_patterns(),
+        sudo_disabled: sudo_disabled.cloned(),
     }
 }
 

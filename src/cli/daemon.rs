@@ -141,6 +141,7 @@ pub async fn execute(args: DaemonArgs) -> u8 {
             },
             command: &[],
             runner_logs,
+            sudo_disabled: None,
         },
     ) {
         Ok(r) => r,

@@ -1,24 +1,40 @@
-//! `ciwatch finish`: tell the background agent to seal the job, wait for it,
-//! and report. If the agent died, the trace it left is sealed here and says so.
-//! Idempotent: a second call reports the same result.
+//! `ciwatch finish`: ask the background agent to seal the job, sign the
+//! sealed trace, and publish its public files to the job's output directory.
+//! If the agent died, the trace it left is sealed here and says so.
+//! Idempotent: a second call reports, and publishes, the same result.
+//!
+//! Everything it acts on comes from the job's root-only state
+//! (`agent::state_dir`): the agent's pid and control socket, the report, how
+//! to sign and with which key, where to publish and as whom. Nothing is read
+//! from the output directory, whose files the job can plant, nor from the
+//! environment, which the job can set.
 
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
+use crate::agent::control::{self, ControlError};
+use crate::agent::out_dir::{self, OutDirError};
 use crate::agent::report::{self, Report};
 use crate::agent::seal;
+use crate::agent::state_dir::{self, JobRecord, StateDir, StateError};
 use crate::agent::trace::trace_end;
-use crate::attest::{self, SignMode};
+use crate::attest;
+use crate::cli::signing::Recorded;
 use crate::cli::spawn;
 use crate::event::Totals;
 use crate::sink::ndjson::LIVE_NAME;
 
 #[derive(Debug, clap::Args)]
 pub struct FinishArgs {
-    /// The directory `ciwatch start --out` wrote to.
+    /// The job's state directory, as `ciwatch start` printed it (`state`).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Without --state: the directory `ciwatch start --out` named (its newest job is finished).
     #[arg(long, value_name = "DIR", default_value = "ciwatch-out")]
     pub out: PathBuf,
     /// Print the report as one JSON object on stdout.
@@ -27,46 +43,69 @@ pub struct FinishArgs {
     /// Seconds to wait for the agent to seal.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub timeout: u64,
-    /// How the sealed trace is signed (default for `finish`: --sign auto, keyless when the CI gives a token).
-    #[command(flatten)]
-    pub signing: super::signing::SigningArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinishError {
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("{0}")]
     NoAgent(String),
+    #[error(
+        "the token on standard input is not the one `ciwatch start` was given: refusing to finish"
+    )]
+    Token,
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("the agent (pid {0}) did not seal the job within {1}s; it was killed and its trace recovered")]
     Timeout(u32, u64),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Publish(#[from] OutDirError),
 }
 
 pub async fn execute(args: FinishArgs) -> u8 {
-    let mut report = match finish(&args).await {
+    let (state, job) = match open(&args) {
+        Ok(opened) => opened,
+        Err(e) => return super::fail(exit_code(&e), &e),
+    };
+    if let Err(e) = check_token(&job) {
+        return super::fail(exit_code(&e), &e);
+    }
+    let recorded = Recorded::read(&state);
+    if let Ok(recorded) = &recorded {
+        // Before any task runs or any HTTPS client reads them.
+        recorded.apply_network_env();
+    }
+    let (mut report, repeat) = match finish(&args, &state).await {
         Ok(r) => r,
         Err(e) => return super::fail(exit_code(&e), &e),
     };
     let signed = match &report.signing {
         Some(recorded) => recorded.get("error").is_none(),
-        None => sign(&args, &mut report).await,
+        None => sign(&state, &job, recorded, &mut report).await,
     };
-    if let Err(e) = report.write(&args.out) {
+    if let Err(e) = report.write(state.path()) {
         return super::fail(crate::exit::WRITE, &e);
     }
-    print(&report, args.json);
+    let public = match publish(&state, &job, &report) {
+        Ok(public) => public,
+        Err(e) => return super::fail(exit_code(&e), &e),
+    };
+    print(&public, args.json, repeat);
     if !signed {
         eprintln!(
             "ciwatch: error: the trace was NOT signed (see the signing error above and summary.md)"
         );
         crate::exit::SIGNING
-    } else if report.agent_died {
+    } else if public.agent_died {
         eprintln!("ciwatch: error: the agent died during the job; the trace is incomplete (see summary.md)");
         crate::exit::AGENT_DIED
-    } else if report.lost > 0 {
+    } else if public.lost > 0 {
         eprintln!(
             "ciwatch: error: {} events were lost; raise ring.size_bytes",
-            report.lost
+            public.lost
         );
         crate::exit::EVENTS_LOST
     } else {
@@ -74,16 +113,61 @@ pub async fn execute(args: FinishArgs) -> u8 {
     }
 }
 
-/// Signs the sealed log (once: a second finish finds `signing` set) and records the outcome.
-async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
-    let mut opts = args
-        .signing
-        .clone()
-        .or_recorded(&args.out)
-        .options(SignMode::Auto);
-    opts.expected_log_sha256 = Some(report.log_sha256.clone());
-    let result = attest::sign_trace(&args.out, &opts).await;
-    let section = attest::summary_markdown(&result, &args.out);
+/// The job's state (`--state`, else the newest job for `--out`) and what `start` fixed in it.
+fn open(args: &FinishArgs) -> Result<(StateDir, JobRecord), FinishError> {
+    let state = match &args.state {
+        Some(dir) => StateDir::open(dir)?,
+        None => StateDir::for_out(Path::new(state_dir::ROOT), &args.out)?,
+    };
+    let job = JobRecord::read(&state)?;
+    Ok((state, job))
+}
+
+/// When `start` was given a token's digest, `finish` must be shown the token
+/// (one line on stdin): a step that may run this `finish` through sudo cannot end the job early.
+fn check_token(job: &JobRecord) -> Result<(), FinishError> {
+    let Some(expected) = &job.finish_token_sha256 else {
+        return Ok(());
+    };
+    let mut line = String::new();
+    std::io::BufReader::new(std::io::stdin().take(1024))
+        .read_line(&mut line)
+        .map_err(|_| FinishError::Token)?;
+    let shown = hex::encode(Sha256::digest(line.trim().as_bytes()));
+    if shown.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(FinishError::Token)
+    }
+}
+
+/// Signs the sealed log (once: a second finish finds `signing` set) as `start` fixed, and records the outcome.
+async fn sign(
+    state: &StateDir,
+    job: &JobRecord,
+    recorded: Result<Recorded, crate::cli::signing::RecordError>,
+    report: &mut Report,
+) -> bool {
+    let result = match recorded {
+        Ok(recorded) => {
+            let mut opts = recorded.options(state);
+            opts.expected_log_sha256 = Some(report.log_sha256.clone());
+            let mut result = attest::sign_trace(state.path(), &opts).await;
+            if let Ok(outcome) = &mut result {
+                recorded.show_key(outcome);
+            }
+            result
+        }
+        Err(e) => {
+            eprintln!(
+                "ciwatch: error: signing failed: {}",
+                crate::error::chain(&e)
+            );
+            report.signing = Some(json!({ "method": "none", "error": crate::error::chain(&e) }));
+            return false;
+        }
+    };
+    let section = attest::summary_markdown(&result, &job.out);
     if let Ok(summary) = std::fs::read_to_string(&report.summary) {
         let _ = crate::sink::write_atomically(&report.summary, (summary + &section).as_bytes());
     }
@@ -103,7 +187,7 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
                 "fallback": outcome.fallback.as_ref().map(|f| f.reason.clone()),
                 "identity": outcome.keyless.as_ref().and_then(|k| k.identity.clone())
                     .or_else(|| outcome.key.as_ref().map(|k| format!("key {}", k.key_id))),
-                "verify_command": outcome.method.map(|_| attest::verify_command(&outcome, &args.out)),
+                "verify_command": outcome.method.map(|_| attest::verify_command(&outcome, &job.out)),
             }));
             true
         }
@@ -118,43 +202,97 @@ async fn sign(args: &FinishArgs, report: &mut Report) -> bool {
     }
 }
 
+/// The files the job may see, copied from the state into `out` as the job's
+/// user; returns the report as the job sees it, naming those copies.
+fn publish(state: &StateDir, job: &JobRecord, report: &Report) -> Result<Report, FinishError> {
+    let public_path = |p: &Path| p.file_name().map(|name| job.out.join(name));
+    let mut public = report.clone();
+    public.events = public_path(&report.events).unwrap_or_default();
+    public.summary = public_path(&report.summary).unwrap_or_default();
+    public.envelope = report.envelope.as_deref().and_then(public_path);
+    public.bundle = report.bundle.as_deref().and_then(public_path);
+    public.write_as(state.path(), PUBLIC_REPORT)?;
+    let files: Vec<(&str, PathBuf)> = [
+        crate::sink::ndjson::FILE_NAME,
+        "summary.md",
+        attest::ENVELOPE_FILE,
+        attest::BUNDLE_FILE,
+        attest::RUNTIME_TRACE_BUNDLE_FILE,
+        crate::learn::PROPOSED_POLICY,
+        state_dir::AGENT_LOG,
+    ]
+    .into_iter()
+    .map(|name| (name, state.file(name)))
+    .chain(std::iter::once((
+        report::REPORT_FILE,
+        state.file(PUBLIC_REPORT),
+    )))
+    .collect();
+    out_dir::publish(&job.out, job.user, &files)?;
+    Ok(public)
+}
+
+/// The report with the published paths, kept in the state until it is copied out as agent.json.
+const PUBLIC_REPORT: &str = "public-report.json";
+
 fn exit_code(e: &FinishError) -> u8 {
     match e {
-        FinishError::NoAgent(_) => crate::exit::NO_AGENT,
+        FinishError::State(_) | FinishError::NoAgent(_) => crate::exit::NO_AGENT,
+        FinishError::Token => crate::exit::PRIVILEGES,
+        FinishError::Control(_) => crate::exit::INTERNAL,
         FinishError::Timeout(..) => crate::exit::AGENT_DIED,
-        FinishError::Sink(_) => crate::exit::WRITE,
+        FinishError::Sink(_) | FinishError::Publish(_) => crate::exit::WRITE,
     }
 }
 
-async fn finish(args: &FinishArgs) -> Result<Report, FinishError> {
-    let dir = args.out.as_path();
+/// The sealed report, and whether an earlier `finish` already signed it.
+async fn finish(args: &FinishArgs, state: &StateDir) -> Result<(Report, bool), FinishError> {
+    let dir = state.path();
     if let Some(done) = Report::read(dir) {
-        return Ok(done);
+        let repeat = done.signing.is_some();
+        return Ok((done, repeat));
     }
     let agent = report::live_agent(dir).map_err(FinishError::NoAgent)?;
-    if let Some(pid) = agent {
-        // The agent's pid, checked against its start time just above.
-        spawn::kill(pid, Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(args.timeout);
-        while Instant::now() < deadline {
-            if let Some(done) = Report::read(dir) {
-                return Ok(done);
-            }
-            if report::live_agent(dir).ok().flatten().is_none() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Some(done) = Report::read(dir) {
-            return Ok(done);
-        }
-        if report::live_agent(dir).ok().flatten().is_some() {
-            spawn::kill(pid, Signal::KILL);
-            recover(dir)?;
-            return Err(FinishError::Timeout(pid, args.timeout));
+    let Some(pid) = agent else {
+        return Ok((recover(dir)?, false));
+    };
+    let timeout = Duration::from_secs(args.timeout);
+    match control::request_seal(state, pid, timeout).await {
+        Ok(()) | Err(ControlError::Agent(_)) => {}
+        Err(ControlError::Timeout(_)) => return Err(kill_and_recover(dir, pid, args.timeout)),
+        Err(e @ ControlError::NotTheAgent { .. }) => return Err(e.into()),
+        // The socket is gone: the agent is exiting on its own, or predates it.
+        Err(e) => {
+            tracing::warn!("{}; signalling the agent instead", crate::error::chain(&e));
+            spawn::kill(pid, Signal::TERM);
         }
     }
-    recover(dir)
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(done) = Report::read(dir) {
+            return Ok((done, false));
+        }
+        if report::live_agent(dir).ok().flatten().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(done) = Report::read(dir) {
+        return Ok((done, false));
+    }
+    if report::live_agent(dir).ok().flatten().is_some() {
+        return Err(kill_and_recover(dir, pid, args.timeout));
+    }
+    Ok((recover(dir)?, false))
+}
+
+/// The agent (checked against its start time by the caller) did not seal in time.
+fn kill_and_recover(dir: &Path, pid: u32, timeout: u64) -> FinishError {
+    spawn::kill(pid, Signal::KILL);
+    match recover(dir) {
+        Ok(_) => FinishError::Timeout(pid, timeout),
+        Err(e) => e,
+    }
 }
 
 /// Seals what a dead agent left, marking the trace incomplete.
@@ -199,9 +337,12 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
     Ok(report)
 }
 
-fn print(report: &Report, json: bool) {
+/// `repeat`: an earlier `finish` already sealed and signed this job (the GitHub Action uploads once).
+fn print(report: &Report, json: bool, repeat: bool) {
     if json {
-        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        value["repeat"] = repeat.into();
+        println!("{value}");
     }
     eprintln!("| step | execs | connects | DNS | sensitive opens |\n|---|---:|---:|---:|---:|");
     for s in &report.steps {

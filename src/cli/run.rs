@@ -135,6 +135,7 @@ async fn run(args: RunArgs) -> Result<u8, RunError> {
             },
             command: &command,
             runner_logs: Vec::new(),
+            sudo_disabled: None,
         },
     )?;
 

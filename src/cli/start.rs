@@ -2,6 +2,10 @@
 //! hooks are attached. The agent keeps running in the background until
 //! `ciwatch finish` (or the job's launcher exiting) tells it to seal.
 //!
+//! Everything the agent keeps lives in a fresh root-only state directory
+//! (`agent::state_dir`): its log, pid, control socket, and how `finish` will
+//! sign, key included. `--out` only receives the public files at `finish`.
+//!
 //! It forks before any thread exists: the foreground process waits on a pipe
 //! for one readiness line, prints it, and exits with the agent's status.
 
@@ -14,12 +18,16 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::Signal;
 use serde_json::json;
 
+use crate::agent::control;
 use crate::agent::engine::runner_diag;
-use crate::attribute::github_log::RunnerLogSource;
+use crate::agent::out_dir::{self, JobUser};
 use crate::agent::report::{self, Report};
 use crate::agent::session::{Recorder, SessionError, SessionOptions, Target};
+use crate::agent::state_dir::{self, JobRecord, StateDir, AGENT_LOG};
+use crate::agent::sudo::SudoDisabled;
 use crate::agent::{Agent, AgentOptions};
 use crate::attribute::env::StepEnv;
+use crate::attribute::github_log::RunnerLogSource;
 use crate::attribute::jobs::Registry;
 use crate::attribute::platform::{self, JobIdentity, Platform};
 use crate::attribute::{launcher, procfs};
@@ -47,20 +55,44 @@ pub struct StartArgs {
     /// How `ciwatch finish` will sign the trace (checked now, so a bad key fails before the job runs).
     #[command(flatten)]
     pub signing: super::signing::SigningArgs,
+    /// Read the PEM signing key from standard input (kept only in the root-only state).
+    #[arg(long, conflicts_with = "signing_key")]
+    pub sign_key_stdin: bool,
+    /// `finish` must then be given, on standard input, the token whose SHA-256 this is.
+    #[arg(long, value_name = "HEX", value_parser = sha256_hex)]
+    pub finish_token_sha256: Option<String>,
+    /// Take sudo away from the user who ran `start` through sudo, for the rest of the job;
+    /// only `finish --state <this job's state> --json` stays allowed.
+    #[arg(long)]
+    pub disable_sudo: bool,
     /// Seconds to wait for the hooks to attach.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub ready_timeout: u64,
+}
+
+fn sha256_hex(s: &str) -> Result<String, String> {
+    let valid = s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    valid
+        .then(|| s.to_ascii_lowercase())
+        .ok_or_else(|| "not a SHA-256 in hex (64 hex digits)".into())
 }
 
 const JOB: u32 = 1;
 /// The step of the shell that ran `ciwatch start`, when it is put into the job.
 const CALLER_STEP: u32 = 2;
 
+/// What the foreground prepared for the agent.
+struct Prepared {
+    state: StateDir,
+    sudo_disabled: Option<SudoDisabled>,
+}
+
 /// Runs in the foreground process before any runtime exists. Returns the exit code.
 pub fn launch(args: StartArgs) -> u8 {
-    if let Err(code) = preflight_in_foreground(&args) {
-        return code;
-    }
+    let prepared = match preflight_in_foreground(&args) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
     // The shell that ran us; read before forking, when it is still our parent.
     let caller = std::os::unix::process::parent_id();
     let (read, write) = match pipe() {
@@ -72,65 +104,102 @@ pub fn launch(args: StartArgs) -> u8 {
         -1 => super::fail(crate::exit::INTERNAL, &std::io::Error::last_os_error()),
         0 => {
             drop(read);
-            std::process::exit(i32::from(background(args, write, caller)));
+            std::process::exit(i32::from(background(args, prepared, write, caller)));
         }
         child => {
             drop(write);
-            await_ready(read, child as u32, Duration::from_secs(args.ready_timeout))
+            let log = prepared.state.file(AGENT_LOG);
+            await_ready(
+                read,
+                child as u32,
+                Duration::from_secs(args.ready_timeout),
+                &log,
+            )
         }
     }
 }
 
 /// Errors worth reporting before forking: a bad config, missing privileges or
-/// BTF, an unusable output directory or signing key.
-fn preflight_in_foreground(args: &StartArgs) -> Result<(), u8> {
+/// BTF, an unusable output directory or signing key, sudo that cannot be taken away.
+fn preflight_in_foreground(args: &StartArgs) -> Result<Prepared, u8> {
     if let Err(e) = args.agent.load_config() {
         return Err(super::fail(crate::exit::CONFIG, &e));
     }
     if let Err(e) = crate::bpf::preflight::check(args.agent.btf.as_deref()) {
         return Err(super::fail(crate::exit::preflight(&e), &e));
     }
-    if let Err(e) = std::fs::create_dir_all(&args.out).and_then(|()| probe_writable(&args.out)) {
-        eprintln!(
-            "ciwatch: error: cannot write to output directory {}: {e}",
-            args.out.display()
-        );
-        return Err(crate::exit::OUTPUT_DIR);
+    let user = JobUser::invoking();
+    if let Err(e) = out_dir::prepare(&args.out, user) {
+        return Err(super::fail(crate::exit::OUTPUT_DIR, &e));
     }
-    let sign = args.signing.options(crate::attest::SignMode::Auto);
-    match crate::attest::prepare_key(&sign) {
-        Ok(Some(key)) if key.created => eprintln!(
-            "ciwatch: created signing key {} (key id {})",
-            key.private_path.display(),
-            key.key_id
-        ),
-        Ok(_) => {}
-        Err(e) => return Err(super::fail(crate::exit::CONFIG, &e)),
+    let state = StateDir::create(Path::new(state_dir::ROOT), &args.out)
+        .map_err(|e| super::fail(crate::exit::OUTPUT_DIR, &e))?;
+    let stdin_key = if args.sign_key_stdin {
+        Some(read_key_from_stdin().map_err(|e| super::fail(crate::exit::CONFIG, &e))?)
+    } else {
+        None
+    };
+    args.signing
+        .record(&state, stdin_key.as_deref(), crate::attest::SignMode::Auto)
+        .map_err(|e| super::fail(crate::exit::CONFIG, &e))?;
+    let out = std::path::absolute(&args.out).unwrap_or_else(|_| args.out.clone());
+    JobRecord {
+        out,
+        user,
+        finish_token_sha256: args.finish_token_sha256.clone(),
     }
-    if let Err(e) = args.signing.record(&args.out) {
-        eprintln!(
-            "ciwatch: error: cannot write to output directory {}: {e}",
-            args.out.display()
-        );
-        return Err(crate::exit::OUTPUT_DIR);
-    }
-    Ok(())
+    .write(&state)
+    .map_err(|e| super::fail(crate::exit::OUTPUT_DIR, &e))?;
+    let sudo_disabled = if args.disable_sudo {
+        Some(disable_sudo(user, &state).map_err(|e| super::fail(crate::exit::CONFIG, &e))?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        state,
+        sudo_disabled,
+    })
 }
 
-fn probe_writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(".ciwatch-write-probe");
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(probe)
+/// The PEM key on standard input, bounded: a key is a few hundred bytes.
+fn read_key_from_stdin() -> Result<Vec<u8>, super::signing::RecordError> {
+    use std::io::Read;
+    let mut pem = Vec::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_end(&mut pem)
+        .map_err(super::signing::RecordError::Stdin)?;
+    Ok(pem)
+}
+
+/// Leaves the job's user exactly the `finish` the GitHub Action's post step runs.
+fn disable_sudo(
+    user: JobUser,
+    state: &StateDir,
+) -> Result<SudoDisabled, crate::agent::sudo::SudoError> {
+    let binary = std::env::current_exe().unwrap_or_default();
+    let finish = [
+        "finish",
+        "--state",
+        &state.path().display().to_string(),
+        "--json",
+    ]
+    .map(String::from);
+    crate::agent::sudo::disable(user, &binary, &finish)
 }
 
 /// Prints the agent's readiness line, or its error, and returns the exit code.
-fn await_ready(read: OwnedFd, agent: u32, timeout: Duration) -> u8 {
+fn await_ready(read: OwnedFd, agent: u32, timeout: Duration, log: &Path) -> u8 {
     // Past what a timespec holds is forever in effect.
     let limit = Timespec::try_from(timeout).ok();
     let ready = rustix::event::poll(&mut [PollFd::new(&read, PollFlags::IN)], limit.as_ref());
     if let Ok(0) = ready {
         spawn::kill(agent, Signal::KILL);
-        eprintln!("ciwatch: error: the agent did not attach its hooks within {}s; see agent.log in the output directory", timeout.as_secs());
+        eprintln!(
+            "ciwatch: error: the agent did not attach its hooks within {}s; see {}",
+            timeout.as_secs(),
+            log.display()
+        );
         return crate::exit::INTERNAL;
     }
     let mut line = String::new();
@@ -139,7 +208,7 @@ fn await_ready(read: OwnedFd, agent: u32, timeout: Duration) -> u8 {
         Ok(n) if n > 0 => serde_json::from_str(&line)
             .unwrap_or_else(|_| json!({"error": line.trim(), "code": crate::exit::INTERNAL})),
         _ => {
-            json!({"error": "the agent exited before it was ready; see agent.log in the output directory", "code": crate::exit::INTERNAL})
+            json!({"error": format!("the agent exited before it was ready; see {}", log.display()), "code": crate::exit::INTERNAL})
         }
     };
     if let Some(error) = message.get("error").and_then(|e| e.as_str()) {
@@ -155,8 +224,8 @@ fn await_ready(read: OwnedFd, agent: u32, timeout: Duration) -> u8 {
 }
 
 /// The background agent: detaches, loads, reports readiness, records until told to stop, seals.
-fn background(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
-    detach(&args.out);
+fn background(args: StartArgs, prepared: Prepared, ready: OwnedFd, caller: u32) -> u8 {
+    detach(prepared.state.path());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -165,13 +234,13 @@ fn background(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         Ok(rt) => rt,
         Err(e) => return report_failure(ready, crate::exit::INTERNAL, &e.to_string()),
     };
-    let code = runtime.block_on(agent_main(args, ready, caller));
+    let code = runtime.block_on(agent_main(args, prepared, ready, caller));
     runtime.shutdown_background();
     code
 }
 
-/// New session, no terminal; logs go to agent.log in the output directory.
-fn detach(out: &Path) {
+/// New session, no terminal; logs go to agent.log in the state directory.
+fn detach(state: &Path) {
     // Best effort, as a daemon does: a failure leaves the agent attached, not broken.
     let _ = rustix::process::setsid();
     if let Ok(null) = std::fs::File::open("/dev/null") {
@@ -180,7 +249,7 @@ fn detach(out: &Path) {
     if let Ok(log) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("agent.log"))
+        .open(state.join(AGENT_LOG))
     {
         let _ = rustix::stdio::dup2_stdout(&log);
         let _ = rustix::stdio::dup2_stderr(&log);
@@ -208,6 +277,8 @@ enum StartError {
     #[error("cannot write {}", report::PID_FILE)]
     PidFile(#[source] std::io::Error),
     #[error(transparent)]
+    Control(#[from] crate::agent::control::ControlError),
+    #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
 }
 
@@ -217,7 +288,7 @@ impl StartError {
             StartError::Config(_) | StartError::Plan(_) => crate::exit::CONFIG,
             StartError::Agent(e) => e.exit_code(),
             StartError::Session(e) => e.exit_code(),
-            StartError::Signals(_) => crate::exit::INTERNAL,
+            StartError::Signals(_) | StartError::Control(_) => crate::exit::INTERNAL,
             StartError::PidFile(_) | StartError::Sink(_) => crate::exit::OUTPUT_DIR,
         }
     }
@@ -225,36 +296,58 @@ impl StartError {
 
 /// Records until stopped; failures before readiness go to the foreground
 /// process, later ones to agent.log.
-async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
+async fn agent_main(args: StartArgs, prepared: Prepared, ready: OwnedFd, caller: u32) -> u8 {
     let Started {
         recorder,
         mut signals,
+        control,
         plan,
         platform,
         job,
         launcher,
-    } = match begin(&args, caller) {
+    } = match begin(&args, &prepared, caller) {
         Ok(started) => started,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::error::chain(&e)),
     };
     announce(
         ready,
         recorder.agent(),
-        &args.out,
-        platform,
-        &job,
-        launcher.as_ref(),
+        &Announced {
+            out: &args.out,
+            state: prepared.state.path(),
+            platform,
+            job: &job,
+            launcher: launcher.as_ref(),
+        },
     );
-    let stopped_by = wait_for_stop(&mut signals, launcher.as_ref().map(|(pid, _)| *pid)).await;
+    let (stopped_by, request) = wait_for_stop(
+        &mut signals,
+        &control,
+        launcher.as_ref().map(|(pid, _)| *pid),
+    )
+    .await;
     tracing::info!("stopping: {stopped_by}");
     let still_running = recorder.linger().await;
-    let sealed = match recorder.stop().await {
-        Ok(stopped) => stopped.seal_job(None, still_running),
-        Err(e) => return super::fail(e.exit_code(), &e),
+    let state = prepared.state.path();
+    let written = match recorder.stop().await {
+        Ok(stopped) => stopped
+            .seal_job(None, still_running)
+            .map_err(StartError::from)
+            .and_then(|sealed| {
+                Ok(learned(Report::from_sealed(&sealed), &plan, &args.policy).write(state)?)
+            }),
+        Err(e) => Err(StartError::from(e)),
     };
-    let written = sealed.map_err(StartError::from).and_then(|sealed| {
-        Ok(learned(Report::from_sealed(&sealed), &plan, &args.policy).write(&args.out)?)
-    });
+    if let Some(request) = request {
+        request
+            .reply(
+                written
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| crate::error::chain(e)),
+            )
+            .await;
+    }
     match written {
         Ok(()) => 0,
         Err(e) => super::fail(crate::exit::WRITE, &e),
@@ -265,6 +358,7 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
 struct Started {
     recorder: Recorder,
     signals: Signals,
+    control: control::Server,
     plan: crate::enforce::plan::Plan,
     platform: Platform,
     job: String,
@@ -272,7 +366,7 @@ struct Started {
 }
 
 /// Loads the agent, puts the job's launcher and caller into the job, and starts recording.
-fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
+fn begin(args: &StartArgs, prepared: &Prepared, caller: u32) -> Result<Started, StartError> {
     let mut config = args.agent.load_config()?;
     config
         .files
@@ -354,18 +448,21 @@ fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
             plan: &plan,
             registry,
             target: Target::Job {
-                dir: args.out.clone(),
+                dir: prepared.state.path().to_path_buf(),
                 job: job.clone(),
             },
             command: &[b"ciwatch start".to_vec()],
             runner_logs,
+            sudo_disabled: prepared.sudo_disabled.clone(),
         },
     )?;
     let signals = Signals::install().map_err(StartError::Signals)?;
-    report::write_pid_file(&args.out).map_err(StartError::PidFile)?;
+    let control = control::Server::bind(&prepared.state)?;
+    report::write_pid_file(prepared.state.path()).map_err(StartError::PidFile)?;
     Ok(Started {
         recorder,
         signals,
+        control,
         plan,
         platform,
         job,
@@ -427,36 +524,45 @@ fn join_caller(
     )
 }
 
-fn announce(
-    ready: OwnedFd,
-    agent: &Agent,
-    out: &Path,
+/// What the readiness line names besides the hooks.
+struct Announced<'a> {
+    out: &'a Path,
+    state: &'a Path,
     platform: Platform,
-    job: &str,
-    launcher: Option<&(u32, String)>,
-) {
+    job: &'a str,
+    launcher: Option<&'a (u32, String)>,
+}
+
+fn announce(ready: OwnedFd, agent: &Agent, a: &Announced<'_>) {
     let line = json!({
         "pid": std::process::id(),
-        "out": out,
-        "platform": platform.name(),
-        "job": job,
-        "launcher": launcher.map(|(pid, comm)| json!({"pid": pid, "comm": comm})),
+        "out": a.out,
+        "state": a.state,
+        "platform": a.platform.name(),
+        "job": a.job,
+        "launcher": a.launcher.map(|(pid, comm)| json!({"pid": pid, "comm": comm})),
         "hooks": agent.probes.hooks,
     });
     let mut file = std::fs::File::from(ready);
     let _ = writeln!(file, "{line}");
 }
 
-/// Until finish signals us, or the job's launcher is gone (the job ended without a finish).
-async fn wait_for_stop(signals: &mut Signals, launcher: Option<u32>) -> String {
+/// Until finish asks us (on the control socket, or by a signal), or the job's
+/// launcher is gone (the job ended without a finish).
+async fn wait_for_stop(
+    signals: &mut Signals,
+    control: &control::Server,
+    launcher: Option<u32>,
+) -> (String, Option<control::SealRequest>) {
     let start = launcher.and_then(procfs::process_start);
     loop {
         tokio::select! {
-            sig = signals.any() => return format!("signal {sig}"),
+            request = control.next_seal() => return ("a seal request on the control socket".into(), Some(request)),
+            sig = signals.any() => return (format!("signal {sig}"), None),
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Some(pid) = launcher {
                     if procfs::process_start(pid) != start {
-                        return format!("the step launcher (pid {pid}) exited");
+                        return (format!("the step launcher (pid {pid}) exited"), None);
                     }
                 }
             }

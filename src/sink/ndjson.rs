@@ -2,7 +2,7 @@
 //! renamed into place only when sealed, so a reader never sees a half file.
 //! The SHA-256 of the exact bytes is computed as they are written.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -46,15 +46,10 @@ impl NdjsonLog {
     }
 
     fn open(partial: PathBuf, path: PathBuf) -> Result<Self, SinkError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial)
-            .map_err(|source| SinkError::Create {
-                path: partial.display().to_string(),
-                source,
-            })?;
+        let file = super::create_fresh(&partial).map_err(|source| SinkError::Create {
+            path: partial.display().to_string(),
+            source,
+        })?;
         Ok(Self {
             partial,
             path,

@@ -18,7 +18,7 @@ after(async () => {
   await env.stop();
 });
 
-function calls(outDir: string): { argv: string[]; env: string[] }[] {
+function calls(outDir: string): { argv: string[]; env: string[]; stdinBytes: number }[] {
   return readFileSync(join(outDir, '.stub', 'calls.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
 }
 
@@ -38,7 +38,9 @@ describe('action with the contract stub', () => {
     assert.deepEqual(start.argv.slice(0, 5), ['start', '--out', outDir, '--mode', 'observe']);
     assert.ok(start.argv.join(' ').includes('--allow github.com:443 --capture-args redacted --sensitive-path /opt/secret/* --sign auto'));
     assert.ok(!start.env.includes('ACTIONS_RUNTIME_TOKEN'), 'the runtime token is not handed to the agent');
-    assert.ok(!start.env.includes('ACTIONS_ID_TOKEN_REQUEST_TOKEN'), 'start gets no OIDC request token');
+    assert.ok(start.env.includes('ACTIONS_ID_TOKEN_REQUEST_TOKEN'), 'start fixes the OIDC source, as keyless may sign');
+    assert.match(start.argv[start.argv.indexOf('--finish-token-sha256') + 1] ?? '', /^[0-9a-f]{64}$/);
+    assert.match(state.binary, /^\/run\/ciwatch\/bin\/ciwatch-[0-9a-f]{64}$/, 'the agent runs from the root-owned copy');
     assert.ok(start.env.includes('RUNNER_TRACKING_ID'));
 
     const fetch = await job.run({ kind: 'run', name: 'Fetch from loopback', script: 'echo fetching\n' });
@@ -50,7 +52,10 @@ describe('action with the contract stub', () => {
     const post = await job.run({ kind: 'action', stage: 'post' });
     assert.equal(post.exitCode, 0, post.stdout + post.stderr);
     assert.deepEqual(post.annotations.filter((a) => a.level === 'warning' || a.level === 'error'), []);
-    assert.ok(calls(outDir)[1]!.env.includes('ACTIONS_ID_TOKEN_REQUEST_TOKEN'), 'finish may sign keylessly');
+    const finish = calls(outDir)[1]!;
+    assert.deepEqual(finish.argv, ['finish', '--state', state.stateDir, '--json']);
+    assert.deepEqual(finish.env, ['PATH'], 'finish gets a fixed environment');
+    assert.equal(finish.stdinBytes, 65, 'finish is shown the token');
 
     // The artifact, as stored in Azurite.
     const finalized = env.gh.artifacts.filter((a) => a.name === 'trace-observe' && a.finalized);
@@ -88,7 +93,7 @@ describe('action with the contract stub', () => {
     const again = await job.run({ kind: 'action', stage: 'post' });
     assert.equal(again.exitCode, 0);
     assert.deepEqual(again.outputs, post.outputs);
-    assert.equal(calls(outDir).length, 2, 'finish ran once');
+    assert.equal(calls(outDir).length, 3, 'finish ran again and said it was a repeat');
     assert.equal(env.gh.artifacts.filter((a) => a.name === 'trace-observe').length, 1);
   });
 
@@ -147,9 +152,9 @@ describe('action with the contract stub', () => {
     const job = newJob(env.gh, { ...downloadInputs(env.gh, sha256(STUB)), mode: 'enforce', 'allowed-endpoints': 'github.com:443', 'upload-artifact': 'false' });
     const pre = await job.run({ kind: 'action', stage: 'pre' });
     assert.equal(pre.exitCode, 0);
-    const canned = join(job.temp, 'canned.json');
+    const canned = join(job.temp, 'ciwatch', 'out', '.stub', 'canned.json');
     writeFileSync(canned, JSON.stringify({ denied: 1, denied_events: [{ addr: '203.0.113.7', port: 443, hosts: ['exfil.example'], steps: ['step-fetch'], comm: 'curl' }] }));
-    const post = await job.run({ kind: 'action', stage: 'post', env: { CIWATCH_STUB_RESULT: canned } });
+    const post = await job.run({ kind: 'action', stage: 'post' });
     assert.equal(post.exitCode, 1);
     assert.ok(post.summary.includes('| 203.0.113.7:443 | exfil.example | Fetch from loopback | curl | 1 |'), post.summary);
     assert.equal(post.outputs['denied-count'], '1');

@@ -1,4 +1,6 @@
+import { join } from 'node:path';
 import { installBinary } from '../binary.ts';
+import { installRootCopy } from '../install.ts';
 import { coreIo } from '../io.ts';
 import { realProbe } from '../platform.ts';
 import { runPre } from '../pre.ts';
@@ -12,6 +14,10 @@ guard('pre', () =>
     probe: realProbe(),
     isRoot: isRoot(),
     run: runProcess,
-    install: (source, dest) => installBinary(source, dest, { log: (m) => coreIo.info(m) }),
+    install: async (source, workDir) => {
+      const download = join(workDir, 'bin', 'ciwatch');
+      await installBinary(source, download, { log: (m) => coreIo.info(m) });
+      return installRootCopy(download, source.sha256, runProcess, isRoot());
+    },
   }),
 );

@@ -89,6 +89,9 @@ pub struct Recording {
     pub kernel: Option<String>,
     /// argv capture policy (`full`, `redacted`, `none`): what `execs[].sha256` could cover.
     pub capture_args: Option<String>,
+    /// `trace_start.sudo_disabled`, verbatim: the job's user had no sudo while it was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sudo_disabled: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

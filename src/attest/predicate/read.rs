@@ -49,6 +49,8 @@ pub(super) struct TraceStart {
     pub(super) requested_mode: Option<String>,
     #[serde(default)]
     pub(super) mode_fallback: Option<String>,
+    #[serde(default)]
+    pub(super) sudo_disabled: Option<Value>,
 }
 
 #[derive(Deserialize)]

@@ -442,6 +442,7 @@ impl Summariser {
                 host: start.host,
                 kernel: start.kernel,
                 capture_args: start.capture_args,
+                sudo_disabled: start.sudo_disabled,
             },
             ci,
             policy,

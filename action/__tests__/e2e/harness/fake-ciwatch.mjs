@@ -2,14 +2,18 @@
 // CONTRACT STUB of the `ciwatch` binary, for the end-to-end tests that exercise the action's side of the
 // contract (download, verification, start/finish argv, detaching, artifact upload, summary, outputs)
 // before the real `ciwatch start`/`finish` exist. It records nothing from the kernel: every trace figure
-// it prints is canned (CIWATCH_STUB_RESULT may point at a JSON file merged into the finish result).
+// it prints is canned (OUT/.stub/canned.json, when a test writes it, is merged into the finish result).
 // What it does implement faithfully is the contract in action/src/agent.ts:
-//   start  --out DIR ...      → leaves a detached agent process, prints ONE JSON readiness line, exits 0
-//   finish --out DIR --json   → stops the agent, writes the trace files, prints ONE JSON line; exit 1 when
-//                               the agent died or events were lost; a second call reprints the result.
-// Every invocation's argv is appended to DIR/.stub/calls.jsonl for the tests to check.
+//   start  --out DIR ...         → makes a 0700 state directory under /run/ciwatch, leaves a detached agent
+//                                  process, prints ONE JSON readiness line (with `state`), exits 0
+//   finish --state STATE --json  → checks the token on stdin against start's --finish-token-sha256 (exit 77
+//                                  on a mismatch), stops the agent, writes the trace files into start's
+//                                  --out, prints ONE JSON line; exit 1 when the agent died or events were
+//                                  lost; a second call reprints the result with "repeat": true.
+// Every invocation's argv is appended to OUT/.stub/calls.jsonl for the tests to check.
 
 import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,14 +48,28 @@ if (cmd === '__agent') {
   });
   setInterval(() => {}, 1 << 30);
 } else {
-  const out = flag('--out');
-  if (!out) {
-    console.error('ciwatch: error: --out is required');
-    process.exit(2);
+  const readStdin = () => {
+    try {
+      return readFileSync(0, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  const stateDir = cmd === 'finish' ? flag('--state') : join('/run/ciwatch', `stub-${randomBytes(8).toString('hex')}`);
+  if (cmd === 'start') {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(stateDir, 'job.json'), JSON.stringify({ out: flag('--out'), token: flag('--finish-token-sha256') ?? null }));
   }
+  const job = stateDir && existsSync(join(stateDir, 'job.json')) ? JSON.parse(readFileSync(join(stateDir, 'job.json'), 'utf8')) : null;
+  const out = job?.out;
+  if (!out) {
+    console.error(`ciwatch: error: no agent was started for ${stateDir}`);
+    process.exit(82);
+  }
+  const stdin = cmd === 'finish' || rest.includes('--sign-key-stdin') ? readStdin() : '';
   const stub = join(out, '.stub');
   mkdirSync(stub, { recursive: true });
-  appendFileSync(join(stub, 'calls.jsonl'), JSON.stringify({ argv: process.argv.slice(2), uid: process.getuid?.(), env: Object.keys(process.env).sort() }) + '\n');
+  appendFileSync(join(stub, 'calls.jsonl'), JSON.stringify({ argv: process.argv.slice(2), uid: process.getuid?.(), env: Object.keys(process.env).sort(), stdinBytes: stdin.length }) + '\n');
 
   if (cmd === 'start') {
     const exit = process.env.CIWATCH_STUB_START_EXIT;
@@ -75,6 +93,7 @@ if (cmd === '__agent') {
       JSON.stringify({
         pid: agent.pid,
         out,
+        state: stateDir,
         hooks: [
           { hook: 'exec', implementation: 'tracepoint/sched/sched_process_exec', attached: true },
           { hook: 'connect', implementation: 'tracepoint/syscalls/sys_enter_connect', attached: true },
@@ -85,10 +104,14 @@ if (cmd === '__agent') {
     );
     process.exit(0);
   } else if (cmd === 'finish') {
+    if (job.token && createHash('sha256').update(stdin.trim()).digest('hex') !== job.token) {
+      console.error('ciwatch: error: the token on standard input is not the one `ciwatch start` was given: refusing to finish');
+      process.exit(77);
+    }
     const saved = join(stub, 'result.json');
     if (existsSync(saved)) {
       const { result, code } = JSON.parse(readFileSync(saved, 'utf8'));
-      console.log(JSON.stringify(result));
+      console.log(JSON.stringify({ ...result, repeat: true }));
       process.exit(code);
     }
     const pid = Number(readFileSync(join(stub, 'agent.pid'), 'utf8'));
@@ -135,7 +158,8 @@ if (cmd === '__agent') {
       proposed_policy: null,
       policy_diff: null,
     };
-    if (process.env.CIWATCH_STUB_RESULT) result = { ...result, ...JSON.parse(readFileSync(process.env.CIWATCH_STUB_RESULT, 'utf8')) };
+    const canned = join(stub, 'canned.json');
+    if (existsSync(canned)) result = { ...result, ...JSON.parse(readFileSync(canned, 'utf8')) };
     const code = result.agent_died || result.lost > 0 ? 1 : 0;
     writeFileSync(saved, JSON.stringify({ result, code }));
     console.log(JSON.stringify(result));

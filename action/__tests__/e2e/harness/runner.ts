@@ -5,13 +5,16 @@
 //    the pre step's saved state for main and post, GITHUB_ACTION per step, RUNNER_TRACKING_ID per job;
 //  - run steps as `bash -e $RUNNER_TEMP/<guid>.sh` (the runner's default shell), node actions as
 //    `node <script>`, both direct children of this process;
-//  - `_diag/Worker_*.log` lines in the runner's format (Processing step / Process started with process id).
+//  - `_diag/Worker_*.log` lines in the runner's format (Processing step / Process started with process id);
+//  - $GITHUB_ENV applied to every later step, NODE_OPTIONS refused, with an action's INPUT_*, STATE_* and the
+//    runner's own ACTIONS_* service variables set over it (ActionRunner.cs, NodeScriptActionHandler.cs);
+//  - with `user`, every step runs as that uid/gid, as a runner user would.
 // When this file is the main module of a process named `Runner.Worker` it runs a JSON scenario, so that
 // the agent sees the real process layout (see full-flow.test.ts).
 
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -55,6 +58,8 @@ export interface JobConfig {
   inputs: Record<string, string>;
   /** GITHUB_ACTION of the action's steps */
   actionId?: string;
+  /** run every step as this user (the runner user); default: as this process */
+  user?: { uid: number; gid: number; home: string };
 }
 
 export class Job {
@@ -63,9 +68,13 @@ export class Job {
   readonly temp: string;
   readonly trackingId = `github_${randomUUID()}`;
   readonly diagLog: string;
+  /** held open for the Worker's life, as the real Worker does: ciwatch reads only the log it holds open */
+  private readonly diagFd: number;
   /** saved state of the action (from its pre step), handed to main and post as STATE_* */
   actionState: Record<string, string> = {};
   readonly results: StepResult[] = [];
+  /** what steps wrote to $GITHUB_ENV */
+  readonly stepEnv: Record<string, string> = {};
   private runCount = 0;
 
   constructor(readonly config: JobConfig) {
@@ -75,12 +84,13 @@ export class Job {
     for (const d of [join(this.runnerRoot, '_diag'), this.workspace, join(this.temp, '_runner_file_commands')]) mkdirSync(d, { recursive: true });
     const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
     this.diagLog = join(this.runnerRoot, '_diag', `Worker_${stamp}-utc.log`);
+    this.diagFd = openSync(this.diagLog, 'a');
     this.diag('Worker', 'Job ID ' + (config.env['GITHUB_JOB'] ?? 'build'));
   }
 
   private diag(source: string, message: string): void {
     const t = new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
-    appendFileSync(this.diagLog, `[${t} INFO ${source}] ${message}\n`);
+    writeSync(this.diagFd, `[${t} INFO ${source}] ${message}\n`);
   }
 
   baseEnv(): Record<string, string> {
@@ -112,7 +122,9 @@ export class Job {
       RUNNER_TOOL_CACHE: join(this.config.root, 'toolcache'),
       RUNNER_WORKSPACE: join(this.config.root, 'work', 'repo'),
       RUNNER_TRACKING_ID: this.trackingId,
+      ...(this.config.user ? { HOME: this.config.user.home, USER: 'runner' } : {}),
       ...this.config.env,
+      ...this.stepEnv,
     };
   }
 
@@ -120,7 +132,10 @@ export class Job {
     const guid = randomUUID();
     const fc = (prefix: string): string => join(this.temp, '_runner_file_commands', `${prefix}${guid}`);
     const files = { output: fc('set_output_'), state: fc('save_state_'), summary: fc('step_summary_'), env: fc('set_env_'), path: fc('add_path_') };
-    for (const f of Object.values(files)) writeFileSync(f, '');
+    for (const f of Object.values(files)) {
+      writeFileSync(f, '');
+      if (this.config.user) chownSync(f, this.config.user.uid, this.config.user.gid);
+    }
     const env: Record<string, string> = {
       ...this.baseEnv(),
       GITHUB_OUTPUT: files.output,
@@ -138,6 +153,7 @@ export class Job {
       name = step.name ?? `${step.stage === 'pre' ? 'Pre ' : step.stage === 'post' ? 'Post ' : ''}Run ciwatch`;
       for (const [k, v] of Object.entries({ ...this.config.inputs, ...step.inputs })) env[`INPUT_${k.replace(/ /g, '_').toUpperCase()}`] = v;
       if (step.stage !== 'pre') for (const [k, v] of Object.entries(this.actionState)) env[`STATE_${k}`] = v;
+      for (const [k, v] of Object.entries(this.config.env)) if (k.startsWith('ACTIONS_')) env[k] = v;
       env['GITHUB_ACTION_REPOSITORY'] = 'octo/ciwatch';
       env['GITHUB_ACTION_REF'] = 'v1';
       env['GITHUB_ACTION_PATH'] = this.config.actionDir;
@@ -170,7 +186,8 @@ export class Job {
     this.diag('ProcessInvokerWrapper', `  Working directory: '${this.workspace}'`);
 
     const result = await new Promise<StepResult>((resolve) => {
-      const child = spawn(file, args, { cwd: this.workspace, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const as = this.config.user ? { uid: this.config.user.uid, gid: this.config.user.gid } : {};
+      const child = spawn(file, args, { cwd: this.workspace, env, stdio: ['ignore', 'pipe', 'pipe'], ...as });
       this.diag('ProcessInvokerWrapper', `Process started with process id ${child.pid}, waiting for process exit.`);
       let stdout = '';
       let stderr = '';
@@ -196,6 +213,7 @@ export class Job {
     this.diag('ProcessInvokerWrapper', `Finished process ${result.pid} with exit code ${result.exitCode}, and elapsed time 00:00:01.`);
     this.diag('StepsRunner', `Step result: ${result.exitCode === 0 ? 'Succeeded' : 'Failed'}`);
     if (step.kind === 'action' && step.stage === 'pre') this.actionState = { ...this.actionState, ...result.state };
+    for (const [k, v] of Object.entries(parseFileCommand(readFileSync(files.env, 'utf8')))) if (k !== 'NODE_OPTIONS') this.stepEnv[k] = v;
     this.results.push(result);
     return result;
   }
