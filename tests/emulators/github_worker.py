@@ -115,7 +115,7 @@ if cfg.get("scenario") == "scoped":
     # The agent is stopped while the steps run: only the kernel, which scopes a step at its exec,
     # can let Build through. Each Build connects first thing, then asks the resolver for a name
     # the policy lists for Build only (`dns_probe` appends the outcome to `dns_results`).
-    agent = int(open(os.path.join(cfg["out"], "agent.pid")).read().split()[0])
+    agent = json.load(open(cfg["out"] + ".start.json"))["pid"]  # start's readiness line
     probe = f"python3 {cfg['dns_probe']} $GITHUB_ACTION >> {cfg['dns_results']}\n" if cfg.get("dns_probe") else ""
     os.kill(agent, signal.SIGSTOP)
     try:
