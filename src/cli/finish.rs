@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use serde_json::json;
 
+use crate::agent::recovered;
 use crate::agent::report::{self, Report};
 use crate::agent::seal;
 use crate::agent::trace::trace_end;
@@ -40,10 +41,19 @@ pub enum FinishError {
     Timeout(u32, u64),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Pins(#[from] crate::bpf::pin::PinError),
+    #[error(transparent)]
+    Recovered(#[from] crate::agent::recovered::RecoveredError),
 }
 
 pub async fn execute(args: FinishArgs) -> u8 {
-    let mut report = match finish(&args).await {
+    let finished = finish(&args).await;
+    // Whatever the outcome, the job has ended: its hooks go (they enforce while they are pinned).
+    if let Err(e) = crate::bpf::pin::release(&crate::bpf::pin::dir_for(&args.out)) {
+        eprintln!("ciwatch: warning: {}", crate::error::chain(&e));
+    }
+    let mut report = match finished {
         Ok(r) => r,
         Err(e) => return super::fail(exit_code(&e), &e),
     };
@@ -122,7 +132,8 @@ fn exit_code(e: &FinishError) -> u8 {
     match e {
         FinishError::NoAgent(_) => crate::exit::NO_AGENT,
         FinishError::Timeout(..) => crate::exit::AGENT_DIED,
-        FinishError::Sink(_) => crate::exit::WRITE,
+        FinishError::Sink(_) | FinishError::Recovered(_) => crate::exit::WRITE,
+        FinishError::Pins(_) => crate::exit::INTERNAL,
     }
 }
 
@@ -165,12 +176,19 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
             dir.display()
         )));
     }
-    let end = trace_end(Totals::default(), None, 0, false, "died");
+    // Its pinned hooks enforced until now: detach them, then count what they left.
+    let totals = crate::bpf::pin::detach(&crate::bpf::pin::dir_for(dir))?
+        .map_or_else(Totals::default, |left| crate::agent::leftover_totals(&left));
+    let end = trace_end(totals, None, 0, false, "died");
     let (sealed, end) = seal::recover(dir, end)?;
+    let denials = recovered::denials(&sealed.path)?;
     let summary = format!(
         "# ciwatch: job summary\n\n> **Warning: the ciwatch agent died during this job.** The event log holds what it \
-         recorded until then; events after that were not recorded and the trace is incomplete.\n\nEvent log SHA-256: `{}`\n",
-        sealed.sha256
+         recorded until then; events after that were not recorded and the trace is incomplete.\n\n\
+         In the recovered log: {} denied connections, {} refused DNS lookups, {} denied sockets. Never \
+         written to the log (lost, or queued after the agent stopped reading): {} records (`trace_end.lost`).\n\n\
+         Event log SHA-256: `{}`\n",
+        denials.denied, denials.refused, denials.sockets, end.totals.lost_total, sealed.sha256
     );
     crate::sink::write_atomically(&dir.join("summary.md"), summary.as_bytes())?;
     let report = Report {
@@ -180,15 +198,15 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
         summary: dir.join("summary.md"),
         log_sha256: sealed.sha256,
         counts: Report::counts(&end.totals.events),
-        lost: 0,
-        denied: 0,
+        lost: end.totals.lost_total,
+        denied: denials.denied,
         steps: Vec::new(),
         egress: Vec::new(),
         dns: Vec::new(),
         files: Vec::new(),
-        denied_events: Vec::new(),
-        refused_lookups: Vec::new(),
-        denied_sockets: Vec::new(),
+        denied_events: denials.denied_events,
+        refused_lookups: denials.refused_lookups,
+        denied_sockets: denials.denied_sockets,
         proposed_policy: None,
         policy_diff: None,
         envelope: None,

@@ -233,6 +233,7 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         platform,
         job,
         launcher,
+        pins,
     } = match begin(&args, caller) {
         Ok(started) => started,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::error::chain(&e)),
@@ -252,6 +253,13 @@ async fn agent_main(args: StartArgs, ready: OwnedFd, caller: u32) -> u8 {
         Ok(stopped) => stopped.seal_job(None, still_running),
         Err(e) => return super::fail(e.exit_code(), &e),
     };
+    // The end is recorded: the hooks need not outlive this agent. Unsealed, they
+    // stay pinned for `finish`, which recovers the log.
+    if let (Ok(_), Some(dir)) = (&sealed, &pins) {
+        if let Err(e) = crate::bpf::pin::release(dir) {
+            tracing::warn!("{}", crate::error::chain(&e));
+        }
+    }
     let written = sealed.map_err(StartError::from).and_then(|sealed| {
         Ok(learned(Report::from_sealed(&sealed), &plan, &args.policy).write(&args.out)?)
     });
@@ -269,6 +277,8 @@ struct Started {
     platform: Platform,
     job: String,
     launcher: Option<(u32, String)>,
+    /// Where the hooks are pinned (enforce mode).
+    pins: Option<PathBuf>,
 }
 
 /// Loads the agent, puts the job's launcher and caller into the job, and starts recording.
@@ -287,6 +297,11 @@ fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
         require_all: !args.agent.allow_partial,
         plan: &plan,
     })?;
+    // Before any process is tagged: enforcement outlives this agent (src/bpf/pin.rs).
+    let pins = plan
+        .enforce()
+        .then(|| agent.pin_enforcement(&args.out))
+        .transpose()?;
     let own_env = StepEnv::of_this_process();
     let detection = platform::detect(&own_env, &[], None);
     let launcher = args
@@ -370,6 +385,7 @@ fn begin(args: &StartArgs, caller: u32) -> Result<Started, StartError> {
         platform,
         job,
         launcher,
+        pins: pins.map(crate::bpf::pin::Pinned::keep),
     })
 }
 
