@@ -207,6 +207,23 @@ pub struct Socket {
 }
 
 impl Record {
+    pub fn kind(&self) -> crate::kind::Kind {
+        use crate::kind::Kind;
+        match self {
+            Record::Exec(_) => Kind::Exec,
+            Record::Fork(_) => Kind::Fork,
+            Record::Exit(_) => Kind::Exit,
+            Record::Connect(_) => Kind::Connect,
+            Record::File(_) => Kind::File,
+            Record::Dns(_) => Kind::Dns,
+            Record::Env(_) => Kind::Env,
+            Record::Denied(_) => Kind::Denied,
+            Record::DnsRefused(_) => Kind::DnsRefused,
+            Record::Socket(_) => Kind::Socket,
+            Record::SocketDenied(_) => Kind::SocketDenied,
+        }
+    }
+
     pub fn common(&self) -> &Common {
         match self {
             Record::Exec(r) => &r.common,

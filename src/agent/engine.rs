@@ -427,6 +427,13 @@ impl Engine {
     pub fn seal_all(&mut self) {
         self.seal_finished(true);
     }
+
+    fn flush_outputs(&mut self) {
+        match &mut self.outputs {
+            Outputs::Single { output, .. } => output.flush(),
+            Outputs::PerJob { open, .. } => open.values_mut().for_each(JobOutput::flush),
+        }
+    }
 }
 
 /// `<runner>/_diag` for `<runner>/bin/Runner.Worker`.
@@ -458,6 +465,7 @@ impl Consumer for Engine {
                 }
             }
         }
+        self.flush_outputs();
         self.update_step_groups();
         // A Worker may live only briefly: look for its log on records, not only on ticks.
         if self.attributor.registry.has_new_launchers()

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod out_dir;
 pub mod output;
 pub mod publish;
+pub mod recovered;
 pub mod report;
 pub mod seal;
 pub mod session;
@@ -16,7 +17,8 @@ pub mod trace;
 use std::path::Path;
 
 use crate::bpf::abi::{self, CommKey, Launcher, Tag};
-use crate::bpf::loader::{self, LoadError, LoadOptions, Probes};
+use crate::bpf::loader::{self, KernelLosses, LoadError, LoadOptions, Probes};
+use crate::bpf::pin::{self, PinError};
 use crate::bpf::preflight::{self, Environment, PreflightError};
 use crate::config::{Config, ConfigError};
 use crate::event::Totals;
@@ -34,6 +36,8 @@ pub enum AgentError {
     Map { map: &'static str, reason: String },
     #[error(transparent)]
     Enforce(#[from] crate::enforce::EnforceError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 impl AgentError {
@@ -44,6 +48,7 @@ impl AgentError {
             AgentError::Load(_) => crate::exit::HOOKS,
             AgentError::Map { .. } => crate::exit::INTERNAL,
             AgentError::Enforce(_) => crate::exit::CONFIG,
+            AgentError::Pin(e) => e.exit_code(),
         }
     }
 }
@@ -217,6 +222,21 @@ impl Agent {
         }
     }
 
+    /// Pins the hooks, so that the job stays enforced if this agent dies, until
+    /// `ciwatch finish --out OUT` records the end (src/bpf/pin.rs).
+    /// `state` is the job's root-only state directory (src/agent/state_dir.rs).
+    pub fn pin_enforcement(&mut self, state: &Path) -> Result<pin::Pinned, AgentError> {
+        let dir = pin::dir_for(state);
+        // The agent that last recorded into `state`, if it still runs: its pins are not stale.
+        let earlier = report::live_agent(state).ok().flatten();
+        let pinned = pin::pin_all(&mut self.probes, &dir, earlier)?;
+        tracing::info!(
+            "pinned the hooks at {}: they enforce until `ciwatch finish`",
+            dir.display()
+        );
+        Ok(pinned)
+    }
+
     /// Live processes by kernel (job, step) tag.
     pub fn live_tags(&self) -> Vec<(u32, Tag)> {
         live_tags(&self.probes.tasks)
@@ -257,6 +277,23 @@ pub fn read_lost(lost: &loader::Lost, totals: &mut Totals) {
     let counters = lost
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    read_losses(&counters, totals);
+}
+
+/// What a dead agent's pinned hooks left (src/bpf/pin.rs): the records the
+/// kernel could not queue and those it queued that no agent read, both lost to the log.
+pub fn leftover_totals(left: &pin::Leftover) -> Totals {
+    let mut totals = Totals::default();
+    read_losses(&left.losses, &mut totals);
+    for (kind, n) in &left.unread {
+        *totals.lost.entry(kind).or_default() += n;
+        totals.lost_total += n;
+    }
+    totals.undecodable = left.undecodable;
+    totals
+}
+
+fn read_losses(counters: &KernelLosses, totals: &mut Totals) {
     totals.untracked = counters.untracked.get(&0, 0).unwrap_or(0);
     totals.lost.clear();
     totals.lost_total = 0;

@@ -36,6 +36,21 @@ impl JobOutput {
         })
     }
 
+    /// Hands what is buffered to the kernel: an agent killed later loses at
+    /// most the batch it was reading, and `finish` recovers the rest.
+    pub fn flush(&mut self) {
+        if self.write_error.is_some() {
+            return;
+        }
+        if let Err(e) = self.log.flush() {
+            tracing::error!(
+                "{}; further events of this job are counted but not written",
+                crate::error::chain(&e)
+            );
+            self.write_error = Some(e);
+        }
+    }
+
     pub fn write(&mut self, event: &Event) {
         self.summary.add(event);
         if self.write_error.is_some() {

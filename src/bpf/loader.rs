@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::FdLink;
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
@@ -103,10 +104,15 @@ pub struct KernelLosses {
     pub untracked: aya::maps::Array<MapData, u64>,
 }
 
-/// Loaded programs and the maps userspace talks through. Dropping it detaches everything.
+/// Every attachment, as a bpf_link by program name: src/bpf/pin.rs can pin them.
+pub type Links = Vec<(&'static str, FdLink)>;
+
+/// Loaded programs and the maps userspace talks through. Dropping it detaches
+/// everything that is not pinned (src/bpf/pin.rs).
 pub struct Probes {
     pub hooks: Vec<HookStatus>,
-    ring: Option<RingBuf<MapData>>,
+    pub(super) links: Links,
+    pub(super) ring: Option<RingBuf<MapData>>,
     /// Shared with the engine, which needs to know which processes of a job still live.
     pub tasks: Tasks,
     pub lost: Lost,
@@ -150,26 +156,27 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
 
     fill_sensitive_maps(&mut ebpf, opts.sensitive)?;
     let on = opts.enabled;
+    let mut links = Links::new();
     let mut hooks = vec![
-        attach_lineage(&mut ebpf, &btf),
-        attach_exec(&mut ebpf),
+        attach_lineage(&mut ebpf, &btf, &mut links),
+        attach_exec(&mut ebpf, &mut links),
         if on.connect {
-            attach_connect(&mut ebpf, opts.cgroup2, opts.enforce.egress)
+            attach_connect(&mut ebpf, opts.cgroup2, opts.enforce.egress, &mut links)
         } else {
             disabled("connect")
         },
         if on.file {
-            attach_file(&mut ebpf, &btf)
+            attach_file(&mut ebpf, &btf, &mut links)
         } else {
             disabled("file")
         },
         if on.dns {
-            attach_dns(&mut ebpf, &libc_paths::discover())
+            attach_dns(&mut ebpf, &libc_paths::discover(), &mut links)
         } else {
             disabled("dns")
         },
     ];
-    let socket = attach_socket(&mut ebpf, opts.cgroup2);
+    let socket = attach_socket(&mut ebpf, opts.cgroup2, &mut links);
     hooks.push(socket);
     if opts.enforce.egress {
         // Enforcement asked for is never dropped, not even for a partial run: without the
@@ -178,7 +185,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
         require_enforcing(&hooks, "socket")?;
     }
     if opts.enforce.refuse_dns {
-        let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2);
+        let refusal = attach_dns_refusal(&mut ebpf, opts.cgroup2, &mut links);
         if !refusal.attached && opts.enforce.egress {
             return Err(LoadError::EnforceNeeds {
                 hook: refusal.hook,
@@ -230,6 +237,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, LoadError> {
     };
     Ok(Probes {
         hooks,
+        links,
         ring: Some(ring),
         tasks: std::sync::Arc::new(std::sync::Mutex::new(tasks)),
         lost: std::sync::Arc::new(std::sync::Mutex::new(lost)),
@@ -370,38 +378,48 @@ impl Candidate<'_> {
     }
 }
 
-/// Loads (once) and attaches one candidate; the error is a one-line reason.
-fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<(), String> {
+/// Loads (once) and attaches one candidate, returning its link; the error is a one-line reason.
+fn try_attach(ebpf: &mut Ebpf, c: &Candidate<'_>) -> Result<FdLink, String> {
     let program = ebpf
         .program_mut(c.program)
         .ok_or_else(|| format!("program {} missing", c.program))?;
     let loaded = program.fd().is_ok();
     let result = match (&c.attach, program) {
         (Attach::TracePoint(category, name), Program::TracePoint(p)) => {
-            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(category, name)))
+            load_once(loaded, || p.load())
+                .and_then(|()| p.attach(category, name))
+                .and_then(|id| p.take_link(id))
+                .and_then(held)
         }
         (Attach::BtfTracePoint(name, btf), Program::BtfTracePoint(p)) => {
-            load_once(loaded, || p.load(name, btf)).and_then(|()| attach_result(p.attach()))
+            load_once(loaded, || p.load(name, btf))
+                .and_then(|()| p.attach())
+                .and_then(|id| p.take_link(id))
+                .and_then(held)
         }
-        (Attach::RawTracePoint(name), Program::RawTracePoint(p)) => {
-            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(name)))
-        }
-        (Attach::KProbe(function), Program::KProbe(p)) => {
-            load_once(loaded, || p.load()).and_then(|()| attach_result(p.attach(*function, 0)))
-        }
+        (Attach::RawTracePoint(name), Program::RawTracePoint(p)) => load_once(loaded, || p.load())
+            .and_then(|()| p.attach(name))
+            .and_then(|id| p.take_link(id))
+            .and_then(held),
+        (Attach::KProbe(function), Program::KProbe(p)) => load_once(loaded, || p.load())
+            .and_then(|()| p.attach(*function, 0))
+            .and_then(|id| p.take_link(id))
+            .and_then(held),
         (Attach::FEntry(function, btf), Program::FEntry(p)) => {
-            load_once(loaded, || p.load(function, btf)).and_then(|()| attach_result(p.attach()))
+            load_once(loaded, || p.load(function, btf))
+                .and_then(|()| p.attach())
+                .and_then(|id| p.take_link(id))
+                .and_then(held)
         }
         (Attach::Cgroup(root), Program::CgroupSockAddr(p)) => attach_cgroup(p, *root, loaded),
         (Attach::CgroupEgress(root), Program::CgroupSkb(p)) => attach_egress(p, *root, loaded),
         (Attach::CgroupSockCreate(root), Program::CgroupSock(p)) => {
             attach_sock_create(p, *root, loaded)
         }
-        (Attach::UProbe(target), Program::UProbe(p)) => {
-            load_once(loaded, || p.load()).and_then(|()| {
-                attach_result(p.attach("getaddrinfo", target, UProbeScope::AllProcesses))
-            })
-        }
+        (Attach::UProbe(target), Program::UProbe(p)) => load_once(loaded, || p.load())
+            .and_then(|()| p.attach("getaddrinfo", target, UProbeScope::AllProcesses))
+            .and_then(|id| p.take_link(id))
+            .and_then(held),
         _ => return Err(format!("program {} has an unexpected type", c.program)),
     };
     result.map_err(|e| reason(&e))
@@ -418,8 +436,18 @@ fn load_once(
     }
 }
 
-fn attach_result<T>(r: Result<T, ProgramError>) -> Result<(), ProgramError> {
-    r.map(drop)
+/// The attachment as a bpf_link, which can be pinned. Every hook gives one on
+/// the kernels ciwatch supports (perf-event links since 5.15, cgroup links since 5.7).
+fn held<L>(link: L) -> Result<FdLink, ProgramError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    FdLink::try_from(link).map_err(|e| {
+        ProgramError::IOError(std::io::Error::other(format!(
+            "the kernel gave no bpf_link for it ({e})"
+        )))
+    })
 }
 
 fn cgroup_dir(root: Option<&Path>) -> Result<std::fs::File, ProgramError> {
@@ -437,27 +465,33 @@ fn attach_cgroup(
     p: &mut CgroupSockAddr,
     root: Option<&Path>,
     loaded: bool,
-) -> Result<(), ProgramError> {
+) -> Result<FdLink, ProgramError> {
     let dir = cgroup_dir(root)?;
     load_once(loaded, || p.load())?;
-    p.attach(dir, CgroupAttachMode::Single).map(drop)
+    let id = p.attach(dir, CgroupAttachMode::Single)?;
+    held(p.take_link(id)?)
 }
 
-fn attach_egress(p: &mut CgroupSkb, root: Option<&Path>, loaded: bool) -> Result<(), ProgramError> {
+fn attach_egress(
+    p: &mut CgroupSkb,
+    root: Option<&Path>,
+    loaded: bool,
+) -> Result<FdLink, ProgramError> {
     let dir = cgroup_dir(root)?;
     load_once(loaded, || p.load())?;
-    p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-        .map(drop)
+    let id = p.attach(dir, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)?;
+    held(p.take_link(id)?)
 }
 
 fn attach_sock_create(
     p: &mut CgroupSock,
     root: Option<&Path>,
     loaded: bool,
-) -> Result<(), ProgramError> {
+) -> Result<FdLink, ProgramError> {
     let dir = cgroup_dir(root)?;
     load_once(loaded, || p.load())?;
-    p.attach(dir, CgroupAttachMode::Single).map(drop)
+    let id = p.attach(dir, CgroupAttachMode::Single)?;
+    held(p.take_link(id)?)
 }
 
 /// A short reason: the error chain, with any verifier log reduced to its verdict
@@ -494,15 +528,19 @@ fn is_verifier_statistics(line: &str) -> bool {
         .any(|p| line.starts_with(p))
 }
 
-/// Tries candidates in order and stops at the first that attaches.
+/// Tries candidates in order and stops at the first that attaches, keeping its link.
 fn first_of(
     ebpf: &mut Ebpf,
     candidates: &[Candidate<'_>],
     skipped: &mut Vec<SkippedImpl>,
+    links: &mut Links,
 ) -> Option<String> {
     for c in candidates {
         match try_attach(ebpf, c) {
-            Ok(()) => return Some(c.label.clone()),
+            Ok(link) => {
+                links.push((c.program, link));
+                return Some(c.label.clone());
+            }
             Err(reason) => skipped.push(SkippedImpl {
                 implementation: c.label.clone(),
                 reason,
@@ -548,7 +586,7 @@ fn disabled(hook: &'static str) -> HookStatus {
     }
 }
 
-fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
+fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf, links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
     for (tp, btf_prog, raw_prog) in [
@@ -563,19 +601,19 @@ fn attach_lineage(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
             ),
             Candidate::new(format!("raw_tp/{tp}"), raw_prog, Attach::RawTracePoint(tp)),
         ];
-        attached.extend(first_of(ebpf, &candidates, &mut skipped));
+        attached.extend(first_of(ebpf, &candidates, &mut skipped, links));
     }
     status("lineage", attached, skipped, true, 2)
 }
 
-fn attach_exec(ebpf: &mut Ebpf) -> HookStatus {
+fn attach_exec(ebpf: &mut Ebpf, links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let candidates = [Candidate::new(
         "tracepoint/sched/sched_process_exec",
         "exec_tp",
         Attach::TracePoint("sched", "sched_process_exec"),
     )];
-    let attached = first_of(ebpf, &candidates, &mut skipped)
+    let attached = first_of(ebpf, &candidates, &mut skipped, links)
         .into_iter()
         .collect();
     status("exec", attached, skipped, true, 1)
@@ -602,7 +640,12 @@ fn require_enforcing(hooks: &[HookStatus], hook: &'static str) -> Result<(), Loa
 
 /// The syscall tracepoint only records; the four cgroup programs are what deny,
 /// so under enforce the hook counts as attached only with all four.
-fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>, enforce: bool) -> HookStatus {
+fn attach_connect(
+    ebpf: &mut Ebpf,
+    cgroup2: Option<&Path>,
+    enforce: bool,
+    links: &mut Links,
+) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
     let mut parts = vec![Candidate::new(
@@ -620,7 +663,7 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>, enforce: bool) -> Hoo
     }
     let mut cgroup_parts = 0;
     for part in &parts {
-        if let Some(label) = first_of(ebpf, std::slice::from_ref(part), &mut skipped) {
+        if let Some(label) = first_of(ebpf, std::slice::from_ref(part), &mut skipped, links) {
             cgroup_parts += usize::from(matches!(part.attach, Attach::Cgroup(_)));
             attached.push(label);
         }
@@ -635,7 +678,7 @@ fn attach_connect(ebpf: &mut Ebpf, cgroup2: Option<&Path>, enforce: bool) -> Hoo
 }
 
 /// Both halves are needed: sock_create sees IPv4 and IPv6 sockets, the tracepoint packet sockets.
-fn attach_socket(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+fn attach_socket(ebpf: &mut Ebpf, cgroup2: Option<&Path>, links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let parts = [
         Candidate::new(
@@ -651,26 +694,31 @@ fn attach_socket(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
     ];
     let mut attached = Vec::new();
     for part in &parts {
-        attached.extend(first_of(ebpf, std::slice::from_ref(part), &mut skipped));
+        attached.extend(first_of(
+            ebpf,
+            std::slice::from_ref(part),
+            &mut skipped,
+            links,
+        ));
     }
     status(SOCKET, attached, skipped, true, parts.len())
 }
 
 /// The packet filter behind `dns.refuse-unlisted`; see ebpf/dns_refuse.bpf.h.
-fn attach_dns_refusal(ebpf: &mut Ebpf, cgroup2: Option<&Path>) -> HookStatus {
+fn attach_dns_refusal(ebpf: &mut Ebpf, cgroup2: Option<&Path>, links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let candidate = Candidate::new(
         "cgroup_skb/egress",
         "dns_egress",
         Attach::CgroupEgress(cgroup2),
     );
-    let attached = first_of(ebpf, std::slice::from_ref(&candidate), &mut skipped)
+    let attached = first_of(ebpf, std::slice::from_ref(&candidate), &mut skipped, links)
         .into_iter()
         .collect();
     status(DNS_REFUSAL, attached, skipped, true, 1)
 }
 
-fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
+fn attach_file(ebpf: &mut Ebpf, btf: &Btf, links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let kernel_hooks = [
         Candidate::new(
@@ -684,7 +732,7 @@ fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
             Attach::FEntry("security_file_open", btf),
         ),
     ];
-    if let Some(chosen) = first_of(ebpf, &kernel_hooks, &mut skipped) {
+    if let Some(chosen) = first_of(ebpf, &kernel_hooks, &mut skipped, links) {
         return status("file", vec![chosen], skipped, false, 1);
     }
     let mut attached = Vec::new();
@@ -693,7 +741,7 @@ fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
         "openat_tp",
         Attach::TracePoint("syscalls", "sys_enter_openat"),
     );
-    let Some(chosen) = first_of(ebpf, std::slice::from_ref(&openat), &mut skipped) else {
+    let Some(chosen) = first_of(ebpf, std::slice::from_ref(&openat), &mut skipped, links) else {
         return status("file", attached, skipped, false, 1);
     };
     attached.push(chosen);
@@ -710,12 +758,17 @@ fn attach_file(ebpf: &mut Ebpf, btf: &Btf) -> HookStatus {
             Attach::TracePoint("syscalls", "sys_enter_open"),
         ),
     ] {
-        attached.extend(first_of(ebpf, std::slice::from_ref(&extra), &mut skipped));
+        attached.extend(first_of(
+            ebpf,
+            std::slice::from_ref(&extra),
+            &mut skipped,
+            links,
+        ));
     }
     status("file", attached, skipped, false, 1)
 }
 
-fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc]) -> HookStatus {
+fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc], links: &mut Links) -> HookStatus {
     let mut skipped = Vec::new();
     let mut attached = Vec::new();
     let mut targets = Vec::new();
@@ -744,10 +797,10 @@ fn attach_dns(ebpf: &mut Ebpf, libcs: &[Libc]) -> HookStatus {
             "gai_exit",
             Attach::UProbe(path),
         );
-        let Some(entry) = first_of(ebpf, &entry, &mut skipped) else {
+        let Some(entry) = first_of(ebpf, &entry, &mut skipped, links) else {
             continue;
         };
-        if let Some(exit) = first_of(ebpf, std::slice::from_ref(&exit), &mut skipped) {
+        if let Some(exit) = first_of(ebpf, std::slice::from_ref(&exit), &mut skipped, links) {
             attached.push(format!("{entry} + {exit}"));
             targets.push(format!("{} {}", libc.flavor, path.display()));
         }

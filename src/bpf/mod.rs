@@ -3,6 +3,7 @@
 pub mod abi;
 pub mod libc_paths;
 pub mod loader;
+pub mod pin;
 pub mod preflight;
 
 #[cfg(test)]

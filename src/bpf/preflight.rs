@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::pin::BPFFS;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
@@ -37,7 +39,6 @@ const REQUIRED_CAPS: &[(u32, &str)] = &[
 
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS: &str = "/sys/kernel/tracing";
-const BPFFS: &str = "/sys/fs/bpf";
 
 /// Facts found and fixes applied, for `check` and the trace header.
 #[derive(Debug, Default, Clone)]
@@ -58,7 +59,7 @@ pub fn check(btf_override: Option<&Path>) -> Result<Environment, PreflightError>
     if ensure_mounted("tracefs", "tracefs", TRACEFS, "events")? {
         mounted.push("tracefs");
     }
-    // Nothing is pinned yet, so a missing bpffs is only worth a warning.
+    // Only `start` in enforce mode pins (src/bpf/pin.rs), and it fails there if bpffs is missing.
     match ensure_mounted("bpffs", "bpf", BPFFS, "") {
         Ok(true) => mounted.push("bpffs"),
         Ok(false) => {}

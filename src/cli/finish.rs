@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent::control::{self, ControlError};
 use crate::agent::out_dir::{self, OutDirError};
+use crate::agent::recovered;
 use crate::agent::report::{self, Report};
 use crate::agent::seal;
 use crate::agent::state_dir::{self, JobRecord, StateDir, StateError};
@@ -63,6 +64,10 @@ pub enum FinishError {
     Sink(#[from] crate::sink::SinkError),
     #[error(transparent)]
     Publish(#[from] OutDirError),
+    #[error(transparent)]
+    Pins(#[from] crate::bpf::pin::PinError),
+    #[error(transparent)]
+    Recovered(#[from] crate::agent::recovered::RecoveredError),
 }
 
 pub async fn execute(args: FinishArgs) -> u8 {
@@ -78,7 +83,12 @@ pub async fn execute(args: FinishArgs) -> u8 {
         // Before any task runs or any HTTPS client reads them.
         recorded.apply_network_env();
     }
-    let (mut report, repeat) = match finish(&args, &state).await {
+    let finished = finish(&args, &state).await;
+    // Whatever the outcome, the job has ended: its hooks go (they enforce while they are pinned).
+    if let Err(e) = crate::bpf::pin::release(&crate::bpf::pin::dir_for(state.path())) {
+        eprintln!("ciwatch: warning: {}", crate::error::chain(&e));
+    }
+    let (mut report, repeat) = match finished {
         Ok(r) => r,
         Err(e) => return super::fail(exit_code(&e), &e),
     };
@@ -241,7 +251,10 @@ fn exit_code(e: &FinishError) -> u8 {
         FinishError::Token => crate::exit::PRIVILEGES,
         FinishError::Control(_) => crate::exit::INTERNAL,
         FinishError::Timeout(..) => crate::exit::AGENT_DIED,
-        FinishError::Sink(_) | FinishError::Publish(_) => crate::exit::WRITE,
+        FinishError::Sink(_) | FinishError::Publish(_) | FinishError::Recovered(_) => {
+            crate::exit::WRITE
+        }
+        FinishError::Pins(_) => crate::exit::INTERNAL,
     }
 }
 
@@ -303,12 +316,19 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
             dir.display()
         )));
     }
-    let end = trace_end(Totals::default(), None, 0, false, "died");
+    // Its pinned hooks enforced until now: detach them, then count what they left.
+    let totals = crate::bpf::pin::detach(&crate::bpf::pin::dir_for(dir))?
+        .map_or_else(Totals::default, |left| crate::agent::leftover_totals(&left));
+    let end = trace_end(totals, None, 0, false, "died");
     let (sealed, end) = seal::recover(dir, end)?;
+    let denials = recovered::denials(&sealed.path)?;
     let summary = format!(
         "# ciwatch: job summary\n\n> **Warning: the ciwatch agent died during this job.** The event log holds what it \
-         recorded until then; events after that were not recorded and the trace is incomplete.\n\nEvent log SHA-256: `{}`\n",
-        sealed.sha256
+         recorded until then; events after that were not recorded and the trace is incomplete.\n\n\
+         In the recovered log: {} denied connections, {} refused DNS lookups, {} denied sockets. Never \
+         written to the log (lost, or queued after the agent stopped reading): {} records (`trace_end.lost`).\n\n\
+         Event log SHA-256: `{}`\n",
+        denials.denied, denials.refused, denials.sockets, end.totals.lost_total, sealed.sha256
     );
     crate::sink::write_atomically(&dir.join("summary.md"), summary.as_bytes())?;
     let report = Report {
@@ -318,15 +338,15 @@ fn recover(dir: &Path) -> Result<Report, FinishError> {
         summary: dir.join("summary.md"),
         log_sha256: sealed.sha256,
         counts: Report::counts(&end.totals.events),
-        lost: 0,
-        denied: 0,
+        lost: end.totals.lost_total,
+        denied: denials.denied,
         steps: Vec::new(),
         egress: Vec::new(),
         dns: Vec::new(),
         files: Vec::new(),
-        denied_events: Vec::new(),
-        refused_lookups: Vec::new(),
-        denied_sockets: Vec::new(),
+        denied_events: denials.denied_events,
+        refused_lookups: denials.refused_lookups,
+        denied_sockets: denials.denied_sockets,
         proposed_policy: None,
         policy_diff: None,
         envelope: None,

@@ -305,6 +305,7 @@ async fn agent_main(args: StartArgs, prepared: Prepared, ready: OwnedFd, caller:
         platform,
         job,
         launcher,
+        pins,
     } = match begin(&args, &prepared, caller) {
         Ok(started) => started,
         Err(e) => return report_failure(ready, e.exit_code(), &crate::error::chain(&e)),
@@ -338,6 +339,13 @@ async fn agent_main(args: StartArgs, prepared: Prepared, ready: OwnedFd, caller:
             }),
         Err(e) => Err(StartError::from(e)),
     };
+    // The end is recorded: the hooks need not outlive this agent. Unsealed, they
+    // stay pinned for `finish`, which recovers the log.
+    if let (Ok(()), Some(dir)) = (&written, &pins) {
+        if let Err(e) = crate::bpf::pin::release(dir) {
+            tracing::warn!("{}", crate::error::chain(&e));
+        }
+    }
     if let Some(request) = request {
         request
             .reply(
@@ -363,6 +371,8 @@ struct Started {
     platform: Platform,
     job: String,
     launcher: Option<(u32, String)>,
+    /// Where the hooks are pinned (enforce mode).
+    pins: Option<PathBuf>,
 }
 
 /// Loads the agent, puts the job's launcher and caller into the job, and starts recording.
@@ -381,6 +391,11 @@ fn begin(args: &StartArgs, prepared: &Prepared, caller: u32) -> Result<Started, 
         require_all: !args.agent.allow_partial,
         plan: &plan,
     })?;
+    // Before any process is tagged: enforcement outlives this agent (src/bpf/pin.rs).
+    let pins = plan
+        .enforce()
+        .then(|| agent.pin_enforcement(prepared.state.path()))
+        .transpose()?;
     let own_env = StepEnv::of_this_process();
     let detection = platform::detect(&own_env, &[], None);
     let launcher = args
@@ -467,6 +482,7 @@ fn begin(args: &StartArgs, prepared: &Prepared, caller: u32) -> Result<Started, 
         platform,
         job,
         launcher,
+        pins: pins.map(crate::bpf::pin::Pinned::keep),
     })
 }
 

@@ -8,6 +8,7 @@ Usage (exec'd as <root>/bin/Runner.Worker): github_worker.py CONFIG.json
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -128,6 +129,34 @@ if cfg.get("scenario") == "scoped":
     finally:
         os.kill(agent, signal.SIGCONT)
     done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {cfg['out']} --json > {cfg['out']}.finish.json", action="__ciwatch"))
+    sys.exit(0)
+if cfg.get("scenario") == "kill_agent":
+    # Enforce, and a step kills the agent (as one with sudo could): the later steps must stay under the same
+    # verdicts until the post step's `ciwatch finish` has recorded the end and detached the hooks.
+    out, probe, outcomes = cfg["out"], cfg["connect_probe"], cfg["outcomes"]
+
+    def probes(label):
+        return (f"python3 {probe} {label}-unlisted {ports['unlisted']} >> {outcomes}\n"
+                f"python3 {probe} {label}-allowed {ports['allowed']} >> {outcomes}")
+
+    done(run_step("Pre Run ciwatch@v1", f"{cfg['ciwatch']} start --out {out} --mode enforce --policy {cfg['policy']} --sign key --signing-key {cfg['signing_key']} --runner-diag {root}/_diag > {out}.start.json", action="__ciwatch"))
+    done(run_step("Before", probes("before"), action="before"))
+    # The harness notes the BPF programs the agent holds and the links that use them, to check after
+    # `finish` that nothing of them is left.
+    agent = open(os.path.join(out, "agent.pid")).read().split()[0]
+    progs = set()
+    for fd in os.listdir(f"/proc/{agent}/fdinfo"):
+        try:
+            progs.update(int(l.split()[1]) for l in open(f"/proc/{agent}/fdinfo/{fd}") if l.startswith("prog_id:"))
+        except OSError:
+            pass
+    links = json.loads(subprocess.run(["bpftool", "-j", "-f", "link", "show"], capture_output=True, check=True).stdout)
+    results["agent_progs"] = sorted(progs)
+    results["agent_links"] = [l for l in links if l.get("prog_id") in progs]
+    results["kill_code"] = done(run_step("Kill the agent", f"python3 {cfg['kill_agent']} {out}", action="kill"))
+    done(run_step("After", probes("after"), action="after"))
+    results["finish_code"] = done(run_step("Post Run ciwatch@v1", f"{cfg['ciwatch']} finish --out {out} --json > {out}.finish.json", action="__ciwatch"))
+    json.dump(results, open(cfg["results"], "w"))
     sys.exit(0)
 if cfg.get("scenario") == "short":
     # One job among several on a host watched by `ciwatch daemon`.
