@@ -143,7 +143,7 @@ if cfg.get("scenario") == "kill_agent":
     done(run_step("Before", probes("before"), action="before"))
     # The harness notes the BPF programs the agent holds and the links that use them, to check after
     # `finish` that nothing of them is left.
-    agent = open(os.path.join(out, "agent.pid")).read().split()[0]
+    agent = json.load(open(out + ".start.json"))["pid"]
     progs = set()
     for fd in os.listdir(f"/proc/{agent}/fdinfo"):
         try:

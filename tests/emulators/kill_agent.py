@@ -1,16 +1,20 @@
 """A step that kills the ciwatch agent with SIGKILL, as a step with sudo could: kill_agent.py OUT_DIR.
 
+As root, it finds the agent's root-only state directory in the readiness line `ciwatch start` printed
+(OUT_DIR.start.json), as a sudo step could find it under /run/ciwatch.
+
 It first waits until the agent has written a denial to its live log, so that the log it leaves holds one,
 and returns once every thread of the agent has exited: its descriptors are closed by then.
 """
 
+import json
 import os
 import signal
 import sys
 import time
 
-out = sys.argv[1]
-pid, start = open(os.path.join(out, "agent.pid")).read().split()[:2]
+state = json.load(open(sys.argv[1] + ".start.json"))["state"]
+pid, start = open(os.path.join(state, "agent.pid")).read().split()[:2]
 
 
 def wait(failure, ready, deadline_s=30):
@@ -23,7 +27,7 @@ def wait(failure, ready, deadline_s=30):
 
 def logged_denial():
     try:
-        with open(os.path.join(out, "events.ndjson.partial"), "rb") as f:
+        with open(os.path.join(state, "events.ndjson.partial"), "rb") as f:
             return b'"type":"denied"' in f.read()
     except OSError:
         return False
